@@ -1,0 +1,82 @@
+"""Typed configuration of one trial (and, below, of a study), validated with pydantic."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+LoraTarget = Literal["q", "k", "v", "o"]
+
+
+def default_cache_dir() -> Path:
+    """Where manifests (for read-only data), image caches and feature caches live: $CYTOTUNE_CACHE or ~/.cache."""
+    return Path(os.environ.get("CYTOTUNE_CACHE", Path.home() / ".cache" / "cytotune"))
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LoraSettings(Frozen):
+    """Where and how LoRA is injected: h = Wx + scale * B A dropout(x)."""
+
+    rank: int = Field(2, ge=1)
+    alpha: float = Field(1.0, gt=0)
+    dropout: float = Field(0.25, ge=0, lt=1)
+    targets: tuple[LoraTarget, ...] = ("q", "v")
+    scaling: Literal["rslora", "standard"] = "rslora"
+    blocks: tuple[int, ...] | None = None
+
+    @model_validator(mode="after")
+    def _distinct_targets(self) -> LoraSettings:
+        if not self.targets or len(set(self.targets)) != len(self.targets):
+            raise ValueError("targets must be a non-empty subset of q, k, v, o without repeats")
+        return self
+
+
+class TrainSettings(Frozen):
+    """Optimisation and evaluation settings shared by both trainers (PROTOCOL.md code defaults)."""
+
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    weight_decay: float = Field(1e-2, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    min_lr: float = Field(1e-6, ge=0)
+    base_steps: int = Field(50, ge=0)
+    steps_per_shot: int = Field(100, ge=1)
+    epochs: int = Field(10, ge=1)
+    probe_epochs: int = Field(100, ge=1)
+    eval_every: int = Field(50, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    image_cache_size: int = Field(256, ge=8)
+    val_mode: Literal["full", "paper"] = "full"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class TrialConfig(Frozen):
+    """Everything one trial needs; trainers take this and nothing from Ray or MLflow."""
+
+    method: Literal["linear_probe", "lora"]
+    backbone: str
+    weights: Path | None = None
+    dataset: str
+    root: Path
+    level: Literal[1, 2, 3] = 3
+    split: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    split_seed: int = 0
+    shots: int | None = Field(None, ge=1)
+    fraction: float | None = Field(None, gt=0, le=1)
+    lr: float = Field(gt=0)
+    seed: int = 0
+    lora: LoraSettings = LoraSettings()
+    train: TrainSettings = TrainSettings()
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+
+    @model_validator(mode="after")
+    def _one_data_budget(self) -> TrialConfig:
+        if self.shots is not None and self.fraction is not None:
+            raise ValueError("give shots or fraction, not both")
+        return self
