@@ -3,7 +3,28 @@
 from __future__ import annotations
 
 import os
+import shutil
+
+import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+@pytest.fixture(scope="session")
+def mlflow_sqlite_template(tmp_path_factory):
+    """An empty MLflow SQLite store whose tables are made once per session (its migrations take seconds)."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def mlflow_sqlite_uri(mlflow_sqlite_template, tmp_path):
+    """A fresh embedded tracking URI (tmp_path/mlflow.db, the default's file name), copied from the template."""
+    shutil.copy(mlflow_sqlite_template, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -1,0 +1,106 @@
+"""Eval and train transforms on batches of uint8 image tensors, on whatever device the tensors are."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def _check(x: torch.Tensor) -> torch.Tensor:
+    if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] != 3:
+        raise TypeError(f"expected a uint8 tensor (B, 3, H, W), got {x.dtype} {tuple(x.shape)}")
+    return x
+
+
+def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Bicubic, antialiased resize of uint8 images to float32; on the CPU through torch's fast uint8 kernel."""
+    if tuple(x.shape[-2:]) == (height, width):
+        return x.float()
+    source = x if x.device.type == "cpu" else x.float()
+    return F.interpolate(source, size=(height, width), mode="bicubic", antialias=True, align_corners=False).float()
+
+
+def _normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x.clamp(0, 255) / 255.0 - m) / s
+
+
+def eval_transform(
+    x: torch.Tensor, input_size: int, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """Evaluation view of a uint8 batch (B,3,H,W): shorter side resized to input_size (bicubic, antialiased),
+    center crop, scaled to [0,1] and normalised; float32 (B,3,input_size,input_size) on x's device."""
+    _check(x)
+    height, width = x.shape[-2:]
+    scale = input_size / min(height, width)
+    new_h, new_w = max(input_size, round(height * scale)), max(input_size, round(width * scale))
+    resized = _resize(x, new_h, new_w)
+    top = int(round((new_h - input_size) / 2.0))
+    left = int(round((new_w - input_size) / 2.0))
+    return _normalise(resized[..., top : top + input_size, left : left + input_size], mean, std)
+
+
+def random_resized_crop_boxes(
+    batch: int,
+    height: int,
+    width: int,
+    generator: torch.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
+    """Crop boxes (top, left, h, w) per image, int64 (batch, 4) on the CPU, drawn as torchvision's
+    RandomResizedCrop draws them (10 tries, then a center crop) but from `generator` for a whole batch."""
+    tries = 10
+    draws = torch.rand(batch, tries, 2, generator=generator, device=generator.device).cpu().double()
+    area = height * width * (scale[0] + draws[..., 0] * (scale[1] - scale[0]))
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + draws[..., 1] * (log_hi - log_lo))
+    crop_w = torch.round(torch.sqrt(area * aspect)).long()
+    crop_h = torch.round(torch.sqrt(area / aspect)).long()
+    valid = (crop_w > 0) & (crop_w <= width) & (crop_h > 0) & (crop_h <= height)
+    first = valid.long().argmax(dim=1)
+    rows = torch.arange(batch)
+    crop_h, crop_w = crop_h[rows, first], crop_w[rows, first]
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        fallback_w, fallback_h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        fallback_w, fallback_h = int(round(height * max(ratio))), height
+    else:
+        fallback_w, fallback_h = width, height
+    found = valid.any(dim=1)
+    crop_h = torch.where(found, crop_h, torch.full_like(crop_h, fallback_h))
+    crop_w = torch.where(found, crop_w, torch.full_like(crop_w, fallback_w))
+    where = torch.rand(batch, 2, generator=generator, device=generator.device).cpu().double()
+    top = torch.floor(where[:, 0] * (height - crop_h + 1)).long()
+    left = torch.floor(where[:, 1] * (width - crop_w + 1)).long()
+    top = torch.where(found, top, (height - crop_h) // 2)
+    left = torch.where(found, left, (width - crop_w) // 2)
+    return torch.stack([top, left, crop_h, crop_w], dim=1)
+
+
+def train_transform(
+    x: torch.Tensor,
+    input_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    generator: torch.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    flip_p: float = 0.5,
+) -> torch.Tensor:
+    """Training view of a uint8 batch (B,3,H,W): random resized crop (bicubic) to input_size, random horizontal
+    flip, normalised; float32 on x's device, the same for the same generator state."""
+    _check(x)
+    batch, _, height, width = x.shape
+    boxes = random_resized_crop_boxes(batch, height, width, generator, scale, ratio)
+    flips = (torch.rand(batch, generator=generator, device=generator.device) < flip_p).cpu()
+    crops = []
+    for i, ((top, left, crop_h, crop_w), flip) in enumerate(zip(boxes.tolist(), flips.tolist(), strict=True)):
+        crop = _resize(x[i : i + 1, :, top : top + crop_h, left : left + crop_w], input_size, input_size)
+        crops.append(crop.flip(-1) if flip else crop)
+    return _normalise(torch.cat(crops), mean, std)

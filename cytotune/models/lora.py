@@ -1,0 +1,182 @@
+"""LoRA on split attention (peft), its weights, merging, and the adapter files a trial exports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from cytotune import __version__
+from cytotune.config import LoraSettings
+from cytotune.errors import CytotuneError
+from cytotune.models.attention import split_attention
+from cytotune.models.backbone import Backbone, load_backbone
+
+ADAPTER_WEIGHTS = "adapter.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_FORMAT = "cytotune-lora-adapter"
+ADAPTER_VERSION = 1
+LORA_MARK = ".lora_"
+
+
+def lora_target_modules(backbone: Backbone, settings: LoraSettings) -> list[str]:
+    """Full names of the q/k/v/o Linear layers LoRA goes on (splits packed attention first, in place)."""
+    blocks = split_attention(backbone)
+    chosen = settings.blocks if settings.blocks is not None else tuple(blocks)
+    outside = [index for index in chosen if index not in blocks]
+    if outside:
+        raise CytotuneError(
+            f"lora blocks {outside} out of range for {backbone.spec.name}: "
+            f"expected indices 0..{len(blocks) - 1}"
+        )
+    return [f"{blocks[index]}.{target}" for index in sorted(set(chosen)) for target in settings.targets]
+
+
+def add_lora(backbone: Backbone, settings: LoraSettings) -> Backbone:
+    """Split the attention of `backbone` and inject peft LoRA on the chosen targets and blocks, in place.
+
+    A is Kaiming-uniform and B zero (peft's default), so the result equals the model before injection;
+    scale alpha/sqrt(r) ("rslora") or alpha/r ("standard"); dropout on the LoRA input. Everything but the
+    LoRA weights is frozen; the backbone keeps its train/eval mode.
+    """
+    if has_lora(backbone):
+        raise CytotuneError(
+            f"{backbone.spec.name} already carries LoRA: build a fresh backbone to add another"
+        )
+    config = LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=lora_target_modules(backbone, settings),
+        use_rslora=settings.scaling == "rslora",
+        init_lora_weights=True,
+        bias="none",
+    )
+    inject_adapter_in_model(config, backbone)
+    for name, parameter in backbone.named_parameters():
+        parameter.requires_grad_(LORA_MARK in name)
+    return backbone.train(backbone.training)  # new LoRA dropout layers take the backbone's mode
+
+
+def has_lora(module: nn.Module) -> bool:
+    """Whether `module` holds peft LoRA layers."""
+    return any(isinstance(layer, LoraLayer) for layer in module.modules())
+
+
+def lora_state_dict(backbone: nn.Module) -> dict[str, torch.Tensor]:
+    """The LoRA weights of `backbone` (detached copies), keyed by their module path."""
+    return {
+        name: tensor.detach().clone() for name, tensor in backbone.state_dict().items() if LORA_MARK in name
+    }
+
+
+def load_lora_state_dict(backbone: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy LoRA weights from `state` into `backbone`; the keys must match its LoRA layers exactly."""
+    own = {name: tensor for name, tensor in backbone.state_dict(keep_vars=True).items() if LORA_MARK in name}
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CytotuneError(
+            f"LoRA weights do not fit the backbone: {len(missing)} missing {missing[:2]}, "
+            f"{len(unexpected)} unexpected {unexpected[:2]}"
+        )
+    with torch.no_grad():
+        for name, tensor in own.items():
+            if tensor.shape != state[name].shape:
+                raise CytotuneError(
+                    f"LoRA weight {name} has shape {tuple(state[name].shape)}, expected {tuple(tensor.shape)}"
+                )
+            tensor.copy_(state[name])
+
+
+def merge_lora(backbone: nn.Module) -> nn.Module:
+    """Fold every LoRA update into its base Linear and drop the LoRA layers, in place (for inference)."""
+    for name, module in list(backbone.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            parent = backbone.get_submodule(parent_name) if parent_name else backbone
+            setattr(parent, child, module.get_base_layer())
+    if hasattr(backbone, "peft_config"):
+        del backbone.peft_config
+    return backbone
+
+
+def save_adapter(
+    directory: Path | str,
+    backbone: Backbone,
+    head: nn.Linear,
+    settings: LoraSettings,
+    classes: list[str] | tuple[str, ...],
+    backbone_name: str,
+) -> Path:
+    """Write adapter.safetensors (LoRA + head weights) and adapter_config.json into `directory`; return it."""
+    if backbone_name != backbone.spec.name:
+        raise CytotuneError(
+            f"save_adapter: backbone_name {backbone_name!r} but the backbone is {backbone.spec.name!r}"
+        )
+    if not isinstance(head, nn.Linear) or head.out_features != len(classes):
+        raise CytotuneError(f"save_adapter: expected a Linear head with {len(classes)} outputs, got {head}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {f"lora.{name}": value for name, value in lora_state_dict(backbone).items()}
+    tensors.update({f"head.{name}": value.detach().clone() for name, value in head.state_dict().items()})
+    save_file(
+        {name: value.cpu().contiguous() for name, value in tensors.items()}, str(directory / ADAPTER_WEIGHTS)
+    )
+    meta = {
+        "format": ADAPTER_FORMAT,
+        "version": ADAPTER_VERSION,
+        "cytotune_version": __version__,
+        "backbone": backbone_name,
+        "weights": backbone.weights_path.name if backbone.weights_path is not None else None,
+        "lora": settings.model_dump(mode="json"),
+        "classes": list(classes),
+        "head": {
+            "in_features": head.in_features,
+            "out_features": head.out_features,
+            "bias": head.bias is not None,
+        },
+    }
+    (directory / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+    return directory
+
+
+def read_adapter_config(directory: Path | str) -> dict[str, Any]:
+    """The adapter_config.json of an exported adapter; CytotuneError if absent or of another format."""
+    path = Path(directory) / ADAPTER_CONFIG
+    if not path.is_file() or not (Path(directory) / ADAPTER_WEIGHTS).is_file():
+        raise CytotuneError(
+            f"{directory}: not an adapter folder: expected {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}"
+        )
+    meta = json.loads(path.read_text())
+    if meta.get("format") != ADAPTER_FORMAT or meta.get("version") != ADAPTER_VERSION:
+        raise CytotuneError(f"{path}: expected format {ADAPTER_FORMAT} version {ADAPTER_VERSION}")
+    return meta
+
+
+def load_adapter(
+    directory: Path | str, weights: Path | str | None = None
+) -> tuple[Backbone, nn.Linear, dict]:
+    """A freshly loaded backbone with the exported LoRA injected and loaded, its head, and the config dict.
+
+    `weights` is the backbone's weights file where the hub cache does not have it.
+    """
+    meta = read_adapter_config(directory)
+    tensors = load_file(str(Path(directory) / ADAPTER_WEIGHTS))
+    backbone = add_lora(load_backbone(meta["backbone"], weights), LoraSettings(**meta["lora"]))
+    load_lora_state_dict(
+        backbone,
+        {name.removeprefix("lora."): value for name, value in tensors.items() if name.startswith("lora.")},
+    )
+    shape = meta["head"]
+    head = nn.Linear(shape["in_features"], shape["out_features"], bias=shape["bias"])
+    head.load_state_dict(
+        {name.removeprefix("head."): value for name, value in tensors.items() if name.startswith("head.")}
+    )
+    return backbone, head, meta

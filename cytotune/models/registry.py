@@ -1,0 +1,78 @@
+"""The backbone registry: one spec per backbone and the function that builds its architecture."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from cytotune.errors import CytotuneError
+
+Builder = Callable[[], nn.Module]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What a backbone is and how to feed it (see PROTOCOL.md, Backbones).
+
+    feature: "image_embedding" is the CLIP-family image embedding after projection, "pre_logits" the timm
+    pre-logits CLS token; neither is L2-normalised. Weights come from the Hugging Face hub cache
+    (`hub_repo`, first of `hub_files` found) or from a local file; test-size backbones have none.
+    """
+
+    name: str
+    library: Literal["open_clip", "timm"]
+    identifier: str
+    pretrained: str | None
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    feature_dim: int
+    feature: Literal["image_embedding", "pre_logits"]
+    width: int
+    layers: int
+    hub_repo: str | None = None
+    hub_files: tuple[str, ...] = ()
+    gated: bool = False
+    test_size: bool = False
+    description: str = ""
+
+
+_SPECS: dict[str, BackboneSpec] = {}
+_BUILDERS: dict[str, Builder] = {}
+
+
+def register_backbone(spec: BackboneSpec) -> Callable[[Builder], Builder]:
+    """Decorator: register `spec` with the function building its randomly initialised architecture."""
+
+    def register(builder: Builder) -> Builder:
+        if spec.name in _SPECS:
+            raise ValueError(f"backbone {spec.name!r} registered twice")
+        _SPECS[spec.name] = spec
+        _BUILDERS[spec.name] = builder
+        return builder
+
+    return register
+
+
+def list_backbones(include_test: bool = True) -> list[str]:
+    """Names of the registered backbones, real ones first, in registration order."""
+    specs = sorted(_SPECS.values(), key=lambda spec: spec.test_size)
+    return [spec.name for spec in specs if include_test or not spec.test_size]
+
+
+def get_backbone_spec(name: str) -> BackboneSpec:
+    """The spec of backbone `name`; CytotuneError naming the known backbones if there is none."""
+    if name not in _SPECS:
+        raise CytotuneError(f"unknown backbone {name!r}: expected one of {', '.join(list_backbones())}")
+    return _SPECS[name]
+
+
+def build_architecture(name: str, device: torch.device | str | None = None) -> nn.Module:
+    """The randomly initialised vision encoder of backbone `name` (no weights), built on `device`."""
+    get_backbone_spec(name)
+    with torch.device(device or "cpu"):
+        return _BUILDERS[name]()

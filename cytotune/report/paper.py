@@ -1,0 +1,43 @@
+"""The paper's reference numbers (PROTOCOL.md) and display names of backbones and datasets."""
+
+from __future__ import annotations
+
+BACKBONE_LABELS = {
+    "clip_vit_b16": "CLIP",
+    "clip_vit_l14": "CLIP ViT-L/14",
+    "quilt_b16": "QUILT",
+    "quilt_b32": "QUILT",
+    "biomedclip": "BiomedCLIP",
+    "uni": "UNI",
+    "vit_b16": "ViT",
+}
+DATASET_LABELS = {"bcfc": "BCFC", "mlcc": "MLCC", "sipakmed": "SIPaKMeD", "hicervix": "HiCervix"}
+
+# Table 1 of the paper: linear probe, mean test accuracy (%), by dataset and backbone (ViT-B/16-size CLIP).
+_TABLE1 = {
+    "bcfc": {"CLIP": 94.74, "QUILT": 100.0, "BiomedCLIP": 96.17, "UNI": 99.04, "ViT": 98.72},
+    "mlcc": {"CLIP": 93.95, "QUILT": 97.95, "BiomedCLIP": 95.1, "UNI": 99.2, "ViT": 96.8},
+    "sipakmed": {"CLIP": 90.5, "QUILT": 92.0, "BiomedCLIP": 87.62, "UNI": 93.33, "ViT": 89.71},
+    "hicervix": {"CLIP": 55.2, "QUILT": 54.64, "BiomedCLIP": 46.39, "UNI": 64.07, "ViT": 57.64},
+}
+_TABLE1_BACKBONES = ("clip_vit_b16", "quilt_b16", "quilt_b32", "biomedclip", "uni", "vit_b16")
+
+REFERENCE_LABEL = "HierSwin"
+REFERENCE_ACCURACY = 78.35
+
+
+def backbone_label(name: str) -> str:
+    """How a backbone is named in tables and figures."""
+    return BACKBONE_LABELS.get(name, name)
+
+
+def dataset_label(name: str) -> str:
+    """How a dataset is named in tables and figures."""
+    return DATASET_LABELS.get(name, name)
+
+
+def paper_linear_probe(backbone: str, dataset: str, level: int | None = 3) -> float | None:
+    """The paper's Table 1 accuracy (%) for a linear-probe cell, None where the paper has no matching cell."""
+    if backbone not in _TABLE1_BACKBONES or level not in (None, 3):
+        return None
+    return _TABLE1.get(dataset, {}).get(BACKBONE_LABELS[backbone])

@@ -1,0 +1,224 @@
+"""Tables from validation-selected results: the best-config table and Table 1 (linear probe) beside the paper."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pandas as pd
+
+from cytotune.errors import CytotuneError
+from cytotune.report.paper import (
+    BACKBONE_LABELS,
+    DATASET_LABELS,
+    backbone_label,
+    dataset_label,
+    paper_linear_probe,
+)
+
+BEST_FORMATS = ("table", "csv", "json", "markdown")
+MISSING_MARK = "†"
+
+
+def percent(mean: float, std: float | None = None, digits: int = 2) -> str:
+    """An accuracy in [0, 1] as a percentage, with ± std when known ("–" for nothing)."""
+    if mean is None or _nan(mean):
+        return "–"
+    text = f"{100 * mean:.{digits}f}"
+    return text if std is None or _nan(std) else f"{text} ± {100 * std:.{digits}f}"
+
+
+def _nan(value: object) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _value(value: object) -> str:
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:g}"
+    return str(value)
+
+
+def chosen_text(row: pd.Series | dict, searched: Sequence[str]) -> str:
+    """The chosen searched values of a cell, as "lr=0.001, lora.rank=8"."""
+    return ", ".join(f"{name}={_value(row[name])}" for name in searched)
+
+
+def best_display(best: pd.DataFrame, searched: Sequence[str]) -> pd.DataFrame:
+    """The best-config table for people: cell, chosen values, val and test accuracy (%), seeds, note."""
+    rows = []
+    for _, row in best.iterrows():
+        note = "no finished trial" if row["n_seeds"] == 0 else ("missing seeds" if row["missing_seeds"] else "")
+        rows.append(
+            {
+                "cell": row["cell_key"],
+                "chosen": chosen_text(row, searched) if row["n_seeds"] else "–",
+                "val acc %": percent(row["val_acc_mean"]),
+                "test acc % (mean ± std)": percent(row["test_acc_mean"], row["test_acc_std"]),
+                "seeds": f"{row['n_seeds']}/{row['expected_seeds']}",
+                "note": note,
+            }
+        )
+    columns = ["cell", "chosen", "val acc %", "test acc % (mean ± std)", "seeds", "note"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def best_text(best: pd.DataFrame, searched: Sequence[str], fmt: str = "table") -> str:
+    """The best configuration per cell as text: an aligned table, markdown, or every column as CSV or JSON."""
+    if fmt == "csv":
+        return best.to_csv(index=False)
+    if fmt == "json":
+        return best.to_json(orient="records", indent=1)
+    if fmt == "markdown":
+        return markdown(best_display(best, searched))
+    if fmt == "table":
+        return plain(best_display(best, searched))
+    raise CytotuneError(f"--format {fmt!r}: unknown format; expected one of: {', '.join(BEST_FORMATS)}")
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    """A DataFrame as a GitHub markdown table (index ignored)."""
+    header = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plain(frame: pd.DataFrame) -> str:
+    """A DataFrame as an aligned text table (index ignored)."""
+    cells = [[str(c) for c in frame.columns]] + [[str(v) for v in row] for row in frame.itertuples(index=False)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(frame.columns))]
+    lines = ["  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join(lines) + "\n"
+
+
+def linear_probe_table(best: pd.DataFrame) -> pd.DataFrame:
+    """Table 1 in long form: per linear-probe cell on the full train split, the selected test accuracy (%)
+    mean and std over seeds, seeds, the chosen lr, and the paper's value where the cell matches."""
+    if best.empty or "method" not in best.columns:
+        return pd.DataFrame(columns=_TABLE1_COLUMNS)
+    probe = best[best["method"] == "linear_probe"]
+    for budget in ("shots", "fraction"):
+        if budget in probe.columns:
+            probe = probe[probe[budget].isna()]
+    rows = []
+    for _, row in probe.iterrows():
+        level = int(row["level"]) if "level" in row and not _nan(row["level"]) else None
+        paper = paper_linear_probe(row["backbone"], row["dataset"], level)
+        mean = 100 * row["test_acc_mean"]
+        rows.append(
+            {
+                "dataset": row["dataset"],
+                "backbone": row["backbone"],
+                "block": row["cell_key"].split("/")[0],
+                "level": level,
+                "lr": row.get("lr"),
+                "test_acc": mean,
+                "test_acc_std": 100 * row["test_acc_std"],
+                "n_seeds": row["n_seeds"],
+                "expected_seeds": row["expected_seeds"],
+                "missing_seeds": row["missing_seeds"],
+                "paper": paper,
+                "difference": None if paper is None or _nan(mean) else mean - paper,
+            }
+        )
+    return pd.DataFrame(rows, columns=_TABLE1_COLUMNS)
+
+
+_TABLE1_COLUMNS = [
+    "dataset",
+    "backbone",
+    "block",
+    "level",
+    "lr",
+    "test_acc",
+    "test_acc_std",
+    "n_seeds",
+    "expected_seeds",
+    "missing_seeds",
+    "paper",
+    "difference",
+]
+
+
+def _order(names, known) -> list[str]:
+    order = list(known)
+    return sorted(set(names), key=lambda n: (order.index(n) if n in order else len(order), n))
+
+
+def _grid(table: pd.DataFrame, cell) -> tuple[list[str], list[str], dict]:
+    columns = [_column(row) for _, row in table.iterrows()]
+    table = table.assign(_column=columns)
+    datasets = _order(table["dataset"], DATASET_LABELS)
+    backbones = _order(table["_column"], BACKBONE_LABELS)
+    values = {(row["dataset"], row["_column"]): cell(row) for _, row in table.iterrows()}
+    return datasets, backbones, values
+
+
+def _column(row: pd.Series) -> str:
+    return row["backbone"] if row["block"] == "linear_probe" else f"{row['backbone']} ({row['block']})"
+
+
+def _number(value: float, std: float) -> str:
+    if _nan(value):
+        return "–"
+    return f"{value:.2f}" if _nan(std) else f"{value:.2f} ± {std:.2f}"
+
+
+def table1_markdown(table: pd.DataFrame) -> str:
+    """Table 1 as markdown: datasets x backbones, ours mean ± std (paper's value in parentheses)."""
+
+    def cell(row: pd.Series) -> str:
+        text = _number(row["test_acc"], row["test_acc_std"]) + (MISSING_MARK if row["missing_seeds"] else "")
+        return text if row["paper"] is None or _nan(row["paper"]) else f"{text} (paper {row['paper']:.2f})"
+
+    datasets, backbones, values = _grid(table, cell)
+    frame = pd.DataFrame(
+        [[dataset_label(d)] + [values.get((d, b), "") for b in backbones] for d in datasets],
+        columns=["dataset", *(_header(b) for b in backbones)],
+    )
+    return markdown(frame) + _footnote(table)
+
+
+def _header(column: str) -> str:
+    backbone, _, rest = column.partition(" ")
+    return f"{backbone_label(backbone)} {rest}".strip()
+
+
+def _footnote(table: pd.DataFrame) -> str:
+    note = (
+        "\nLinear probe, test accuracy (%) of the learning rate chosen on validation, mean ± std over seeds; "
+        "test accuracy at each trial's best-validation checkpoint (the paper's code took the last iteration)."
+    )
+    if table["missing_seeds"].any():
+        note += f" {MISSING_MARK} fewer seeds than planned."
+    return note + "\n"
+
+
+def table1_latex(table: pd.DataFrame) -> str:
+    """Table 1 as a LaTeX tabular (booktabs): ours $mean \\pm std$ with the paper's value in parentheses."""
+
+    def cell(row: pd.Series) -> str:
+        if _nan(row["test_acc"]):
+            return "--"
+        std = "" if _nan(row["test_acc_std"]) else f" \\pm {row['test_acc_std']:.2f}"
+        text = f"${row['test_acc']:.2f}{std}$" + ("$^\\dagger$" if row["missing_seeds"] else "")
+        return text if row["paper"] is None or _nan(row["paper"]) else f"{text} ({row['paper']:.2f})"
+
+    datasets, backbones, values = _grid(table, cell)
+    lines = [
+        "\\begin{tabular}{l" + "c" * len(backbones) + "}",
+        "\\toprule",
+        " & ".join(["Dataset", *(_latex(_header(b)) for b in backbones)]) + " \\\\",
+        "\\midrule",
+    ]
+    for d in datasets:
+        lines.append(" & ".join([_latex(dataset_label(d)), *(values.get((d, b), "") for b in backbones)]) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def _latex(text: str) -> str:
+    for char in ("&", "%", "$", "#", "_", "{", "}"):
+        text = text.replace(char, "\\" + char)
+    return text

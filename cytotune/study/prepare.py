@@ -1,0 +1,119 @@
+"""Checks against the registries and the data, and what many trials share, made once before trials start."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from cytotune.config import StudySpec, default_cache_dir
+from cytotune.errors import CytotuneError
+from cytotune.study.grid import CellPlan
+
+
+def check_registries(spec: StudySpec) -> None:
+    """Every backbone and dataset of the study is registered; else one line naming the field, known ones."""
+    from cytotune.data.registry import list_datasets
+    from cytotune.models import list_backbones
+
+    backbones, datasets = set(list_backbones()), set(list_datasets())
+    for index, block in enumerate(spec.methods):
+        scope = f"methods[{index}]." if block.backbones is not None else ""
+        for j, name in enumerate(block.backbones or spec.backbones or ()):
+            if name not in backbones:
+                raise CytotuneError(
+                    f"{spec.where()}: {scope}backbones[{j}]: unknown backbone {name!r}; expected one of: "
+                    f"{', '.join(sorted(backbones))}"
+                )
+        scope = f"methods[{index}]." if block.datasets is not None else ""
+        for j, entry in enumerate(block.datasets or spec.datasets or ()):
+            if entry.dataset not in datasets:
+                raise CytotuneError(
+                    f"{spec.where()}: {scope}datasets[{j}].name: unknown dataset {entry.dataset!r}; "
+                    f"expected one of: {', '.join(sorted(datasets))}"
+                )
+
+
+def _manifest_key(cell: CellPlan) -> tuple:
+    base = cell.base
+    return (base["dataset"], str(base["root"]), base["level"], tuple(base["split"]), base["split_seed"])
+
+
+def prepare_data(
+    spec: StudySpec, cells: list[CellPlan], *, features: bool, say: Callable[[str], None] = print
+) -> None:
+    """Prepare each dataset's manifest and image cache once, check shots against the smallest train class,
+    and (with `features`) compute each linear-probe backbone's feature cache once."""
+    from cytotune.data import open_image_cache, prepare_dataset
+
+    manifests = {}
+    images: set[tuple] = set()
+    probes: set[tuple] = set()
+    for cell in cells:
+        base = cell.base
+        key = _manifest_key(cell)
+        cache_dir = default_cache_dir()
+        if key not in manifests:
+            say(f"preparing {base['dataset']} at {base['root']}")
+            manifests[key] = prepare_dataset(
+                base["dataset"],
+                base["root"],
+                level=base["level"],
+                split=tuple(base["split"]),
+                split_seed=base["split_seed"],
+                cache_dir=cache_dir,
+            )
+        manifest = manifests[key]
+        _check_shots(spec, cell, manifest)
+        size = base["train"]["image_cache_size"]
+        if (key, size) not in images:
+            images.add((key, size))
+            open_image_cache(manifest, size=size, cache_dir=cache_dir)
+        probe = (
+            key,
+            size,
+            base["backbone"],
+            str(base["weights"]),
+            base["train"]["device"],
+            cell.resources["GPU"],
+        )
+        if features and base["method"] == "linear_probe" and probe not in probes:
+            probes.add(probe)
+            _probe_features(cell, manifest, cache_dir, say)
+
+
+def _check_shots(spec: StudySpec, cell: CellPlan, manifest) -> None:
+    shots = cell.base.get("shots")
+    if shots is None:
+        return
+    train = manifest.frame[manifest.frame["split"] == "train"]
+    counts = train["class_name"].value_counts()
+    smallest = min(manifest.classes, key=lambda c: int(counts.get(c, 0)))
+    have = int(counts.get(smallest, 0))
+    if shots > have:
+        raise CytotuneError(
+            f"{spec.where()}: methods[{cell.block_index}].shots: {shots} shots per class, but class "
+            f"{smallest!r} of {cell.base['dataset']} has {have} train images; expected at most {have}"
+        )
+
+
+def _probe_features(cell: CellPlan, manifest, cache_dir, say: Callable[[str], None]) -> None:
+    import torch
+
+    from cytotune.train.features import cached_features
+    from cytotune.train.runtime import resolve_device
+
+    setting = cell.base["train"]["device"]
+    device = torch.device("cpu") if cell.resources["GPU"] == 0 else resolve_device(setting)
+    if setting == "cpu":
+        device = torch.device("cpu")
+    say(f"probe features of {cell.base['backbone']} on {cell.base['dataset']} ({device.type})")
+    cached_features(
+        manifest,
+        cell.base["backbone"],
+        cell.base["weights"],
+        image_size=cell.base["train"]["image_cache_size"],
+        cache_dir=cache_dir,
+        batch_size=cell.base["train"]["eval_batch_size"],
+        device=device,
+    )
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

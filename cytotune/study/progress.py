@@ -1,0 +1,68 @@
+"""A live progress line for a running study: trials ended (finished, stopped, failed), running, best."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+
+
+def trial_status(trial_status: str, last_result: dict | None, error: bool = False) -> str:
+    """A trial's study status: finished (reached its end), stopped (early, by ASHA), failed, or running."""
+    if error or trial_status == Trial.ERROR:
+        return "failed"
+    if trial_status == Trial.TERMINATED:
+        return "finished" if (last_result or {}).get("done_trial") == 1 else "stopped"
+    return "running"
+
+
+class ProgressLine(Callback):
+    """Prints one progress line as trials start and end (rewritten in place on a terminal)."""
+
+    def __init__(self, total: int, stream=None):
+        self.total = total
+        self.stream = stream or sys.stderr
+        self.started = time.monotonic()
+
+    def _show(self, trials: list[Trial]) -> None:
+        counts = {"finished": 0, "stopped": 0, "failed": 0}
+        running = 0
+        best = None
+        for trial in trials:
+            status = trial_status(trial.status, trial.last_result)
+            if trial.status == Trial.RUNNING:
+                running += 1
+            elif status in counts:
+                counts[status] += 1
+            value = (trial.last_result or {}).get("best_val_acc")
+            if value is not None:
+                best = value if best is None else max(best, value)
+        ended = sum(counts.values())
+        line = (
+            f"[{time.monotonic() - self.started:6.0f}s] {ended}/{self.total} trials ended "
+            f"({counts['finished']} finished, {counts['stopped']} stopped, {counts['failed']} failed), "
+            f"{running} running" + ("" if best is None else f" | best val_acc {best:.4f}")
+        )
+        tty = getattr(self.stream, "isatty", lambda: False)()
+        self.stream.write(("\r" + line) if tty else line + "\n")
+        self.stream.flush()
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        """Show the line when a trial starts."""
+        self._show(trials)
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        """Show the line when a trial ends."""
+        self._show(trials)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        """Show the line when a trial fails for good."""
+        self._show(trials)
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        """End the line."""
+        if getattr(self.stream, "isatty", lambda: False)():
+            self.stream.write("\n")

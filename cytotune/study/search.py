@@ -1,0 +1,170 @@
+"""The study's Ray Tune searcher: grid trials in order, and one Optuna study per cell for Optuna searches.
+
+Each Optuna suggestion runs once per seed; Optuna is told the mean over seeds of each trial's best validation
+accuracy once every seed has ended. A trial stopped early by ASHA (or failed for good) counts with the best
+validation accuracy it reached before it ended (its partial best); a suggestion none of whose seeds reported a
+value is told as failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from ray.tune.search import Searcher
+
+from cytotune.config import OptunaDimension
+from cytotune.study.grid import CellPlan, format_value
+
+
+def optuna_distribution(dim: OptunaDimension) -> BaseDistribution:
+    """The Optuna distribution of a searched field (categorical choices by their key spelling)."""
+    if dim.optuna == "categorical":
+        return CategoricalDistribution([format_value(c) for c in dim.choices or ()])
+    if dim.optuna == "int":
+        return IntDistribution(int(dim.low), int(dim.high))
+    return FloatDistribution(float(dim.low), float(dim.high), log=dim.optuna == "loguniform")
+
+
+def _decode(dim: OptunaDimension, value: Any) -> Any:
+    if dim.optuna != "categorical":
+        return value
+    return {format_value(c): c for c in dim.choices or ()}[value]
+
+
+def _sampler_seed(cell_key: str) -> int:
+    return int(hashlib.sha1(cell_key.encode()).hexdigest()[:8], 16)
+
+
+class CellSearcher(Searcher):
+    """Suggests every trial of a study: the grid trials first, then Optuna suggestions cell by cell in turn.
+
+    `optuna_journal` is the file holding the Optuna studies (one per cell, named by cell key), so a resumed
+    study continues them. Returns FINISHED once every trial has been suggested.
+    """
+
+    def __init__(self, cells: list[CellPlan], optuna_journal: Path | None = None):
+        super().__init__(metric="val_acc", mode="max")
+        self._cells = {cell.cell_key: cell for cell in cells}
+        self._journal = optuna_journal
+        self._queue: deque[tuple[str, dict[str, Any], int, int | None]] = deque(
+            (cell.cell_key, values, seed, None)
+            for cell in cells
+            if not cell.uses_optuna
+            for values in cell.grid_values()
+            for seed in cell.seeds
+        )
+        self._optuna_cells = [cell.cell_key for cell in cells if cell.uses_optuna]
+        self._asked: dict[str, int] = {key: 0 for key in self._optuna_cells}
+        self._turn = 0
+        self._live: dict[str, tuple[str, int | None, int]] = {}
+        self._best: dict[str, float] = {}
+        self._pending: dict[tuple[str, int], dict[int, float | None]] = {}  # ended seeds -> best
+        self._studies: dict[str, optuna.Study] = {}
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        """Metric and mode are fixed by the study (val_acc, max); accept only those."""
+        return metric in (None, "val_acc") and mode in (None, "max")
+
+    def _study(self, cell_key: str) -> optuna.Study:
+        if cell_key not in self._studies:
+            storage = None
+            if self._journal is not None:
+                self._journal.parent.mkdir(parents=True, exist_ok=True)
+                storage = JournalStorage(JournalFileBackend(str(self._journal)))
+            study = optuna.create_study(
+                storage=storage,
+                sampler=optuna.samplers.TPESampler(seed=_sampler_seed(cell_key)),
+                study_name=cell_key,
+                direction="maximize",
+                load_if_exists=True,
+            )
+            known = {number for key, number in self._pending if key == cell_key}
+            for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                if trial.number not in known:
+                    study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            self._studies[cell_key] = study
+        return self._studies[cell_key]
+
+    def _ask_next(self) -> bool:
+        """Ask the next cell in turn with budget left for one suggestion and queue it once per seed."""
+        for _ in range(len(self._optuna_cells)):
+            key = self._optuna_cells[self._turn % len(self._optuna_cells)]
+            self._turn += 1
+            cell = self._cells[key]
+            if self._asked[key] >= cell.n_suggestions:
+                continue
+            self._asked[key] += 1
+            trial = self._study(key).ask({path: optuna_distribution(d) for path, d in cell.optuna.items()})
+            values = {path: _decode(cell.optuna[path], trial.params[path]) for path in cell.optuna}
+            self._pending[(key, trial.number)] = {}
+            self._queue.extend((key, values, seed, trial.number) for seed in cell.seeds)
+            return True
+        return False
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        """The Ray config of the next trial, or FINISHED when all have been suggested."""
+        if not self._queue and not self._ask_next():
+            return Searcher.FINISHED
+        key, values, seed, number = self._queue.popleft()
+        self._live[trial_id] = (key, number, seed)
+        return self._cells[key].trial(values, seed).ray_config()
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Keep the trial's best validation accuracy so far."""
+        value = result.get("best_val_acc", result.get("val_acc"))
+        if value is not None and trial_id in self._live:
+            self._best[trial_id] = max(float(value), self._best.get(trial_id, float("-inf")))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """Record the trial's (partial) best; tell Optuna the mean over seeds once all seeds have ended."""
+        if result:
+            self.on_trial_result(trial_id, result)
+        if trial_id not in self._live:
+            return
+        key, number, seed = self._live.pop(trial_id)
+        best = self._best.pop(trial_id, None)
+        if number is None:
+            return
+        ended = self._pending[(key, number)]
+        ended[seed] = best
+        if len(ended) == len(self._cells[key].seeds):
+            self._tell(key, number)
+
+    def _tell(self, key: str, number: int) -> None:
+        values = [v for v in self._pending.pop((key, number)).values() if v is not None]
+        study = self._study(key)
+        if values:
+            study.tell(number, sum(values) / len(values), skip_if_finished=True)
+        else:
+            study.tell(number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+
+    def get_state(self) -> dict[str, Any]:
+        """Everything but the open Optuna studies (they live in the journal file)."""
+        state = dict(self.__dict__)
+        state["_studies"] = {}
+        return state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continue from a saved state; Optuna studies reopen from the journal on first use."""
+        self.__dict__.update(state)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.get_state()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.set_state(state)
+
+    def save(self, checkpoint_path: str) -> None:
+        """Write the searcher's state for Tuner.restore."""
+        Path(checkpoint_path).write_bytes(pickle.dumps(self.get_state()))
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Read a state written by `save`."""
+        self.set_state(pickle.loads(Path(checkpoint_path).read_bytes()))

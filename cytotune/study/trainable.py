@@ -1,0 +1,97 @@
+"""The Ray Tune function trainable of a study: one trial through `run_trial`, reported to Tune.
+
+Each evaluation becomes `tune.report(metrics)`, with a checkpoint holding the trainer's state when it gives
+one (LoRA), so a retried trial continues from it. The last report carries all final metrics, "done_trial": 1,
+val_acc (of the returned model: its best checkpoint, so equal to best_val_acc) and a checkpoint with the
+trial's artifacts (trial_manifest.csv, adapter/ for LoRA, result.json).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+from ray.tune import PlacementGroupFactory
+
+from cytotune.config import TrialConfig
+
+STATE_FILE = "state.pt"
+RESULT_FILE = "result.json"
+
+
+def _resume_state() -> dict | None:
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        path = Path(folder) / STATE_FILE
+        return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def study_trainable(config: dict[str, Any]) -> None:
+    """Run the trial described by a study's Ray config (see TrialPlan.ray_config) and report it to Tune."""
+    from cytotune.train import run_trial
+
+    started_at = time.time()
+    cfg = TrialConfig.model_validate(config["trial"])
+    resume = _resume_state()
+    assigned = ray.get_runtime_context().get_assigned_resources()
+    timing = {
+        "started_at": started_at,
+        "resumed": int(resume is not None),
+        "assigned_cpus": float(assigned.get("CPU", 0.0)),
+        "assigned_gpus": float(assigned.get("GPU", 0.0)),
+    }
+
+    def report(metrics: dict, state: dict | None) -> None:
+        metrics = {**metrics, **timing, "elapsed_s": time.time() - started_at}
+        if state is None:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="cytotune-state-") as folder:
+            torch.save(state, Path(folder) / STATE_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    with tempfile.TemporaryDirectory(prefix="cytotune-trial-") as folder:
+        out = Path(folder)
+        result = run_trial(cfg, report=report, resume=resume, out_dir=out)
+        full = {**_jsonable(dataclasses.asdict(result)), "trial_key": config["trial_key"]}
+        (out / RESULT_FILE).write_text(json.dumps(full, indent=1))
+        final = {
+            **result.metrics(),
+            "val_acc": result.best_val_acc,
+            "step": result.steps,
+            "done_trial": 1,
+            **timing,
+            "ended_at": time.time(),
+            "elapsed_s": time.time() - started_at,
+        }
+        tune.report(final, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def trial_resources(config: dict[str, Any]) -> PlacementGroupFactory:
+    """The resources a trial asks for, from its Ray config (set per method block in the study YAML)."""
+    ask = config.get("resources", {"CPU": 1.0, "GPU": 0.0})
+    return PlacementGroupFactory([{name: amount for name, amount in ask.items() if amount > 0}])
+
+
+def study_trainable_with_resources():
+    """The study trainable wrapped with per-trial resources for Tuner and Tuner.restore."""
+    return tune.with_resources(study_trainable, trial_resources)

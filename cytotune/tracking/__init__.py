@@ -1,0 +1,17 @@
+"""MLflow tracking of studies: run layout (the Ray Tune callback in cytotune.tracking.callback), queries, selection."""
+
+from cytotune.tracking.runs import best_configs, expected_seeds, latest_launch, parse_where, runs_frame
+from cytotune.tracking.selection import select_best
+from cytotune.tracking.uri import check_tracking, default_tracking_uri, resolve_tracking_uri
+
+__all__ = [
+    "best_configs",
+    "check_tracking",
+    "default_tracking_uri",
+    "expected_seeds",
+    "latest_launch",
+    "parse_where",
+    "resolve_tracking_uri",
+    "runs_frame",
+    "select_best",
+]

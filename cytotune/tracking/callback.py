@@ -1,0 +1,278 @@
+"""The MLflow writer of a study: a driver-side Ray Tune callback, one parent run per launch, one child per trial."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from ray.tune import Callback
+
+from cytotune import __version__
+from cytotune.report.confusion import confusion_figure
+from cytotune.tracking import layout
+from cytotune.tracking.uri import resolve_tracking_uri
+
+_BATCH = 100
+
+
+class MlflowCallback(Callback):
+    """Writes a study's runs to MLflow from the Ray driver (the only writer, so an SQLite file stays safe).
+
+    Layout: experiment = study name; a parent run per launch (study YAML as artifact, its sha256, cytotune
+    version, git commit, Ray address); a child run per trial (nested under the launch that first ran it) with
+    the flattened TrialConfig as params, tags cell/trial key, Ray trial id and status (running, finished,
+    stopped, failed), per-evaluation metrics by step, final metrics and, for finished trials, the files of the
+    final checkpoint plus the confusion matrix as PNG. ASHA-stopped trials end KILLED with status "stopped".
+    With `resume`, a trial continues the child run holding its trial key (tagged with every launch id), so a
+    resumed study never makes a second run for a trial.
+    """
+
+    def __init__(
+        self,
+        study: str,
+        tracking_uri: str | None = None,
+        *,
+        study_yaml: str | None = None,
+        resume: bool = False,
+        ray_address: str | None = None,
+    ):
+        self.study = study
+        self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        self.study_yaml = study_yaml
+        self.resume = resume
+        self.ray_address = ray_address
+        self.experiment_id: str | None = None
+        self.parent_run_id: str | None = None
+        self._client: MlflowClient | None = None
+        self._runs: dict[str, str] = {}
+        self._previous: dict[str, list[Any]] = {}
+        self._claimed: set[str] = set()
+        self._ended: set[str] = set()
+
+    @property
+    def client(self) -> MlflowClient:
+        """The MLflow client at this callback's tracking URI."""
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def setup(self, **info: Any) -> None:
+        """Start the launch (Ray Tune calls this once, before any trial)."""
+        self.start_launch()
+
+    def start_launch(self) -> str:
+        """Create the experiment if needed and this launch's parent run; return the parent run id."""
+        if self.parent_run_id is not None:
+            return self.parent_run_id
+        self.experiment_id = self._experiment_id()
+        if self.resume:
+            self._close_stale_launches()
+            self._previous = self._existing_trial_runs()
+        tags = {
+            layout.KIND: layout.KIND_LAUNCH,
+            layout.STUDY: self.study,
+            layout.VERSION: __version__,
+            layout.RAY_ADDRESS: self._ray_address(),
+            layout.RESUME: str(self.resume).lower(),
+        }
+        commit = layout.git_commit()
+        if commit:
+            tags[layout.GIT_COMMIT] = commit
+        if self.study_yaml is not None:
+            tags[layout.YAML_SHA256] = layout.sha256_text(self.study_yaml)
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        name = f"{self.study} launch {stamp}" + (" (resume)" if self.resume else "")
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=name)
+        self.parent_run_id = run.info.run_id
+        if self.study_yaml is not None:
+            self.client.log_text(self.parent_run_id, self.study_yaml, layout.STUDY_ARTIFACT)
+        return self.parent_run_id
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Open (or continue) the trial's run and mark it running."""
+        self._run_of(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        """Log the evaluation's metrics at its step; the final result also carries the final metrics."""
+        run_id = self._run_of(trial)
+        step = int(result.get("step", result.get("training_iteration", 0)))
+        names = list(layout.STEP_METRICS)
+        if result.get("done_trial"):
+            names += [name for name in layout.FINAL_METRICS if name not in names]
+        stamp = int(time.time() * 1000)
+        metrics = [Metric(name, float(result[name]), stamp, step) for name in names if _is_number(result.get(name))]
+        if metrics:
+            self.client.log_batch(run_id, metrics=metrics)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """End the trial's run: finished (with its artifacts) when it reported its final result, else stopped."""
+        if trial.trial_id not in self._runs:
+            return
+        run_id = self._runs[trial.trial_id]
+        finished = bool((trial.last_result or {}).get("done_trial"))
+        if finished:
+            self._log_final_artifacts(run_id, trial)
+        self._end(trial, layout.FINISHED if finished else layout.STOPPED)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """End the trial's run FAILED with the error text as a tag and as error.txt."""
+        run_id = self._run_of(trial)
+        text = _error_text(trial)
+        self.client.set_tag(run_id, layout.ERROR, layout.clip_tag(text))
+        self.client.log_text(run_id, text, "error.txt")
+        self._end(trial, layout.FAILED)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """End the launch's parent run."""
+        self.close("FINISHED")
+
+    def close(self, status: str = "FINISHED") -> None:
+        """End the parent run with `status` (FINISHED, FAILED or KILLED) unless already ended."""
+        if self.parent_run_id is not None and self.parent_run_id not in self._ended:
+            self.client.set_terminated(self.parent_run_id, status=status)
+            self._ended.add(self.parent_run_id)
+
+    def _experiment_id(self) -> str:
+        experiment = self.client.get_experiment_by_name(self.study)
+        if experiment is not None:
+            if experiment.lifecycle_stage == "deleted":
+                self.client.restore_experiment(experiment.experiment_id)
+            return experiment.experiment_id
+        return self.client.create_experiment(self.study, tags={layout.STUDY: self.study})
+
+    def _ray_address(self) -> str:
+        try:
+            import ray
+
+            if ray.is_initialized():
+                return ray.get_runtime_context().gcs_address
+        except (ImportError, RuntimeError, AttributeError):
+            pass
+        return self.ray_address or "local"
+
+    def _search(self, filter_string: str) -> list[Any]:
+        runs: list[Any] = []
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id], filter_string=filter_string, max_results=1000, page_token=token
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def _existing_trial_runs(self) -> dict[str, list[Any]]:
+        by_key: dict[str, list[Any]] = {}
+        for run in self._search(f"tags.`{layout.KIND}` = '{layout.KIND_TRIAL}'"):
+            by_key.setdefault(run.data.tags.get(layout.TRIAL_KEY, ""), []).append(run)
+        for runs in by_key.values():
+            runs.sort(key=lambda run: run.info.start_time or 0, reverse=True)
+        return by_key
+
+    def _close_stale_launches(self) -> None:
+        filter_string = f"tags.`{layout.KIND}` = '{layout.KIND_LAUNCH}' and attributes.status = 'RUNNING'"
+        for run in self._search(filter_string):
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+
+    def _run_of(self, trial: Any) -> str:
+        run_id = self._runs.get(trial.trial_id)
+        if run_id is not None:
+            return run_id
+        config = trial.config
+        previous = self._previous_run(config["trial_key"], trial.trial_id)
+        run_id = self._continue(previous, trial) if previous is not None else self._create(trial)
+        self._runs[trial.trial_id] = run_id
+        return run_id
+
+    def _previous_run(self, trial_key: str, ray_trial_id: str) -> Any | None:
+        candidates = [run for run in self._previous.get(trial_key, []) if run.info.run_id not in self._claimed]
+        same_id = [run for run in candidates if run.data.tags.get(layout.RAY_TRIAL_ID) == ray_trial_id]
+        chosen = (same_id or candidates or [None])[0]
+        if chosen is not None:
+            self._claimed.add(chosen.info.run_id)
+        return chosen
+
+    def _create(self, trial: Any) -> str:
+        config = trial.config
+        tags = {
+            layout.PARENT_RUN_ID: self.start_launch(),
+            layout.KIND: layout.KIND_TRIAL,
+            layout.STUDY: self.study,
+            layout.CELL_KEY: config["cell_key"],
+            layout.TRIAL_KEY: config["trial_key"],
+            layout.RAY_TRIAL_ID: trial.trial_id,
+            layout.STATUS: layout.RUNNING,
+            layout.SEARCHED: ",".join(sorted(config.get("searched", {}))),
+            layout.LAUNCHES: self.parent_run_id,
+        }
+        if "resources" in config:
+            tags[layout.RESOURCES] = json.dumps(config["resources"], sort_keys=True)
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=config["trial_key"])
+        params = [Param(name, value) for name, value in layout.flatten_trial(config["trial"]).items()]
+        for start in range(0, len(params), _BATCH):
+            self.client.log_batch(run.info.run_id, params=params[start : start + _BATCH])
+        return run.info.run_id
+
+    def _continue(self, run: Any, trial: Any) -> str:
+        run_id = run.info.run_id
+        launches = run.data.tags.get(layout.LAUNCHES, "").split(",")
+        launches = [launch for launch in launches if launch] + [self.start_launch()]
+        tags = {
+            layout.STATUS: layout.RUNNING,
+            layout.RAY_TRIAL_ID: trial.trial_id,
+            layout.LAUNCHES: ",".join(dict.fromkeys(launches)),
+        }
+        self.client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
+        self.client.update_run(run_id, status="RUNNING")
+        return run_id
+
+    def _end(self, trial: Any, status: str) -> None:
+        run_id = self._runs[trial.trial_id]
+        self.client.set_tag(run_id, layout.STATUS, status)
+        self.client.set_terminated(run_id, status=layout.RUN_STATUS[status])
+
+    def _log_final_artifacts(self, run_id: str, trial: Any) -> None:
+        checkpoint = trial.checkpoint
+        if checkpoint is None:
+            return
+        with checkpoint.as_directory() as folder:
+            folder = Path(folder)
+            for name in ("trial_manifest.csv", "result.json"):
+                if (folder / name).is_file():
+                    self.client.log_artifact(run_id, str(folder / name))
+            if (folder / "adapter").is_dir():
+                self.client.log_artifacts(run_id, str(folder / "adapter"), "adapter")
+            if (folder / "result.json").is_file():
+                self._log_confusion(run_id, json.loads((folder / "result.json").read_text()), trial)
+
+    def _log_confusion(self, run_id: str, result: dict, trial: Any) -> None:
+        if not result.get("confusion_matrix") or not result.get("classes"):
+            return
+        cell, key = trial.config["cell_key"], trial.config["trial_key"]
+        acc = result.get("test_acc")
+        title = cell + "\n" + key.removeprefix(cell + "/").replace("/", ", ")
+        title += f": test accuracy {100 * acc:.2f}%" if _is_number(acc) else ""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = confusion_figure(
+                result["confusion_matrix"], result["classes"], Path(tmp) / "confusion_matrix.png", title
+            )
+            self.client.log_artifact(run_id, str(path))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def _error_text(trial: Any) -> str:
+    try:
+        text = trial.get_error()
+    except (OSError, ValueError, AttributeError):
+        text = None
+    return str(text) if text else f"trial {trial.trial_id} failed; Ray recorded no error text"

@@ -1,0 +1,226 @@
+"""Reading a study back from MLflow: trial runs as a DataFrame, the latest launch, expected seeds, best configs."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Run
+
+from cytotune.errors import CytotuneError
+from cytotune.tracking import layout
+from cytotune.tracking.selection import select_best
+from cytotune.tracking.uri import resolve_tracking_uri
+
+TAG_COLUMNS = {
+    layout.STATUS: "status",
+    layout.CELL_KEY: "cell_key",
+    layout.TRIAL_KEY: "trial_key",
+    layout.RAY_TRIAL_ID: "ray_trial_id",
+    layout.SEARCHED: "searched",
+    layout.RESOURCES: "resources",
+    layout.ERROR: "error",
+    layout.PARENT_RUN_ID: "parent_run_id",
+}
+BASE_COLUMNS = ("run_id", "run_status", "start_time", "end_time", *TAG_COLUMNS.values())
+
+
+def experiment_id(client: MlflowClient, experiment: str) -> str:
+    """The id of the experiment named `experiment`; CytotuneError naming the known ones when absent."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = sorted(e.name for e in client.search_experiments() if e.name != "Default")
+        known = ", ".join(names) if names else "none"
+        raise CytotuneError(
+            f"experiment {experiment!r} not found at {client.tracking_uri}; expected one of: {known}"
+        )
+    return found.experiment_id
+
+
+def search_all(client: MlflowClient, experiment: str, filter_string: str, order_by: list[str] | None = None):
+    """Every run of an experiment matching an MLflow filter string (all pages)."""
+    ids = [experiment_id(client, experiment)]
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs(ids, filter_string, max_results=1000, order_by=order_by, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def runs_frame(
+    experiment: str,
+    tracking_uri: str | None = None,
+    where: str | Mapping[str, Any] | None = None,
+    all_launches: bool = False,
+) -> pd.DataFrame:
+    """One row per trial run of a study: params (typed), cytotune tags, latest metrics and MLflow status.
+
+    Columns: run_id, run_status (MLflow), start_time, end_time, status, cell_key, trial_key, ray_trial_id,
+    searched, resources, error, parent_run_id, then the params (backbone, lr, seed, lora.rank, ...) and the
+    metrics (best_val_acc, test_acc, ...). A launch without --resume starts the study over, so only the runs
+    of the latest such launch and of the launches resuming it are read (all runs with `all_launches`); a
+    trial key with several runs keeps its latest. `where` keeps rows whose columns equal the given values
+    ("dataset=sipakmed,shots=4" or a mapping).
+    """
+    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    runs = search_all(client, experiment, f"tags.`{layout.KIND}` = '{layout.KIND_TRIAL}'")
+    if not all_launches:
+        current = current_launch_ids(client, experiment)
+        runs = [run for run in runs if not current or current & _launches_of(run)]
+    frame = pd.DataFrame([_row(run) for run in runs])
+    for column in BASE_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = pd.Series(dtype=object)
+    if not frame.empty:
+        frame = frame.sort_values("start_time", kind="stable").drop_duplicates("trial_key", keep="last")
+        frame = frame.sort_values("trial_key", kind="stable").reset_index(drop=True)
+    frame = _typed(frame, params=sorted({name for run in runs for name in run.data.params}))
+    return filter_frame(frame, where) if where else frame
+
+
+def current_launch_ids(client: MlflowClient, experiment: str) -> set[str]:
+    """Ids of the latest launch made without --resume and of the launches after it (empty: no launch)."""
+    filter_string = f"tags.`{layout.KIND}` = '{layout.KIND_LAUNCH}'"
+    launches = search_all(client, experiment, filter_string, order_by=["attributes.start_time DESC"])
+    current: set[str] = set()
+    for launch in launches:
+        current.add(launch.info.run_id)
+        if launch.data.tags.get(layout.RESUME) != "true":
+            break
+    return current
+
+
+def _launches_of(run: Run) -> set[str]:
+    tags = run.data.tags
+    return {launch for launch in tags.get(layout.LAUNCHES, "").split(",") if launch} | {
+        tags.get(layout.PARENT_RUN_ID, "")
+    }
+
+
+def _row(run: Run) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "run_id": run.info.run_id,
+        "run_status": run.info.status,
+        "start_time": pd.to_datetime(run.info.start_time, unit="ms", utc=True),
+        "end_time": pd.to_datetime(run.info.end_time, unit="ms", utc=True) if run.info.end_time else pd.NaT,
+    }
+    row.update({column: run.data.tags.get(tag) for tag, column in TAG_COLUMNS.items()})
+    row.update(run.data.params)
+    row.update(run.data.metrics)
+    return row
+
+
+def _typed(frame: pd.DataFrame, params: list[str]) -> pd.DataFrame:
+    for name in params:
+        try:
+            frame[name] = pd.to_numeric(frame[name])
+        except (ValueError, TypeError):
+            continue
+    return frame
+
+
+def parse_where(where: str) -> dict[str, str]:
+    """`"dataset=sipakmed,shots=4"` as a mapping; a piece without "=" continues the previous value ("q,v")."""
+    out: dict[str, str] = {}
+    last = None
+    for piece in (p.strip() for p in where.split(",")):
+        if "=" in piece:
+            key, _, value = piece.partition("=")
+            last = key.strip()
+            if not last:
+                raise CytotuneError(f"--where {where!r}: empty field name; expected FIELD=VALUE[,FIELD=VALUE]")
+            out[last] = value.strip()
+        elif piece and last is not None:
+            out[last] += "," + piece
+        elif piece:
+            raise CytotuneError(f"--where {where!r}: {piece!r} has no '='; expected FIELD=VALUE[,FIELD=VALUE]")
+    return out
+
+
+def filter_frame(frame: pd.DataFrame, where: str | Mapping[str, Any]) -> pd.DataFrame:
+    """The rows whose columns equal the given values (numbers compared as numbers)."""
+    conditions = parse_where(where) if isinstance(where, str) else dict(where)
+    keep = pd.Series(True, index=frame.index)
+    for name, value in conditions.items():
+        if name not in frame.columns:
+            known = ", ".join(sorted(map(str, frame.columns)))
+            raise CytotuneError(f"--where: no field {name!r} in the runs; expected one of: {known}")
+        column = frame[name]
+        if pd.api.types.is_numeric_dtype(column):
+            try:
+                number = float(value)
+            except ValueError as err:
+                raise CytotuneError(f"--where: {name} is numeric; expected a number, got {value!r}") from err
+            keep &= np.isclose(column.astype(float), number, rtol=1e-9, atol=0.0)
+        else:
+            keep &= column.astype(str) == str(value)
+    return frame[keep].reset_index(drop=True)
+
+
+def latest_launch(experiment: str, tracking_uri: str | None = None) -> Run:
+    """The parent run of the study's most recent launch; CytotuneError when the study has none."""
+    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    filter_string = f"tags.`{layout.KIND}` = '{layout.KIND_LAUNCH}'"
+    launches = search_all(client, experiment, filter_string, order_by=["attributes.start_time DESC"])
+    if not launches:
+        raise CytotuneError(f"experiment {experiment!r} has no launch run; expected one made by `cytotune run`")
+    return launches[0]
+
+
+def launch_study_yaml(run: Run, tracking_uri: str | None = None) -> str | None:
+    """The study YAML logged on a launch run (None when it has none)."""
+    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    names = {item.path for item in client.list_artifacts(run.info.run_id)}
+    if layout.STUDY_ARTIFACT not in names:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(run.info.run_id, layout.STUDY_ARTIFACT, tmp)
+        return Path(path).read_text()
+
+
+def expected_seeds(experiment: str, tracking_uri: str | None = None) -> dict[str, int] | None:
+    """Seeds per cell key from the study YAML of the latest launch; None when it has no readable YAML."""
+    from cytotune.config import load_study
+    from cytotune.study.grid import expand_cells
+
+    try:
+        text = launch_study_yaml(latest_launch(experiment, tracking_uri), tracking_uri)
+    except CytotuneError:
+        return None
+    if text is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / layout.STUDY_ARTIFACT
+        path.write_text(text)
+        try:
+            return {cell.cell_key: len(cell.seeds) for cell in expand_cells(load_study(path))}
+        except CytotuneError:
+            return None
+
+
+def searched_fields(frame: pd.DataFrame) -> tuple[str, ...]:
+    """The searched fields named by the runs' tags (lr when none is recorded), lr first."""
+    names = {name for value in frame.get("searched", pd.Series(dtype=object)).dropna() for name in value.split(",")}
+    names.discard("")
+    names = {name for name in names if name in frame.columns} or {"lr"}
+    return tuple(sorted(names, key=lambda name: (name != "lr", name)))
+
+
+def best_configs(
+    experiment: str, tracking_uri: str | None = None, where: str | Mapping[str, Any] | None = None
+) -> pd.DataFrame:
+    """select_best over the study's runs, searched fields from the run tags (also in .attrs["searched"]),
+    expected seeds from the study YAML of the latest launch."""
+    frame = runs_frame(experiment, tracking_uri, where)
+    searched = searched_fields(frame)
+    best = select_best(frame, searched, expected_seeds(experiment, tracking_uri))
+    best.attrs["searched"] = searched
+    return best

@@ -1,0 +1,134 @@
+"""Validation-selected results per cell: a pure function over a DataFrame of trials (one row per trial run)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from cytotune.errors import CytotuneError
+
+FINISHED = "finished"
+CELL_FIELDS = (
+    "method",
+    "backbone",
+    "dataset",
+    "level",
+    "shots",
+    "fraction",
+    "lora.rank",
+    "lora.targets",
+    "lora.alpha",
+    "lora.dropout",
+    "lora.scaling",
+)
+MEAN_METRICS = ("test_balanced_acc", "test_macro_f1", "trainable_params", "total_params")
+_TIE_DECIMALS = 12
+
+
+def select_best(
+    frame: pd.DataFrame,
+    searched: Sequence[str] = ("lr",),
+    expected_seeds: int | Mapping[str, int] | None = None,
+) -> pd.DataFrame:
+    """Per cell, the searched values with the highest mean best_val_acc over seeds among finished trials.
+
+    `frame` has one row per trial with columns cell_key, status, seed, best_val_acc, test_acc and the searched
+    fields. Ties go to the smaller lr, then to the smaller values of the other searched fields in order. Trials
+    whose status is not "finished" are never chosen. The result has one row per cell (sorted by cell key): the
+    cell's fields, the chosen searched values, val_acc_mean, test_acc_mean, test_acc_std (sample std over seeds),
+    n_seeds, expected_seeds and missing_seeds (True when fewer seeds than expected; a cell without any finished
+    trial gets NaN values and missing_seeds True). `expected_seeds` is one number, a number per cell key, or
+    None for the largest number of distinct seeds seen in any cell.
+    """
+    searched = _ordered_searched(searched)
+    if frame.empty:
+        return pd.DataFrame(columns=_output_columns(frame, searched))
+    required = {"cell_key", "status", "seed", "best_val_acc", "test_acc", *searched}
+    missing = sorted(required - set(frame.columns))
+    if missing:
+        expected = ", ".join(sorted(required))
+        raise CytotuneError(f"runs table: missing columns {', '.join(missing)}; expected columns {expected}")
+    seen = int(frame.groupby("cell_key")["seed"].nunique().max())
+    done = frame[(frame["status"] == FINISHED) & frame["best_val_acc"].notna() & frame["test_acc"].notna()]
+    rows = []
+    for cell, trials in frame.groupby("cell_key", sort=True):
+        expected = _expected(expected_seeds, str(cell), seen)
+        row = {"cell_key": cell, **_cell_fields(trials, searched)}
+        candidates = done[done["cell_key"] == cell]
+        row.update(_choose(candidates, searched) if len(candidates) else _nothing(searched))
+        row["expected_seeds"] = expected
+        row["missing_seeds"] = bool(row["n_seeds"] < expected)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=_output_columns(frame, searched))
+
+
+def _ordered_searched(searched: Sequence[str]) -> list[str]:
+    names = list(dict.fromkeys(searched))
+    return (["lr"] if "lr" in names else []) + [name for name in names if name != "lr"]
+
+
+def _expected(expected_seeds: int | Mapping[str, int] | None, cell: str, seen: int) -> int:
+    if expected_seeds is None:
+        return seen
+    if isinstance(expected_seeds, Mapping):
+        return int(expected_seeds.get(cell, seen))
+    return int(expected_seeds)
+
+
+def _cell_fields(trials: pd.DataFrame, searched: list[str]) -> dict:
+    return {name: trials[name].iloc[0] for name in CELL_FIELDS if name in trials.columns and name not in searched}
+
+
+def _choose(candidates: pd.DataFrame, searched: list[str]) -> dict:
+    keys = searched or ["cell_key"]
+    groups = candidates.groupby(keys, sort=False, dropna=False)
+    summary = groups.agg(
+        val_acc_mean=("best_val_acc", "mean"),
+        test_acc_mean=("test_acc", "mean"),
+        test_acc_std=("test_acc", "std"),
+        n_seeds=("seed", "nunique"),
+    ).reset_index()
+    summary["_rank"] = summary["val_acc_mean"].round(_TIE_DECIMALS)
+    summary = summary.sort_values(["_rank", *searched], ascending=[False] + [True] * len(searched), kind="stable")
+    best = summary.iloc[0]
+    chosen = candidates
+    for name in searched:
+        chosen = chosen[_same(chosen[name], best[name])]
+    out = {name: best[name] for name in searched}
+    out.update(
+        val_acc_mean=float(best["val_acc_mean"]),
+        test_acc_mean=float(best["test_acc_mean"]),
+        test_acc_std=float(best["test_acc_std"]),
+        n_seeds=int(best["n_seeds"]),
+        seeds=tuple(sorted(int(s) for s in chosen["seed"].unique())),
+        n_candidates=len(summary),
+    )
+    for metric in MEAN_METRICS:
+        if metric in chosen.columns:
+            out[f"{metric}_mean"] = float(chosen[metric].mean())
+    return out
+
+
+def _same(column: pd.Series, value: object) -> pd.Series:
+    return column.isna() if pd.isna(value) else column == value
+
+
+def _nothing(searched: list[str]) -> dict:
+    return {
+        **{name: np.nan for name in searched},
+        "val_acc_mean": np.nan,
+        "test_acc_mean": np.nan,
+        "test_acc_std": np.nan,
+        "n_seeds": 0,
+        "seeds": (),
+        "n_candidates": 0,
+    }
+
+
+def _output_columns(frame: pd.DataFrame, searched: list[str]) -> list[str]:
+    cell = [name for name in CELL_FIELDS if name in frame.columns and name not in searched]
+    means = [f"{metric}_mean" for metric in MEAN_METRICS if metric in frame.columns]
+    stats = ["val_acc_mean", "test_acc_mean", "test_acc_std", "n_seeds", "expected_seeds", "missing_seeds"]
+    return ["cell_key", *cell, *searched, *stats, "seeds", "n_candidates", *means]

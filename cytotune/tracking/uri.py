@@ -1,0 +1,67 @@
+"""Where runs are tracked: the embedded SQLite default, and a reachability check before anything starts."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+from cytotune.errors import CytotuneError
+
+CHECK_TIMEOUT_S = 5.0
+
+
+def default_tracking_uri(directory: Path | None = None) -> str:
+    """The embedded default: an SQLite file mlflow.db in the working directory (or `directory`)."""
+    return f"sqlite:///{(directory or Path.cwd()).resolve() / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """The given tracking URI, or the embedded default when None."""
+    return uri or default_tracking_uri()
+
+
+def check_tracking(uri: str) -> None:
+    """Raise CytotuneError (one line) when runs cannot be tracked at `uri`: server down, bad scheme or path."""
+    scheme = urlparse(uri).scheme
+    if scheme in ("http", "https"):
+        _check_server(uri)
+    elif scheme == "sqlite":
+        _check_sqlite(uri)
+    elif scheme in ("", "file"):
+        raise CytotuneError(
+            f"tracking URI {uri}: MLflow's file store is not supported; expected sqlite:///PATH.db or http://HOST:PORT"
+        )
+    elif not (scheme.startswith("postgresql") or scheme.startswith("mysql") or scheme.startswith("mssql")):
+        raise CytotuneError(
+            f"tracking URI {uri}: unknown scheme {scheme!r}; expected http://HOST:PORT, sqlite:///PATH.db or a "
+            "database URL"
+        )
+
+
+def _check_server(uri: str) -> None:
+    url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+    try:
+        with urllib.request.urlopen(url, timeout=CHECK_TIMEOUT_S) as response:
+            json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        raise CytotuneError(
+            f"MLflow tracking server {uri} answered HTTP {err.code}; expected an `mlflow server` at that address"
+        ) from err
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise CytotuneError(
+            f"MLflow tracking server {uri} is unreachable ({reason}); expected a running `mlflow server` there"
+        ) from err
+    except ValueError as err:
+        raise CytotuneError(
+            f"{uri} did not answer like an MLflow tracking server; expected an `mlflow server` at that address"
+        ) from err
+
+
+def _check_sqlite(uri: str) -> None:
+    path = Path(uri.removeprefix("sqlite:///"))
+    if uri.startswith("sqlite:///") and not path.parent.is_dir():
+        raise CytotuneError(f"tracking URI {uri}: folder {path.parent} does not exist; expected an existing folder")

@@ -1,0 +1,249 @@
+"""One LoRA fine-tuning trial: LoRA on the backbone's attention, a Linear head, AdamW, warmup + cosine."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from itertools import chain
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cytotune.config import TrialConfig
+from cytotune.data import open_image_cache
+from cytotune.data.transforms import eval_transform, train_transform
+from cytotune.models import get_backbone_spec, load_backbone
+from cytotune.models.lora import add_lora, load_lora_state_dict, lora_state_dict, save_adapter
+from cytotune.models.params import count_parameters
+from cytotune.train.batches import BatchStream
+from cytotune.train.best import BestTracker
+from cytotune.train.guard import ensure_finite_loss
+from cytotune.train.metrics import classification_metrics
+from cytotune.train.result import TrialResult
+from cytotune.train.runtime import PeakMemory, autocast, resolve_device, seed_everything
+from cytotune.train.schedule import warmup_cosine_lr
+from cytotune.train.subsets import TrialData, trial_data, write_trial_manifest
+
+Report = Callable[[dict, dict | None], None]
+
+
+def lora_steps(cfg: TrialConfig, num_train: int) -> int:
+    """Optimisation steps of a LoRA trial: base + per-shot steps for few-shot, else epochs over the subset;
+    capped by train.max_steps."""
+    settings = cfg.train
+    if cfg.shots is not None:
+        steps = settings.base_steps + settings.steps_per_shot * cfg.shots
+    else:
+        steps = settings.epochs * math.ceil(num_train / settings.batch_size)
+    return min(steps, settings.max_steps) if settings.max_steps is not None else steps
+
+
+def _cpu_copy(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: _cpu_copy(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cpu_copy(item) for item in value)
+    return value
+
+
+class LoraRun:
+    """A LoRA trial in progress: the adapted backbone and head, optimiser, batch stream, generators and the
+    best-validation tracker; checkpointable at any step with state_dict()."""
+
+    def __init__(self, cfg: TrialConfig, data: TrialData, device: torch.device) -> None:
+        self.cfg = cfg
+        self.data = data
+        self.device = device
+        self.generator = seed_everything(cfg.seed)
+        self.spec = get_backbone_spec(cfg.backbone)
+        self.backbone = add_lora(load_backbone(cfg.backbone, weights=cfg.weights), cfg.lora).to(device)
+        self.head = nn.Linear(self.spec.feature_dim, len(data.manifest.classes)).to(device)
+        trainable = [p for p in chain(self.backbone.parameters(), self.head.parameters()) if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.train.weight_decay)
+        self.augment_generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        self.images = open_image_cache(
+            data.manifest, size=cfg.train.image_cache_size, cache_dir=cfg.cache_dir
+        )
+        self.labels = data.label_tensor()
+        self.stream = BatchStream(len(data.train), cfg.train.batch_size, self.generator)
+        self.total_steps = lora_steps(cfg, len(data.train))
+        self.best = BestTracker()
+        self.step = 0
+        self.examples_seen = 0
+        self.train_seconds = 0.0
+        self.where = f"LoRA {cfg.backbone}/{cfg.dataset} lr={cfg.lr} seed={cfg.seed}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the adapted backbone + head on normalised images."""
+        with autocast(self.device):
+            return self.head(self.backbone(x)).float()
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """LoRA and head weights (what training changes), by name."""
+        state = {f"lora.{k}": v for k, v in lora_state_dict(self.backbone).items()}
+        state.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
+        return state
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Put LoRA and head weights from trainable_state() output back into the model."""
+        load_lora_state_dict(
+            self.backbone, {k[5:]: v.to(self.device) for k, v in state.items() if k.startswith("lora.")}
+        )
+        self.head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly from this step (a CPU copy)."""
+        rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
+        rng["augment"] = self.augment_generator.get_state()
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return _cpu_copy(
+            {
+                "step": self.step,
+                "trainable": self.trainable_state(),
+                "optimizer": self.optimizer.state_dict(),
+                "best": self.best.state_dict(),
+                "rng": rng,
+                "stream": self.stream.state_dict(),
+                "examples_seen": self.examples_seen,
+                "train_seconds": self.train_seconds,
+            }
+        )
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a state_dict() taken by a run of the same TrialConfig."""
+        self.step = int(state["step"])
+        self.load_trainable_state(state["trainable"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        best = dict(state["best"])
+        if best["state"] is not None:
+            best["state"] = {k: v.to(self.device) for k, v in best["state"].items()}
+        self.best.load_state_dict(best)
+        torch.set_rng_state(state["rng"]["torch"])
+        self.generator.set_state(state["rng"]["generator"])
+        self.augment_generator.set_state(state["rng"]["augment"])
+        if self.device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.stream.load_state_dict(state["stream"])
+        self.examples_seen = int(state["examples_seen"])
+        self.train_seconds = float(state["train_seconds"])
+
+    def train_step(self) -> float:
+        """One optimisation step on the next batch; returns its loss."""
+        rows = self.data.train[self.stream.next().numpy()]
+        images = self.images.batch(rows).to(self.device, non_blocking=True)
+        x = train_transform(
+            images, self.spec.input_size, self.spec.mean, self.spec.std, self.augment_generator
+        )
+        y = self.labels[rows].to(self.device)
+        loss = nn.functional.cross_entropy(self.forward(x), y)
+        value = loss.item()
+        ensure_finite_loss(value, self.step + 1, self.where)
+        lr = warmup_cosine_lr(
+            self.step,
+            base_lr=self.cfg.lr,
+            total_steps=self.total_steps,
+            warmup_steps=self.cfg.train.warmup_steps,
+            min_lr=self.cfg.train.min_lr,
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        self.examples_seen += len(rows)
+        return value
+
+    @torch.inference_mode()
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        """Predicted classes of the given manifest rows (evaluation preprocessing, dropout off)."""
+        self.backbone.eval()
+        self.head.eval()
+        out = []
+        for lo in range(0, len(rows), self.cfg.train.eval_batch_size):
+            batch = rows[lo : lo + self.cfg.train.eval_batch_size]
+            x = eval_transform(
+                self.images.batch(batch).to(self.device), self.spec.input_size, self.spec.mean, self.spec.std
+            )
+            out.append(self.forward(x).argmax(1).cpu())
+        self.backbone.train()
+        self.head.train()
+        return torch.cat(out).numpy()
+
+    def accuracy(self, rows: np.ndarray) -> float:
+        """Top-1 accuracy on the given manifest rows."""
+        return float((self.predict(rows) == self.data.labels(rows)).mean())
+
+    def train(self, report: Report | None = None) -> None:
+        """Train to the last step, evaluating on val every eval_every steps and at the end."""
+        self.backbone.train()
+        self.head.train()
+        losses: list[float] = []
+        while self.step < self.total_steps:
+            start = time.perf_counter()
+            losses.append(self.train_step())
+            self.train_seconds += time.perf_counter() - start
+            if self.step % self.cfg.train.eval_every == 0 or self.step == self.total_steps:
+                val_acc = self.accuracy(self.data.val)
+                self.best.update(self.step, val_acc, self.trainable_state)
+                if report is not None:
+                    metrics = {
+                        "step": self.step,
+                        "train_loss": float(np.mean(losses)),
+                        "val_acc": val_acc,
+                        "best_val_acc": self.best.value,
+                    }
+                    report(metrics, self.state_dict())
+                losses = []
+
+    def restore_best(self) -> None:
+        """Load the best-validation LoRA + head weights into the model."""
+        self.load_trainable_state(self.best.state)
+
+
+def run_lora(
+    cfg: TrialConfig, report: Report | None = None, resume: dict | None = None, out_dir: Path | None = None
+) -> TrialResult:
+    """Fine-tune with LoRA and evaluate one trial; `report(metrics, state)` at each evaluation, where `state`
+    continues the trial exactly when passed back as `resume`."""
+    start = time.perf_counter()
+    device = resolve_device(cfg.train.device)
+    memory = PeakMemory(device)
+    data = trial_data(cfg)
+    run = LoraRun(cfg, data, device)
+    if resume is not None:
+        run.load_state_dict(resume)
+    run.train(report)
+    run.restore_best()
+    test = classification_metrics(data.labels(data.test), run.predict(data.test), len(data.manifest.classes))
+    artifacts = {}
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        artifacts["trial_manifest.csv"] = write_trial_manifest(data, out_dir / "trial_manifest.csv")
+        artifacts["adapter"] = save_adapter(
+            out_dir / "adapter", run.backbone, run.head, cfg.lora, data.manifest.classes, cfg.backbone
+        )
+    trainable, total = count_parameters(nn.ModuleList([run.backbone, run.head]))
+    return TrialResult(
+        best_val_acc=run.best.value,
+        best_step=run.best.step,
+        test_acc=test.accuracy,
+        test_balanced_acc=test.balanced_accuracy,
+        test_macro_f1=test.macro_f1,
+        test_per_class_recall=test.per_class_recall,
+        confusion_matrix=test.confusion,
+        classes=list(data.manifest.classes),
+        trainable_params=trainable,
+        total_params=total,
+        images_per_s=run.examples_seen / max(run.train_seconds, 1e-9),
+        peak_mem_mb=memory.megabytes(),
+        wall_s=time.perf_counter() - start,
+        steps=run.step,
+        artifacts=artifacts,
+    )

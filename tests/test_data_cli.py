@@ -1,0 +1,76 @@
+"""`cytotune data synth|prepare|info` and `cytotune bench data`, in process, and one error through the script."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from data_layouts import make_bcfc
+from typer.testing import CliRunner
+
+from cytotune.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CYTOTUNE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+def test_synth_prepare_info(tmp_path, isolated_cache):
+    out = tmp_path / "syn"
+    assert "wrote 3 classes x 10 png images of 32px" in invoke(
+        "data", "synth", str(out), "--classes", "3", "--per-class", "10", "--size", "32", "--seed", "2"
+    )
+    prepared = invoke("data", "prepare", "synthetic", "--root", str(out), "--cache-size", "24")
+    assert "synthetic: 30 images in 3 classes, split 0.7/0.1/0.2 (seed 0)" in prepared
+    lines = prepared.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split() == ["train", "val", "test", "total"])
+    assert lines[header + 1].split() == ["class_0", "7", "1", "2", "10"]
+    assert lines[header + 4].split() == ["total", "21", "3", "6", "30"]
+    assert "image cache: 30 images at 24px, built in" in prepared
+    assert len(list((isolated_cache / "images").glob("synthetic-*-24.u8"))) == 1
+    again = invoke("data", "prepare", "synthetic", "--root", str(out), "--cache-size", "24")
+    assert "24px, reused" in again
+    info = invoke("data", "info", "synthetic", "--root", str(out))
+    assert "class_2: 10 images" in info and "digest" in info and "-24.u8" in info
+
+
+def test_prepare_options(tmp_path):
+    root = make_bcfc(tmp_path / "bcfc", per_class=10)
+    output = invoke("data", "prepare", "bcfc", "--root", str(root), "--split", "0.6,0.2,0.2", "--split-seed", "3",
+                    "--cache-size", "16")
+    assert "split 0.6/0.2/0.2 (seed 3)" in output
+    assert "not prepared" in invoke("data", "info", "bcfc", "--root", str(root))
+    assert "split 0.6/0.2/0.2" in invoke("data", "info", "bcfc", "--root", str(root), "--split", "0.6,0.2,0.2",
+                                         "--split-seed", "3")
+
+
+def test_bench_data_prints_both_times_and_the_ratio():
+    output = invoke("bench", "data", "--image-size", "64", "--per-class", "8", "--size", "32", "--input-size", "24",
+                    "--batch-size", "8")
+    assert "PIL + torchvision per item" in output and "cache batch + eval_transform" in output
+    assert "ratio: cache is" in output and "synthetic, 4 x 8 JPG images of 64px" in output
+
+
+def test_user_error_is_one_line_and_exit_2(tmp_path):
+    script = Path(sys.executable).with_name("cytotune")
+    env = {**os.environ, "CYTOTUNE_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(
+        [str(script), "data", "prepare", "mlcc", "--root", str(tmp_path / "absent")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1
+    assert done.stderr.startswith("cytotune: error: dataset root ") and "does not exist" in done.stderr

@@ -1,0 +1,126 @@
+"""Per-cell Optuna search driven by hand (no Ray cluster): suggestions replicated over seeds, mean told."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+
+from cytotune.config import load_study
+from cytotune.study import expand_cells, expand_trials
+from cytotune.study.search import CellSearcher
+
+SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+@pytest.fixture()
+def optuna_spec(tmp_path):
+    text = (SPACES / "demo.yaml").read_text()
+    text = text.replace(
+        "      lr: [1.0e-2, 1.0e-3]\n    train: {probe_epochs: 10}",
+        "      lr: {optuna: loguniform, low: 1.0e-4, high: 1.0e-1}\n    samples: 3\n    train: {probe_epochs: 10}",
+    )
+    path = tmp_path / "optuna.yaml"
+    path.write_text(text)
+    return load_study(path)
+
+
+def accuracy(config: dict) -> float:
+    """A made-up best val accuracy: peaks at lr = 1e-2, lower for the hard backbone, a little seed noise."""
+    lr, seed = config["trial"]["lr"], config["trial"]["seed"]
+    base = 0.9 if config["trial"]["backbone"] == "tiny_clip" else 0.5
+    return base - 0.05 * abs(math.log10(lr) + 2) + 0.01 * seed
+
+
+def drain(searcher: CellSearcher, limit: int = 10_000) -> list[tuple[str, dict]]:
+    out = []
+    for i in range(limit):
+        config = searcher.suggest(f"t{i}")
+        if config == CellSearcher.FINISHED:
+            return out
+        out.append((f"t{i}", config))
+    raise AssertionError("searcher never finished")
+
+
+def complete(searcher: CellSearcher, suggested: list[tuple[str, dict]], stop: set[str] = frozenset()) -> None:
+    for trial_id, config in suggested:
+        acc = accuracy(config)
+        if trial_id in stop:  # stopped early by ASHA after one evaluation: only its partial best counts
+            searcher.on_trial_result(trial_id, {"step": 10, "val_acc": acc - 0.2, "best_val_acc": acc - 0.2})
+            searcher.on_trial_complete(
+                trial_id, {"step": 10, "val_acc": acc - 0.2, "best_val_acc": acc - 0.2}
+            )
+        else:
+            searcher.on_trial_result(trial_id, {"step": 10, "val_acc": acc - 0.1, "best_val_acc": acc - 0.1})
+            searcher.on_trial_complete(trial_id, {"best_val_acc": acc, "val_acc": acc, "done_trial": 1})
+
+
+def test_grid_study_suggests_every_trial_once_then_finishes():
+    spec = load_study(SPACES / "demo.yaml")
+    searcher = CellSearcher(expand_cells(spec))
+    suggested = drain(searcher)
+    assert [c["trial_key"] for _, c in suggested] == [t.trial_key for t in expand_trials(spec)]
+
+
+def test_optuna_per_cell_replicates_seeds_and_tells_the_mean(optuna_spec, tmp_path):
+    journal = tmp_path / "optuna.journal"
+    cells = expand_cells(optuna_spec)
+    searcher = CellSearcher(cells, journal)
+    suggested = drain(searcher)
+    probe = [c for _, c in suggested if c["trial"]["method"] == "linear_probe"]
+    assert len(suggested) == 16 + 2 * 3 * 2
+    assert len({c["trial_key"] for _, c in suggested}) == len(suggested)
+    per_suggestion = Counter((c["cell_key"], c["trial"]["lr"]) for c in probe)
+    assert len(per_suggestion) == 6 and set(per_suggestion.values()) == {2}
+    assert all(1e-4 <= c["trial"]["lr"] <= 1e-1 for c in probe)
+    stopped = {
+        tid for tid, c in suggested if c["trial"]["method"] == "linear_probe" and c["trial"]["seed"] == 2
+    }
+    stopped = {sorted(stopped)[0]}
+    complete(searcher, suggested, stop=stopped)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    for cell in (c for c in cells if c.uses_optuna):
+        study = optuna.load_study(study_name=cell.cell_key, storage=storage)
+        done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+        assert len(done) == 3
+        for trial in done:
+            mine = [
+                (tid, c)
+                for tid, c in suggested
+                if c["cell_key"] == cell.cell_key and c["searched"] == trial.params
+            ]
+            values = [accuracy(c) - (0.2 if tid in stopped else 0.0) for tid, c in mine]
+            assert len(mine) == 2 and trial.value == pytest.approx(sum(values) / 2)
+
+
+def test_optuna_waits_for_every_seed(optuna_spec, tmp_path):
+    searcher = CellSearcher(expand_cells(optuna_spec), tmp_path / "j.journal")
+    suggested = drain(searcher)
+    first = [(tid, c) for tid, c in suggested if c["trial"]["method"] == "linear_probe"][:1]
+    complete(searcher, first)
+    key = first[0][1]["cell_key"]
+    study = searcher._study(key)
+    assert study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)) == []
+
+
+def test_resumed_searcher_continues_the_optuna_studies(optuna_spec, tmp_path):
+    journal = tmp_path / "optuna.journal"
+    cells = expand_cells(optuna_spec)
+    first = CellSearcher(cells, journal)
+    head = [(f"a{i}", first.suggest(f"a{i}")) for i in range(16 + 4)]
+    complete(first, head)
+    state = tmp_path / "searcher.pkl"
+    first.save(str(state))
+    second = CellSearcher(cells, journal)
+    second.restore(str(state))
+    rest = drain(second)
+    complete(second, rest)
+    keys = [c["trial_key"] for _, c in head + rest]
+    assert len(keys) == len(set(keys)) == 16 + 12
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    for cell in (c for c in cells if c.uses_optuna):
+        study = optuna.load_study(study_name=cell.cell_key, storage=storage)
+        assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
