@@ -50,16 +50,16 @@ def data_synth(
 
 @data_app.command("prepare")
 def data_prepare(
-    dataset: str = typer.Argument(..., help="Dataset name (sipakmed, mlcc, bcfc, hicervix, folder, synthetic)."),
+    dataset: str = typer.Argument(..., help="sipakmed, mlcc, bcfc, hicervix, folder or synthetic."),
     root: str = typer.Option(..., "--root", metavar="PATH", help="The dataset folder as downloaded."),
     level: int = typer.Option(3, "--level", help="HiCervix label level: 1, 2 or 3."),
-    skip_corrupt: bool = typer.Option(False, "--skip-corrupt", help="Drop unreadable images instead of failing."),
+    skip_corrupt: bool = typer.Option(False, "--skip-corrupt", help="Drop unreadable images, don't fail."),
     cache_size: int = typer.Option(256, "--cache-size", help="Side of the decoded-image cache, pixels."),
     split: str = typer.Option("0.7,0.1,0.2", "--split", help="train,val,test fractions (no official split)."),
     split_seed: int = typer.Option(0, "--split-seed", help="Seed of the split."),
-    cache_dir: str = typer.Option(None, "--cache-dir", metavar="PATH", help="Cache folder [$CYTOTUNE_CACHE]."),
+    cache_dir: str = typer.Option(None, "--cache-dir", metavar="PATH", help="Cache [$CYTOTUNE_CACHE]."),
 ) -> None:
-    """Write the manifest (classes, splits, hashes) and build the image cache; print images per class and split."""
+    """Write the manifest (classes, splits, hashes), build the image cache; print images per class, split."""
     from cytotune.data import open_image_cache, prepare_dataset
     from cytotune.data.summary import manifest_summary, parse_split
 
@@ -85,14 +85,15 @@ def data_info(
     level: int = typer.Option(3, "--level", help="HiCervix label level: 1, 2 or 3."),
     split: str = typer.Option("0.7,0.1,0.2", "--split", help="train,val,test fractions."),
     split_seed: int = typer.Option(0, "--split-seed", help="Seed of the split."),
-    cache_dir: str = typer.Option(None, "--cache-dir", metavar="PATH", help="Cache folder [$CYTOTUNE_CACHE]."),
+    cache_dir: str = typer.Option(None, "--cache-dir", metavar="PATH", help="Cache [$CYTOTUNE_CACHE]."),
 ) -> None:
     """Show what is in a dataset folder, and its manifest and image caches if prepared."""
     from cytotune.data.summary import dataset_info, parse_split
 
-    typer.echo(
-        dataset_info(dataset, root, level=level, split=parse_split(split), split_seed=split_seed, cache_dir=cache_dir)
+    text = dataset_info(
+        dataset, root, level=level, split=parse_split(split), split_seed=split_seed, cache_dir=cache_dir
     )
+    typer.echo(text)
 
 
 # --- backbones and one trial ----------------------------------------------------------------------------------
@@ -193,18 +194,21 @@ def run_command(
     from cytotune.config import load_study
     from cytotune.study import describe_plan, run_study
     from cytotune.study import dry_run as plan_only
+    from cytotune.tracking.callback import study_callback
 
     spec = load_study(space)
     if dry_run:
         typer.echo(describe_plan(plan_only(spec, address=address)))
         return
+    tracking = study_callback(spec, tracking_uri, resume=resume, address=address)
     outcome = run_study(
         spec,
         address=address,
-        tracking_uri=tracking_uri,
+        tracking_uri=tracking.tracking_uri,
         storage=storage,
         resume=resume,
         max_concurrent=max_concurrent,
+        callbacks=[tracking],
     )
     counts = outcome.counts()
     typer.echo(
@@ -212,26 +216,90 @@ def run_command(
         f"{counts['stopped']} stopped early, {counts['failed']} failed) in {outcome.wall_s:.0f} s; "
         f"Ray results in {outcome.path}"
     )
+    typer.echo(f"MLflow: experiment {outcome.name} at {tracking.tracking_uri} (see `cytotune best`)")
+    if outcome.interrupted:
+        again = f"cytotune run {space}" + (f" --storage {storage}" if storage else "") + " --resume"
+        typer.echo(f"interrupted before every trial ended; continue with: {again}")
 
 
 @app.command("demo")
 def demo_command(
     out: Annotated[Path, typer.Option(help="Folder for synthetic data and Ray results.")] = Path("demo_out"),
 ) -> None:
-    """Run search_spaces/demo.yaml on synthetic data with tiny backbones; print the validation-selected
-    result per cell."""
-    from cytotune.study import run_demo, selection_table
+    """Run search_spaces/demo.yaml on synthetic data with tiny backbones, tracked in ./mlflow.db; print the
+    validation-selected result per cell from MLflow and write the report."""
+    from cytotune.report import best_text, build_report
+    from cytotune.study import run_demo
+    from cytotune.study.demo import demo_spec
+    from cytotune.tracking import best_configs
+    from cytotune.tracking.callback import study_callback
 
-    outcome = run_demo(out)
+    tracking = study_callback(demo_spec(out))
+    outcome = run_demo(out, callbacks=[tracking])
     counts = outcome.counts()
     typer.echo(
         f"demo: {len(outcome.trials)} trials ({counts['finished']} finished, {counts['stopped']} stopped "
         f"early, {counts['failed']} failed) in {outcome.wall_s:.0f} s"
     )
-    typer.echo(selection_table(outcome))
+    best = best_configs(outcome.name, tracking.tracking_uri)
+    typer.echo(f"best configuration per cell (MLflow experiment {outcome.name} at {tracking.tracking_uri}):")
+    typer.echo(best_text(best, best.attrs["searched"]), nl=False)
+    report = build_report(outcome.name, tracking.tracking_uri, out / "report")
+    typer.echo(f"report: {report.out_dir / 'report.md'}")
 
 
 # --- tracking and reports -------------------------------------------------------------------------------------
+
+TRACKING_HELP = "MLflow tracking URI: http://HOST:PORT or sqlite:///PATH.db (default: ./mlflow.db)."
+
+
+@app.command("best")
+def best_command(
+    experiment: Annotated[str, typer.Option(help="The study's MLflow experiment (the study name).")],
+    tracking_uri: Annotated[str | None, typer.Option(help=TRACKING_HELP)] = None,
+    where: Annotated[str | None, typer.Option(help='Only runs matching "dataset=sipakmed,shots=4".')] = None,
+    output_format: Annotated[str, typer.Option("--format", help="table, csv, json or markdown.")] = "table",
+    config_out: Annotated[
+        Path | None, typer.Option(help="Also write a study YAML rerunning the chosen configurations.")
+    ] = None,
+) -> None:
+    """Per cell, the searched values with the best mean validation accuracy over seeds, and their test
+    accuracy (mean +- std, seeds); cells short of seeds are flagged."""
+    from cytotune.report.tables import best_text
+    from cytotune.tracking import best_configs, check_tracking, resolve_tracking_uri
+    from cytotune.tracking.rerun import write_rerun
+
+    uri = resolve_tracking_uri(tracking_uri)
+    check_tracking(uri, must_exist=True)
+    best = best_configs(experiment, uri, where)
+    typer.echo(best_text(best, best.attrs["searched"], output_format), nl=False)
+    if config_out is not None:
+        path = write_rerun(experiment, config_out, uri, where)
+        typer.echo(f"rerun study written to {path}", err=True)
+
+
+@app.command("report")
+def report_command(
+    experiment: Annotated[str, typer.Option(help="The study's MLflow experiment (the study name).")],
+    tracking_uri: Annotated[str | None, typer.Option(help=TRACKING_HELP)] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: reports/EXPERIMENT).")] = None,
+    reference: Annotated[
+        str, typer.Option(help="Reference line of the data-fraction figure: LABEL=ACCURACY or none.")
+    ] = "HierSwin=78.35",
+) -> None:
+    """Write the study's tables (best configs, Table 1 beside the paper) and figures (accuracy vs shots, vs
+    data fraction, trainable parameters vs accuracy), and log them to the study's latest launch run."""
+    from cytotune.report import build_report
+    from cytotune.report.paper import parse_reference
+    from cytotune.tracking import check_tracking, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    check_tracking(uri, must_exist=True)
+    report = build_report(experiment, uri, out, reference=parse_reference(reference))
+    for path in report.files:
+        typer.echo(str(path))
+    typer.echo(f"report: {report.out_dir / 'report.md'} (logged to MLflow run {report.launch_run_id})")
+
 
 # --- benchmarks -----------------------------------------------------------------------------------------------
 
@@ -253,7 +321,7 @@ def bench_study_command(
 
 @bench_app.command("data")
 def bench_data_command(
-    root: str = typer.Option(None, "--root", metavar="PATH", help="A dataset folder (default: synthetic, temp)."),
+    root: str = typer.Option(None, "--root", metavar="PATH", help="A dataset (default: synthetic, temp)."),
     dataset: str = typer.Option("folder", "--dataset", help="Dataset name of --root."),
     size: int = typer.Option(256, "--size", help="Image-cache side, pixels."),
     input_size: int = typer.Option(224, "--input-size", help="Model input side, pixels."),
@@ -262,8 +330,9 @@ def bench_data_command(
     per_class: int = typer.Option(64, "--per-class", help="Synthetic images per class (4 classes)."),
     image_format: str = typer.Option("jpg", "--format", help="Synthetic image format: jpg or png."),
     device: str = typer.Option("cpu", "--device", help="Where eval_transform runs: cpu or cuda."),
+    threads: int = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)."),
 ) -> None:
-    """Time one epoch from the image cache against PIL + torchvision per item, side by side; print the ratio."""
+    """Time an epoch from the image cache against PIL + torchvision per item, side by side; print the ratio."""
     from cytotune.data.bench import bench_data
 
     result = bench_data(
@@ -276,6 +345,7 @@ def bench_data_command(
         per_class=per_class,
         image_format=image_format,
         device=device,
+        threads=threads,
     )
     typer.echo("\n".join(result.lines()))
 

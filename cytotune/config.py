@@ -65,6 +65,7 @@ class TrainSettings(Frozen):
     eval_every: int = Field(50, ge=1)
     max_steps: int | None = Field(None, ge=1)
     image_cache_size: int = Field(256, ge=8)
+    augment: bool = True  # LoRA training batches: random resized crop + flip; False: the evaluation view
     val_mode: Literal["full", "paper"] = "full"
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

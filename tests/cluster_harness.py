@@ -21,7 +21,8 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from contextlib import ExitStack, closing
+from collections.abc import Iterator
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,6 +169,7 @@ class RayCluster:
     token_path: Path
     gcs_port: int = 0
     dashboard_port: int = 0
+    node_env: dict[str, str] = field(default_factory=dict)
     logs: list[Path] = field(default_factory=list)
     node_count: int = 0
 
@@ -187,8 +189,11 @@ class RayCluster:
         return f"http://{HOST}:{self.dashboard_port}"
 
     def env(self, **extra: str) -> dict[str, str]:
-        """Environment of every Ray process and client of this cluster: token mode with the token file."""
-        return self.procs.env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token_path), **extra)
+        """Environment of every Ray process and client of this cluster: token mode with the token file, plus
+        node_env (what the nodes' jobs need: tracking server, caches)."""
+        return self.procs.env(
+            RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token_path), **{**self.node_env, **extra}
+        )
 
     def _node_ports(self) -> list[str]:
         agent, agent_grpc, runtime_env, metrics, manager, objects = free_ports(6)
@@ -321,31 +326,30 @@ class PostgresDatabase:
             conn.close()
 
     def create(self) -> None:
-        """Create the database."""
-        self._execute(f'CREATE DATABASE "{self.name}"')
+        """Create the database; fail with what is needed when PostgreSQL is not there."""
+        import psycopg2
+
+        try:
+            self._execute(f'CREATE DATABASE "{self.name}"')
+        except psycopg2.OperationalError as err:
+            raise RuntimeError(
+                f"this test needs PostgreSQL on {POSTGRES['host']}:{POSTGRES['port']} accepting user "
+                f"{POSTGRES['user']} without a password (trust auth): {err}"
+            ) from err
 
     def drop(self) -> None:
         """Drop the database, closing whatever is still connected to it."""
         self._execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
-def postgres_available() -> bool:
-    """True when the machine's PostgreSQL accepts the test user."""
-    try:
-        import psycopg2
-
-        psycopg2.connect(dbname="postgres", connect_timeout=3, **POSTGRES).close()
-        return True
-    except Exception:
-        return False
-
-
 @dataclass
 class MlflowServer:
-    """infra/mlflow/start_server.sh on 127.0.0.1 with basic-auth, backed by a PostgreSQL database."""
+    """infra/mlflow/start_server.sh on 127.0.0.1, backed by a PostgreSQL database, with MLflow's basic-auth app
+    (auth="basic-auth") or none (auth="proxy": loopback only, as behind an authenticating reverse proxy)."""
 
     procs: Processes
     database: PostgresDatabase
+    auth: str = "basic-auth"
     port: int = 0
     username: str = "admin"
     password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
@@ -358,11 +362,10 @@ class MlflowServer:
 
     def client_env(self) -> dict[str, str]:
         """What an MLflow client needs to reach this server."""
-        return {
-            "MLFLOW_TRACKING_URI": self.uri,
-            "MLFLOW_TRACKING_USERNAME": self.username,
-            "MLFLOW_TRACKING_PASSWORD": self.password,
-        }
+        env = {"MLFLOW_TRACKING_URI": self.uri}
+        if self.auth == "basic-auth":
+            env.update(MLFLOW_TRACKING_USERNAME=self.username, MLFLOW_TRACKING_PASSWORD=self.password)
+        return env
 
     def start(self) -> None:
         """Start the server (returns at once; see wait)."""
@@ -376,7 +379,7 @@ class MlflowServer:
             MLFLOW_HOST=HOST,
             MLFLOW_PORT=str(self.port),
             MLFLOW_WORKERS="1",
-            MLFLOW_AUTH="basic-auth",
+            MLFLOW_AUTH=self.auth,
             MLFLOW_AUTH_ADMIN_USERNAME=self.username,
             MLFLOW_AUTH_ADMIN_PASSWORD=self.password,
             MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
@@ -386,7 +389,8 @@ class MlflowServer:
     def wait(self, timeout: float = 120.0) -> None:
         """Wait until the server answers an authenticated REST call."""
         url = f"{self.uri}/api/2.0/mlflow/experiments/search?max_results=1"
-        wait_until(lambda: self._status(url, auth=True) == 200, timeout, "MLflow server", logs=[self.log])
+        authenticated = self.auth == "basic-auth"
+        wait_until(lambda: self._status(url, authenticated) == 200, timeout, "MLflow server", logs=[self.log])
 
     def _status(self, url: str, auth: bool) -> int:
         request = urllib.request.Request(url)
@@ -404,7 +408,7 @@ class MlflowServer:
             return 0
 
     def anonymous_status(self) -> int:
-        """HTTP status of an unauthenticated REST call (401 when basic-auth is on)."""
+        """HTTP status of an unauthenticated REST call (401 with basic-auth)."""
         return self._status(f"{self.uri}/api/2.0/mlflow/experiments/search?max_results=1", auth=False)
 
 
@@ -416,3 +420,134 @@ def short_tempdir() -> Path:
 def remove_tree(path: Path) -> None:
     """Remove a test directory, ignoring files Ray may still be releasing."""
     shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class ClusterStudy:
+    """What a study submitted to a two-node cluster left behind, for the tests to check."""
+
+    root: Path
+    study: str
+    space: Path
+    storage: Path
+    mlflow: MlflowServer
+    job_returncode: int
+    job_output: str
+    node_ids: list[str]
+    trial_nodes: dict[str, str]
+    dashboard_anonymous_status: int
+    dashboard_wrong_token_status: int
+    wall_s: float
+
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow server the study logged to (still running while the session lasts)."""
+        return self.mlflow.uri
+
+
+def demo_space(root: Path, seeds: list[int] | None = None) -> Path:
+    """search_spaces/demo.yaml pointed at a synthetic dataset and Ray storage under root."""
+    import yaml
+
+    from cytotune.data.synthetic import generate_synthetic
+
+    data = root / "data"
+    generate_synthetic(data / "synthetic")
+    spec = yaml.safe_load((REPO / "search_spaces" / "demo.yaml").read_text())
+    spec.update(data_dir=str(data), storage=str(root / "ray_results"))
+    if seeds is not None:
+        spec["seeds"] = seeds
+    space = root / "demo.yaml"
+    space.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return space
+
+
+def trial_pids(experiment: Path) -> dict[str, int]:
+    """Ray Tune trial id -> pid of the process that ran it, from each trial's result.json in the storage."""
+    out = {}
+    for results in sorted(experiment.glob("*/result.json")):
+        lines = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+        if lines:
+            out[lines[-1]["trial_id"]] = lines[-1]["pid"]
+    return out
+
+
+def run_cluster_study(root: Path, ray_procs: Processes, mlflow: MlflowServer, seeds: list[int] | None) -> ClusterStudy:
+    """Start a head and a worker node (1 CPU each), submit `cytotune run` as a Ray job, wait for it, and record
+    which node ran each trial. The MLflow server must be started already; Ray is left running."""
+    start = time.monotonic()
+    space = demo_space(root, seeds)
+    cluster = RayCluster(
+        ray_procs,
+        new_token(root / "secrets" / "auth_token"),
+        node_env={**mlflow.client_env(), "CYTOTUNE_CACHE": str(root / "cache")},
+    )
+    cluster.start_head(num_cpus=1, resources={"cytotune_head": 1})
+    cluster.wait_dashboard()
+    cluster.add_worker(num_cpus=1, resources={"cytotune_worker": 1})
+    nodes = cluster.wait_nodes(2)
+    anonymous = http_status(f"{cluster.dashboard_url}/api/version")
+    wrong = http_status(f"{cluster.dashboard_url}/api/version", token=secrets.token_hex(32))
+    mlflow.wait()
+    job = cluster.ray(
+        "job",
+        "submit",
+        f"--address={cluster.dashboard_url}",
+        f"--submission-id=cytotune-e2e-{uuid.uuid4().hex[:8]}",
+        "--",
+        "cytotune",
+        "run",
+        str(space),
+        "--address",
+        "auto",
+        "--tracking-uri",
+        mlflow.uri,
+        timeout=240,
+    )
+    study = "demo"
+    storage = root / "ray_results"
+    pids = trial_pids(storage / study)
+    by_pid = {actor["pid"]: actor["node_id"] for actor in cluster.actors() if actor.get("pid")}
+    return ClusterStudy(
+        root=root,
+        study=study,
+        space=space,
+        storage=storage,
+        mlflow=mlflow,
+        job_returncode=job.returncode,
+        job_output=job.stdout + job.stderr,
+        node_ids=sorted(node["node_id"] for node in nodes),
+        trial_nodes={trial: by_pid.get(pid, "") for trial, pid in pids.items()},
+        dashboard_anonymous_status=anonymous,
+        dashboard_wrong_token_status=wrong,
+        wall_s=time.monotonic() - start,
+    )
+
+
+
+@contextmanager
+def cluster_study_session(seeds: list[int] | None = None, auth: str = "basic-auth") -> Iterator[ClusterStudy]:
+    """Run the demo study on a fresh two-node cluster (stopped once the job ends) tracked by a fresh MLflow
+    server on a fresh PostgreSQL database (both kept until exit); everything is stopped and dropped on exit."""
+    root = short_tempdir()
+    ray_procs, mlflow_procs = Processes(root), Processes(root)
+    database = PostgresDatabase()
+    created = False
+    try:
+        database.create()
+        created = True
+        mlflow = MlflowServer(mlflow_procs, database, auth=auth)
+        mlflow.start()
+        try:
+            study = run_cluster_study(root, ray_procs, mlflow, seeds)
+        finally:
+            ray_procs.stop()
+        yield study
+    finally:
+        mlflow_procs.stop()
+        if created:
+            database.drop()
+        left = ray_procs.marked() + mlflow_procs.marked()
+        remove_tree(root)
+        if left:
+            raise RuntimeError(f"processes left running after the cluster test: {[p.pid for p in left]}")

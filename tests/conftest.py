@@ -25,6 +25,17 @@ def mlflow_sqlite_template(tmp_path_factory):
 
 @pytest.fixture
 def mlflow_sqlite_uri(mlflow_sqlite_template, tmp_path):
-    """A fresh embedded tracking URI (tmp_path/mlflow.db, the default's file name), copied from the template."""
+    """A fresh embedded tracking URI (tmp_path/mlflow.db, as the default), copied from the template."""
     shutil.copy(mlflow_sqlite_template, tmp_path / "mlflow.db")
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def cluster_study():
+    """The demo study submitted with `ray job submit` to a two-node, token-authenticated Ray cluster on
+    127.0.0.1, tracked by an MLflow server (basic-auth) on a PostgreSQL database; the server stays up for the
+    session, Ray is stopped once the job ends (tests/cluster_harness.py)."""
+    from cluster_harness import cluster_study_session
+
+    with cluster_study_session() as study:
+        yield study

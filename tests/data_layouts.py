@@ -37,7 +37,7 @@ def write_image(path: Path, seed: int, size: tuple[int, int] = (40, 30), mode: s
 
 
 def make_sipakmed(root: Path, per_class: int = 6, published: bool = True) -> Path:
-    """SIPaKMeD: im_<Class>/CROPPED/*.bmp with the full-slide .bmp and .dat files beside (or <Class>/*.bmp)."""
+    """SIPaKMeD: im_<Class>/CROPPED/*.bmp with full-slide .bmp and .dat files beside (or <Class>/*.bmp)."""
     for c, name in enumerate(SIPAKMED):
         if published:
             folder = root / f"im_{name}" / "CROPPED"
@@ -90,8 +90,16 @@ def make_hicervix(root: Path, rows: dict[str, list[tuple[str, str, str, str]]] |
             seed += 1
             write_image(root / split / name, seed=seed)
             finest = level_3 or level_2 or level_1
-            table.append({"image_name": name, "class_name": finest, "class_id": 0, "level_1": level_1,
-                          "level_2": level_2, "level_3": level_3})
+            table.append(
+                {
+                    "image_name": name,
+                    "class_name": finest,
+                    "class_id": 0,
+                    "level_1": level_1,
+                    "level_2": level_2,
+                    "level_3": level_3,
+                }
+            )
         pd.DataFrame(table).to_csv(root / f"{split}.csv", index=False)
     return root
 

@@ -1,4 +1,4 @@
-"""The decoded-image cache holds exactly what a direct decode gives, is built once, atomically, by one process."""
+"""The decoded-image cache holds what a direct decode gives, and is built once, atomically, by one process."""
 
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ def plain_pil(path, size: int) -> np.ndarray:
         image = image.convert("RGB")
         w, h = image.size
         scale = size / min(w, h)
-        image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC)
+        image = image.resize(
+            (max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC
+        )
         left, top = round((image.width - size) / 2), round((image.height - size) / 2)
         return np.asarray(image.crop((left, top, left + size, top + size)))
 
@@ -89,7 +91,8 @@ def test_concurrent_processes_build_once_and_read_whole_files(tmp_path):
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     children = [
-        context.Process(target=_open_in_child, args=(manifest, 48, tmp_path / "shared", queue)) for _ in range(3)
+        context.Process(target=_open_in_child, args=(manifest, 48, tmp_path / "shared", queue))
+        for _ in range(3)
     ]
     for child in children:
         child.start()
@@ -98,10 +101,14 @@ def test_concurrent_processes_build_once_and_read_whole_files(tmp_path):
         child.join(timeout=60)
         assert child.exitcode == 0
     assert sum(built for built, _ in results) == 1
-    expected = np.stack([load_resized(manifest.image_path(i), 48) for i in range(len(manifest))]).transpose(0, 3, 1, 2)
+    expected = np.stack([load_resized(manifest.image_path(i), 48) for i in range(len(manifest))]).transpose(
+        0, 3, 1, 2
+    )
     for _, images in results:
         assert np.array_equal(images, expected)
-    leftovers = [p.name for p in (tmp_path / "shared" / "images").iterdir() if p.suffix not in (".u8", ".lock")]
+    leftovers = [
+        p.name for p in (tmp_path / "shared" / "images").iterdir() if p.suffix not in (".u8", ".lock")
+    ]
     assert leftovers == []
 
 
@@ -111,4 +118,6 @@ def test_a_failed_build_leaves_no_cache_file(tmp_path):
     (root / "b" / "img_1.png").write_bytes(b"broken after prepare")
     with pytest.raises(CytotuneError, match=r"cannot decode .*img_1.png while building the image cache"):
         open_image_cache(manifest, 16)
-    assert [p.name for p in image_cache_path(manifest, 16).parent.iterdir() if not p.name.endswith(".lock")] == []
+    assert [
+        p.name for p in image_cache_path(manifest, 16).parent.iterdir() if not p.name.endswith(".lock")
+    ] == []

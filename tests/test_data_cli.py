@@ -1,17 +1,14 @@
-"""`cytotune data synth|prepare|info` and `cytotune bench data`, in process, and one error through the script."""
+"""`cytotune data synth|prepare|info` and `cytotune bench data`, in process, and one error through main()."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from data_layouts import make_bcfc
 from typer.testing import CliRunner
 
-from cytotune.cli import app
+from cytotune.cli import app, main
 
 runner = CliRunner()
 
@@ -49,28 +46,52 @@ def test_synth_prepare_info(tmp_path, isolated_cache):
 
 def test_prepare_options(tmp_path):
     root = make_bcfc(tmp_path / "bcfc", per_class=10)
-    output = invoke("data", "prepare", "bcfc", "--root", str(root), "--split", "0.6,0.2,0.2", "--split-seed", "3",
-                    "--cache-size", "16")
+    output = invoke(
+        "data",
+        "prepare",
+        "bcfc",
+        "--root",
+        str(root),
+        "--split",
+        "0.6,0.2,0.2",
+        "--split-seed",
+        "3",
+        "--cache-size",
+        "16",
+    )
     assert "split 0.6/0.2/0.2 (seed 3)" in output
     assert "not prepared" in invoke("data", "info", "bcfc", "--root", str(root))
-    assert "split 0.6/0.2/0.2" in invoke("data", "info", "bcfc", "--root", str(root), "--split", "0.6,0.2,0.2",
-                                         "--split-seed", "3")
+    assert "split 0.6/0.2/0.2" in invoke(
+        "data", "info", "bcfc", "--root", str(root), "--split", "0.6,0.2,0.2", "--split-seed", "3"
+    )
 
 
 def test_bench_data_prints_both_times_and_the_ratio():
-    output = invoke("bench", "data", "--image-size", "64", "--per-class", "8", "--size", "32", "--input-size", "24",
-                    "--batch-size", "8")
-    assert "PIL + torchvision per item" in output and "cache batch + eval_transform" in output
-    assert "ratio: cache is" in output and "synthetic, 4 x 8 JPG images of 64px" in output
-
-
-def test_user_error_is_one_line_and_exit_2(tmp_path):
-    script = Path(sys.executable).with_name("cytotune")
-    env = {**os.environ, "CYTOTUNE_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run(
-        [str(script), "data", "prepare", "mlcc", "--root", str(tmp_path / "absent")],
-        capture_output=True, text=True, env=env, timeout=120,
+    output = invoke(
+        "bench",
+        "data",
+        "--image-size",
+        "48",
+        "--per-class",
+        "4",
+        "--size",
+        "32",
+        "--input-size",
+        "24",
+        "--batch-size",
+        "4",
     )
-    assert done.returncode == 2
-    assert done.stderr.count("\n") == 1
-    assert done.stderr.startswith("cytotune: error: dataset root ") and "does not exist" in done.stderr
+    assert "PIL + torchvision per item" in output and "cache batch + eval_transform" in output
+    assert "ratio: cache is" in output and "synthetic, 4 x 4 JPG images of 48px" in output
+
+
+def test_user_error_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(
+        sys, "argv", ["cytotune", "data", "prepare", "mlcc", "--root", str(tmp_path / "absent")]
+    )
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.count("\n") == 1
+    assert stderr.startswith("cytotune: error: dataset root ") and "does not exist" in stderr

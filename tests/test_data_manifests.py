@@ -1,4 +1,4 @@
-"""Each published layout, built on the fly, becomes the right manifest; bad input fails with one clear line."""
+"""Each published layout, built on the fly, gives the right manifest; bad input fails with one clear line."""
 
 from __future__ import annotations
 
@@ -156,11 +156,16 @@ def test_manifest_is_written_once_and_reused_until_files_change(tmp_path):
     first = prepare_dataset("folder", root)
     assert first.path.parent == root / ".cytotune" and first.path.is_file()
     meta = json.loads(first.path.with_suffix(".json").read_text())
-    assert meta["classes"] == ["a", "b"] and meta["digest"] == first.digest and meta["settings"]["split"] == [
-        0.7,
-        0.1,
-        0.2,
-    ]
+    assert (
+        meta["classes"] == ["a", "b"]
+        and meta["digest"] == first.digest
+        and meta["settings"]["split"]
+        == [
+            0.7,
+            0.1,
+            0.2,
+        ]
+    )
     stamp = first.path.stat().st_mtime_ns
     again = prepare_dataset("folder", root)
     assert again.digest == first.digest and first.path.stat().st_mtime_ns == stamp
@@ -188,7 +193,9 @@ def test_missing_root(tmp_path):
 
 
 def test_unknown_dataset_lists_the_known_ones(tmp_path):
-    with pytest.raises(CytotuneError, match=r"unknown dataset 'sipakmd': expected one of bcfc, folder, hicervix"):
+    with pytest.raises(
+        CytotuneError, match=r"unknown dataset 'sipakmd': expected one of bcfc, folder, hicervix"
+    ):
         prepare_dataset("sipakmd", tmp_path)
 
 
@@ -221,7 +228,9 @@ def test_empty_class_folder(tmp_path):
     for image in (root / "malignant").iterdir():
         image.unlink()
     (root / "malignant" / "readme.txt").write_text("x")
-    with pytest.raises(CytotuneError, match=r"class folder .*malignant is empty: expected malignant images") as err:
+    with pytest.raises(
+        CytotuneError, match=r"class folder .*malignant is empty: expected malignant images"
+    ) as err:
         prepare_dataset("bcfc", root)
     one_line(err)
 

@@ -12,7 +12,7 @@ from cytotune.errors import CytotuneError
 
 
 def make_frame(per_class_split: dict[str, dict[str, int]], shuffle_seed: int | None = 0) -> pd.DataFrame:
-    """A manifest-like frame: per class, how many rows in each split (rows shuffled so order means nothing)."""
+    """A manifest-like frame: per class, how many rows in each split (shuffled, so order means nothing)."""
     rows = []
     for label, (class_name, splits) in enumerate(per_class_split.items()):
         for split, count in splits.items():
@@ -70,8 +70,14 @@ def test_few_shot_depends_on_the_rows_not_on_other_classes():
         }
     )
     paths = lambda f, r: set(f.iloc[r]["path"][f.iloc[r]["label"] < 3])  # noqa: E731
-    base = make_frame({"a": {"train": 30, "val": 6, "test": 9}, "b": {"train": 17, "val": 3, "test": 5},
-                       "c": {"train": 60, "val": 9, "test": 20}}, shuffle_seed=None)
+    base = make_frame(
+        {
+            "a": {"train": 30, "val": 6, "test": 9},
+            "b": {"train": 17, "val": 3, "test": 5},
+            "c": {"train": 60, "val": 9, "test": 20},
+        },
+        shuffle_seed=None,
+    )
     bigger_sorted = bigger.sort_values("path").reset_index(drop=True)
     base_sorted = base.sort_values("path").reset_index(drop=True)
     assert paths(base_sorted, few_shot_indices(base_sorted, 4, 3)) == paths(

@@ -22,7 +22,11 @@ def test_layout_marker_and_determinism(tmp_path):
     b = generate_synthetic(tmp_path / "b", classes=3, per_class=4, size=32, seed=5)
     c = generate_synthetic(tmp_path / "c", classes=3, per_class=4, size=32, seed=6)
     assert sorted(p.name for p in a.iterdir()) == ["class_0", "class_1", "class_2", "cytotune_synthetic.json"]
-    assert json.loads((a / "cytotune_synthetic.json").read_text())["classes"] == ["class_0", "class_1", "class_2"]
+    assert json.loads((a / "cytotune_synthetic.json").read_text())["classes"] == [
+        "class_0",
+        "class_1",
+        "class_2",
+    ]
     first = load_class(a, "class_1")
     assert first.shape == (4, 32, 32, 3) and first.dtype == np.uint8
     assert np.array_equal(first, load_class(b, "class_1"))

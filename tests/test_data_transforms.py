@@ -15,7 +15,9 @@ MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
 
 def images(batch=6, height=40, width=40, seed=0) -> torch.Tensor:
-    return torch.randint(0, 256, (batch, 3, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    return torch.randint(
+        0, 256, (batch, 3, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def test_eval_transform_normalises_and_resizes():
@@ -25,14 +27,18 @@ def test_eval_transform_normalises_and_resizes():
     expected = (200 / 255 - torch.tensor(MEAN)) / torch.tensor(STD)
     assert torch.allclose(out.mean(dim=(0, 2, 3)), expected, atol=1e-4)
     same_size = eval_transform(images(), 40, MEAN, STD)
-    direct = (images().float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    direct = (images().float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(
+        1, 3, 1, 1
+    )
     assert torch.allclose(same_size, direct, atol=1e-6)
 
 
 def test_eval_transform_matches_float_bicubic_and_center_crops():
     x = images(height=48, width=64)
     out = eval_transform(x, 24, (0, 0, 0), (1, 1, 1)) * 255
-    reference = F.interpolate(x.float(), size=(24, 32), mode="bicubic", antialias=True).clamp(0, 255)[..., 4:28]
+    reference = F.interpolate(x.float(), size=(24, 32), mode="bicubic", antialias=True).clamp(0, 255)[
+        ..., 4:28
+    ]
     assert out.shape == (6, 3, 24, 24)
     assert (out - reference).abs().mean() < 1.0
 
@@ -54,13 +60,17 @@ def test_train_transform_is_seeded():
 def test_crop_boxes_follow_scale_and_ratio():
     boxes = random_resized_crop_boxes(2000, 60, 80, torch.Generator().manual_seed(0))
     top, left, height, width = boxes.T
-    assert (top >= 0).all() and (left >= 0).all() and (top + height <= 60).all() and (left + width <= 80).all()
+    assert (
+        (top >= 0).all() and (left >= 0).all() and (top + height <= 60).all() and (left + width <= 80).all()
+    )
     area = (height * width).double() / (60 * 80)
     assert area.min() > 0.05 and area.max() <= 1.0
     ratio = width.double() / height.double()
     assert ratio.min() > 0.7 and ratio.max() < 1.45
     torch.manual_seed(0)
-    reference = [RandomResizedCrop.get_params(torch.zeros(3, 60, 80), (0.08, 1.0), (3 / 4, 4 / 3)) for _ in range(2000)]
+    reference = [
+        RandomResizedCrop.get_params(torch.zeros(3, 60, 80), (0.08, 1.0), (3 / 4, 4 / 3)) for _ in range(2000)
+    ]
     reference_area = sum(h * w for _, _, h, w in reference) / (2000 * 60 * 80)
     assert math.isclose(area.mean().item(), reference_area, abs_tol=0.03)  # as torchvision draws them
 
@@ -68,7 +78,9 @@ def test_crop_boxes_follow_scale_and_ratio():
 def test_train_transform_flips_about_half():
     x = torch.zeros(400, 3, 8, 8, dtype=torch.uint8)
     x[..., :4] = 255  # left half white
-    out = train_transform(x, 8, (0, 0, 0), (1, 1, 1), torch.Generator().manual_seed(0), scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    out = train_transform(
+        x, 8, (0, 0, 0), (1, 1, 1), torch.Generator().manual_seed(0), scale=(1.0, 1.0), ratio=(1.0, 1.0)
+    )
     flipped = (out[:, 0, 4, 0] < 0.5).float().mean().item()
     assert 0.4 < flipped < 0.6
 
@@ -79,4 +91,6 @@ def test_transforms_run_on_cuda():
     generator = torch.Generator(device="cuda").manual_seed(0)
     out = train_transform(x, 24, MEAN, STD, generator)
     assert out.is_cuda and out.shape == (6, 3, 24, 24)
-    assert torch.allclose(eval_transform(x, 24, MEAN, STD).cpu(), eval_transform(x.cpu(), 24, MEAN, STD), atol=0.1)
+    assert torch.allclose(
+        eval_transform(x, 24, MEAN, STD).cpu(), eval_transform(x.cpu(), 24, MEAN, STD), atol=0.1
+    )

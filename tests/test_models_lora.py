@@ -60,15 +60,17 @@ def test_injected_equals_split_equals_original(name, targets):
         assert torch.equal(split(x), adapted(x))  # B = 0: the LoRA term adds exact zeros
         adapted.train()
         assert torch.equal(split(x), adapted(x))  # dropout acts on the LoRA input only
-    assert not any(
-        m.training for m in add_lora(build_backbone(name), LoraSettings(targets=targets)).modules()
-    )
     layers = [m for m in adapted.modules() if isinstance(m, LoraLayer)]
     assert len(layers) == 2 * len(targets)
     for layer in layers:
         assert torch.count_nonzero(layer.lora_B["default"].weight) == 0
         assert torch.count_nonzero(layer.lora_A["default"].weight) > 0
         assert layer.lora_dropout["default"].p == 0.25
+
+
+def test_lora_layers_take_the_backbone_mode():
+    assert not any(m.training for m in add_lora(build_backbone("tiny_clip"), LoraSettings()).modules())
+    assert all(m.training for m in add_lora(build_backbone("tiny_vit").train(), LoraSettings()).modules())
 
 
 def test_lora_a_is_kaiming_uniform_and_scaling_follows_settings():

@@ -59,14 +59,29 @@ def best() -> pd.DataFrame:
                 acc = min(0.99, BASE[dataset] - 0.25 + 0.07 * np.log2(shots) - 0.01 * b)
                 rows.append(
                     cell(
-                        "lora", backbone, dataset, f"shots={shots}", acc, std=float(rng.uniform(0.005, 0.03)),
-                        n_seeds=2 if (shots == 50 and b == 0) else 3, params=73728.0, shots=shots,
+                        "lora",
+                        backbone,
+                        dataset,
+                        f"shots={shots}",
+                        acc,
+                        std=float(rng.uniform(0.005, 0.03)),
+                        n_seeds=2 if (shots == 50 and b == 0) else 3,
+                        params=73728.0,
+                        shots=shots,
                     )
                 )
     for fraction in np.arange(1, 21) / 20:
         acc = 0.62 + 0.18 * np.sqrt(fraction)
         rows.append(
-            cell("lora", "clip_vit_l14", "hicervix", f"fraction={fraction!r}", acc, params=3145728.0, fraction=fraction)
+            cell(
+                "lora",
+                "clip_vit_l14",
+                "hicervix",
+                f"fraction={fraction!r}",
+                acc,
+                params=3145728.0,
+                fraction=fraction,
+            )
         )
     rows.append(cell("linear_probe", "tiny_clip", "synthetic", "full", 0.5, n_seeds=0))
     frame = pd.DataFrame(rows)

@@ -21,7 +21,8 @@ def optuna_spec(tmp_path):
     text = (SPACES / "demo.yaml").read_text()
     text = text.replace(
         "      lr: [1.0e-2, 1.0e-3]\n    train: {probe_epochs: 10}",
-        "      lr: {optuna: loguniform, low: 1.0e-4, high: 1.0e-1}\n    samples: 3\n    train: {probe_epochs: 10}",
+        "      lr: {optuna: loguniform, low: 1.0e-4, high: 1.0e-1}\n"
+        "    samples: 3\n    train: {probe_epochs: 10}",
     )
     path = tmp_path / "optuna.yaml"
     path.write_text(text)
@@ -120,6 +121,8 @@ def test_resumed_searcher_continues_the_optuna_studies(optuna_spec, tmp_path):
     complete(second, rest)
     keys = [c["trial_key"] for _, c in head + rest]
     assert len(keys) == len(set(keys)) == 16 + 12
+    lrs = {c["trial"]["lr"] for _, c in head + rest if c["trial"]["method"] == "linear_probe"}
+    assert len(lrs) == 6
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
     for cell in (c for c in cells if c.uses_optuna):
         study = optuna.load_study(study_name=cell.cell_key, storage=storage)

@@ -1,4 +1,4 @@
-"""The run layout written by MlflowCallback into the embedded SQLite store, resume, and the best-config query."""
+"""MlflowCallback's run layout in the embedded SQLite store, resume, and the best-config query."""
 
 from __future__ import annotations
 
@@ -86,7 +86,14 @@ def test_a_new_launch_without_resume_makes_new_runs_and_queries_keep_the_latest(
     assert len(frame) == 2
     assert set(frame["parent_run_id"]) == {callback.parent_run_id}
     assert len(runs_frame("fake-again", uri, all_launches=True)) == 2
-    assert len(MlflowClient(uri).search_runs([frame_experiment(uri, "fake-again")], "tags.`cytotune.kind` = 'trial'")) == 4
+    assert (
+        len(
+            MlflowClient(uri).search_runs(
+                [frame_experiment(uri, "fake-again")], "tags.`cytotune.kind` = 'trial'"
+            )
+        )
+        == 4
+    )
 
 
 def frame_experiment(uri, name):

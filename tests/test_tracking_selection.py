@@ -162,7 +162,9 @@ def test_cells_are_chosen_independently_and_sorted():
 
 def test_missing_columns_are_a_user_error_and_an_empty_frame_gives_an_empty_table():
     with pytest.raises(CytotuneError, match="missing columns test_acc"):
-        select_best(pd.DataFrame([{"cell_key": CELL, "status": "finished", "seed": 1, "lr": 1.0, "best_val_acc": 1}]))
+        select_best(
+            pd.DataFrame([{"cell_key": CELL, "status": "finished", "seed": 1, "lr": 1.0, "best_val_acc": 1}])
+        )
     assert select_best(pd.DataFrame()).empty
 
 
@@ -171,7 +173,9 @@ def test_where_parsing_and_filtering():
     assert parse_where("lora.targets=q,v,dataset=mlcc") == {"lora.targets": "q,v", "dataset": "mlcc"}
     with pytest.raises(CytotuneError, match="no '='"):
         parse_where("sipakmed")
-    frame = pd.DataFrame([trial(CELL, 1e-3, 1, 0.9, 0.8, shots=4.0), trial(CELL, 1e-2, 1, 0.9, 0.8, shots=8.0)])
+    frame = pd.DataFrame(
+        [trial(CELL, 1e-3, 1, 0.9, 0.8, shots=4.0), trial(CELL, 1e-2, 1, 0.9, 0.8, shots=8.0)]
+    )
     assert list(filter_frame(frame, "shots=4,dataset=sipakmed")["lr"]) == [1e-3]
     assert list(filter_frame(frame, {"lr": "0.01"})["lr"]) == [1e-2]
     with pytest.raises(CytotuneError, match="no field 'rank'"):

@@ -1,8 +1,8 @@
-"""A study driven through MlflowCallback with Trial-like objects (no Ray workers): the tracking tests' fixture data.
+"""A study driven through MlflowCallback with Trial-like objects (no Ray workers): tracking test data.
 
-Every trial of a small grid study (linear probe + LoRA, 2 lr x 2 seeds each) reports two evaluations; its outcome
-is decided by `outcome(plan)`: "finished" (final result + checkpoint with the trial's artifacts), "stopped" or
-"failed". Metrics are a fixed function of lr and seed, so the best configuration is known.
+Every trial of a small grid study (linear probe + LoRA, 2 lr x 2 seeds each) reports two evaluations; its
+outcome is decided by `outcome(plan)`: "finished" (final result + checkpoint with the trial's artifacts),
+"stopped" or "failed". Metrics are a fixed function of lr and seed, so the best configuration is known.
 """
 
 from __future__ import annotations
@@ -105,7 +105,9 @@ def end(callback, plan: TrialPlan, trial: FakeTrial, outcome: str, workdir: Path
         (folder / "trial_manifest.csv").write_text("row,split\n0,train\n1,val\n2,test\n")
         metrics = final_metrics(plan)
         confusion = [[5, 1, 0], [0, 4, 2], [1, 0, 6]]
-        (folder / "result.json").write_text(json.dumps({**metrics, "classes": CLASSES, "confusion_matrix": confusion}))
+        (folder / "result.json").write_text(
+            json.dumps({**metrics, "classes": CLASSES, "confusion_matrix": confusion})
+        )
         if plan.config.method == "lora":
             (folder / "adapter").mkdir()
             (folder / "adapter" / "adapter_config.json").write_text('{"rank": 2}')
@@ -135,7 +137,9 @@ def final_metrics(plan: TrialPlan) -> dict[str, float]:
     }
 
 
-def run_fake_study(callback, study_plans: list[TrialPlan], workdir: Path, outcome=default_outcome, stop_after=None):
+def run_fake_study(
+    callback, study_plans: list[TrialPlan], workdir: Path, outcome=default_outcome, stop_after=None
+):
     """Drive the whole study through the callback; with `stop_after`, the driver dies after that many trials
     started (the last one mid-run, no experiment end), as an interrupted launch."""
     callback.setup()
@@ -147,7 +151,9 @@ def run_fake_study(callback, study_plans: list[TrialPlan], workdir: Path, outcom
     callback.on_experiment_end([])
 
 
-def check_layout(client, study: str, study_yaml: Path, study_plans: list[TrialPlan], outcome=default_outcome) -> None:
+def check_layout(
+    client, study: str, study_yaml: Path, study_plans: list[TrialPlan], outcome=default_outcome
+) -> None:
     """Assert the MLflow layout of a fake study driven to its end in one launch."""
     from cytotune.tracking import layout
 
@@ -190,7 +196,13 @@ def check_layout(client, study: str, study_yaml: Path, study_plans: list[TrialPl
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         if expected == "finished":
             assert metrics["test_acc"] == test_acc(plan)
-            for name in ("best_val_acc", "test_balanced_acc", "test_macro_f1", "trainable_params", "total_params"):
+            for name in (
+                "best_val_acc",
+                "test_balanced_acc",
+                "test_macro_f1",
+                "trainable_params",
+                "total_params",
+            ):
                 assert name in metrics
             for name in ("images_per_s", "peak_mem_mb", "wall_s"):
                 assert name in metrics

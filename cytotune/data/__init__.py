@@ -1,4 +1,4 @@
-"""The data layer: dataset registry and loaders, manifests and splits, sampling, and the decoded-image cache."""
+"""The data layer: dataset registry and loaders, manifests and splits, sampling, decoded-image cache."""
 
 from cytotune.data import loaders as _loaders  # noqa: F401  (registers the datasets)
 from cytotune.data.cache import ImageCache, image_cache_path, open_image_cache

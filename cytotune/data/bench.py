@@ -38,7 +38,7 @@ class DataBenchResult:
 
     @property
     def ratio(self) -> float:
-        """How many times faster an epoch from the cache (with eval transform) is than per-item PIL decoding."""
+        """How many times faster an epoch from the cache (with eval transform) is than PIL per item."""
         return self.pil_seconds / self.cache_seconds
 
     def lines(self) -> list[str]:
@@ -46,10 +46,13 @@ class DataBenchResult:
         per = 1000 / self.images
         built = f"built in {self.build_seconds:.1f} s" if self.build_seconds is not None else "reused"
         return [
-            f"data: {self.source}; {self.images} images, batch {self.batch_size}, cache {self.cache_size}px ({built}), "
+            f"data: {self.source}; {self.images} images, batch {self.batch_size}, "
+            f"cache {self.cache_size}px ({built}), "
             f"input {self.input_size}px, device {self.device}, {torch.get_num_threads()} torch threads",
-            f"PIL + torchvision per item:   {self.pil_seconds:8.3f} s/epoch  ({self.pil_seconds * per:.2f} ms/image)",
-            f"cache batch + eval_transform: {self.cache_seconds:8.3f} s/epoch  ({self.cache_seconds * per:.2f} ms/image)",
+            f"PIL + torchvision per item:   {self.pil_seconds:8.3f} s/epoch  "
+            f"({self.pil_seconds * per:.2f} ms/image)",
+            f"cache batch + eval_transform: {self.cache_seconds:8.3f} s/epoch  "
+            f"({self.cache_seconds * per:.2f} ms/image)",
             f"cache batch only (uint8):     {self.cache_read_seconds:8.3f} s/epoch  "
             f"({self.cache_read_seconds * per:.2f} ms/image)",
             f"ratio: cache is {self.ratio:.1f}x faster than PIL per item "
@@ -81,9 +84,12 @@ def bench_data(
     image_format: str = "jpg",
     device: str = "cpu",
     cache_dir: Path | None = None,
+    threads: int | None = None,
 ) -> DataBenchResult:
-    """Time one epoch of eval batches from the image cache against PIL + torchvision decoding per item; without
-    `root`, on a synthetic set (4 classes x per_class images of image_size px) in a temporary folder."""
+    """Time one epoch of eval batches from the image cache against PIL + torchvision decoding per item;
+    without `root`, on a synthetic set (4 classes x per_class images of image_size px) in a temp folder."""
+    if threads is not None:
+        torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="cytotune-bench-") as tmp:
         if root is None:
             root = generate_synthetic(Path(tmp) / "data", 4, per_class, image_size, 0, image_format)

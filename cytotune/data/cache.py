@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -22,7 +23,7 @@ log = logging.getLogger("cytotune.data")
 
 
 class ImageCache:
-    """Images of one manifest at one size: a read-only uint8 memmap (N, size, size, 3), row i = manifest row i.
+    """Images of one manifest at one size: read-only uint8 memmap (N, size, size, 3), row i = manifest row i.
 
     Pickles as its path (workers reopen the memmap instead of copying it)."""
 
@@ -57,27 +58,27 @@ def _complete(path: Path, count: int, size: int) -> bool:
     return path.is_file() and path.stat().st_size == count * size * size * 3
 
 
+def _decode_into(array: np.memmap, manifest: Manifest, size: int, index: int) -> None:
+    image_path = manifest.image_path(index)
+    try:
+        array[index] = load_resized(image_path, size)
+    except (OSError, ValueError, SyntaxError) as err:
+        raise CytotuneError(
+            f"cannot decode {image_path} while building the image cache ({err}): expected the image checked "
+            "when the manifest was prepared; run `cytotune data prepare` again"
+        ) from err
+
+
 def _build(manifest: Manifest, size: int, path: Path, workers: int | None) -> float:
     started = time.perf_counter()
     count = len(manifest)
+    threads = workers or default_workers()
     tmp = temporary_sibling(path)
     try:
         array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(count, size, size, 3))
-
-        def decode_into(index: int) -> None:
-            image_path = manifest.image_path(index)
-            try:
-                array[index] = load_resized(image_path, size)
-            except (OSError, ValueError, SyntaxError) as err:
-                raise CytotuneError(
-                    f"cannot decode {image_path} while building the image cache ({err}): expected the image "
-                    "checked when the manifest was prepared; run `cytotune data prepare` again"
-                ) from err
-
-        threads = workers or default_workers()
-        map_with_progress(decode_into, range(count), f"caching {manifest.dataset} at {size}px", threads)
+        decode = functools.partial(_decode_into, array, manifest, size)
+        map_with_progress(decode, range(count), f"caching {manifest.dataset} at {size}px", threads)
         array.flush()
-        del array
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = frozenset({".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
@@ -45,13 +45,15 @@ def inspect_image(path: Path) -> tuple[str, str | None]:
             if image.format == "JPEG":
                 image.draft("RGB", (64, 64))
             to_rgb(image).load()
+    except UnidentifiedImageError:
+        return digest, "not a recognised image format"
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         return digest, f"{type(err).__name__}: {err}"
     return digest, None
 
 
 def resize_center_crop(image: Image.Image, size: int) -> np.ndarray:
-    """Shorter side resized to `size` (bicubic), then the central size x size square, as uint8 (size, size, 3)."""
+    """Shorter side resized to `size` (bicubic), then the central square, as uint8 (size, size, 3)."""
     image = to_rgb(image)
     width, height = image.size
     scale = size / min(width, height)

@@ -19,6 +19,7 @@ BCFC_CLASSES = ("benign", "malignant")
 HICERVIX_SPLITS = ("train", "val", "test")
 HICERVIX_COLUMNS = ("image_name", "level_1", "level_2", "level_3")
 SYNTHETIC_MARKER = "cytotune_synthetic.json"
+_NO_LABEL = ["", "nan", "NaN", "None", "null"]
 _FORMATS = "/".join(sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS))
 
 
@@ -31,11 +32,15 @@ def _subdirs(folder: Path) -> list[Path]:
 
 
 def _images_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if is_image_file(p) and p.is_file() and ".cytotune" not in p.parts)
+    return sorted(
+        p for p in folder.rglob("*") if is_image_file(p) and p.is_file() and ".cytotune" not in p.parts
+    )
 
 
 def _found(folder: Path, limit: int = 8) -> str:
-    entries = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if not p.name.startswith("."))
+    entries = sorted(
+        p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if not p.name.startswith(".")
+    )
     if not entries:
         return "found an empty folder"
     more = f" and {len(entries) - limit} more" if len(entries) > limit else ""
@@ -43,7 +48,7 @@ def _found(folder: Path, limit: int = 8) -> str:
 
 
 def _unwrapped(root: Path, matches: Callable[[Path], bool]) -> Path:
-    """The root itself, or its only sub-folder when the layout sits one level down (as archives often unpack)."""
+    """The root, or its only sub-folder when the layout sits one level down (as archives often unpack)."""
     if matches(root):
         return root
     subdirs = _subdirs(root)
@@ -75,14 +80,16 @@ def _folders_by_class(
             continue
         if class_name in folders:
             raise CytotuneError(
-                f"{dataset}: folders {folders[class_name].name!r} and {folder.name!r} in {root} are both class "
+                f"{dataset}: folders {folders[class_name].name!r} and {folder.name!r} in {root} are both "
+                f"class "
                 f"{class_name}: expected one folder per class"
             )
         folders[class_name] = folder
     missing = [c for c in classes if c not in folders]
     if missing:
         raise CytotuneError(
-            f"{dataset} layout not found in {root}: expected {expected}; missing {', '.join(missing)}; {_found(root)}"
+            f"{dataset} layout not found in {root}: expected {expected}; "
+            f"missing {', '.join(missing)}; {_found(root)}"
         )
     return folders
 
@@ -128,11 +135,12 @@ def _mlcc_class(name: str) -> str | None:
 
 @register_dataset("mlcc", layout="one folder per Bethesda class: NILM, LSIL, HSIL, SCC (short or long names)")
 def load_mlcc(root: Path, level: int) -> DatasetListing:
-    """Mendeley LBC (MLCC): one folder per class, long published Bethesda names or short ones; order NILM..SCC."""
+    """Mendeley LBC (MLCC): one folder per class, long published Bethesda names or short ones."""
     root_found = _unwrapped(root, lambda r: any(_mlcc_class(d.name) for d in _subdirs(r)))
     expected = (
         "folders NILM, LSIL, HSIL, SCC or their long names (Negative for Intraepithelial malignancy, "
-        "Low squamous intra-epithelial lesion, High squamous intra-epithelial lesion, Squamous cell carcinoma)"
+        "Low squamous intra-epithelial lesion, High squamous intra-epithelial lesion, "
+        "Squamous cell carcinoma)"
     )
     folders = _folders_by_class(root_found, "mlcc", MLCC_CLASSES, _mlcc_class, expected)
     return DatasetListing(MLCC_CLASSES, _class_frame(root, folders, MLCC_CLASSES))
@@ -144,7 +152,11 @@ def load_bcfc(root: Path, level: int) -> DatasetListing:
     by_key = {c: c for c in BCFC_CLASSES}
     root_found = _unwrapped(root, lambda r: any(_normalised(d.name) in by_key for d in _subdirs(r)))
     folders = _folders_by_class(
-        root_found, "bcfc", BCFC_CLASSES, lambda n: by_key.get(_normalised(n)), "folders benign/ and malignant/"
+        root_found,
+        "bcfc",
+        BCFC_CLASSES,
+        lambda n: by_key.get(_normalised(n)),
+        "folders benign/ and malignant/",
     )
     return DatasetListing(BCFC_CLASSES, _class_frame(root, folders, BCFC_CLASSES))
 
@@ -152,16 +164,20 @@ def load_bcfc(root: Path, level: int) -> DatasetListing:
 def _hicervix_csv_dir(root: Path) -> Path:
     if (root / "train.csv").is_file():
         return root
-    candidates = sorted(p.parent for p in root.glob("*/train.csv")) + sorted(p.parent for p in root.glob("*/*/train.csv"))
+    candidates = sorted(p.parent for p in root.glob("*/train.csv")) + sorted(
+        p.parent for p in root.glob("*/*/train.csv")
+    )
     if candidates:
         return candidates[0]
     raise CytotuneError(
-        f"hicervix layout not found in {root}: expected train.csv, val.csv, test.csv and image folders; {_found(root)}"
+        f"hicervix layout not found in {root}: expected train.csv, val.csv, test.csv and image folders; "
+        f"{_found(root)}"
     )
 
 
 def _hicervix_labels(table: pd.DataFrame, level: int) -> pd.Series:
-    levels = {n: table[f"level_{n}"].astype("string").str.strip().replace("", pd.NA) for n in (1, 2, 3)}
+    levels = {n: table[f"level_{n}"].astype("string").str.strip() for n in (1, 2, 3)}
+    levels = {n: column.replace(_NO_LABEL, pd.NA) for n, column in levels.items()}
     if level == 3:
         return levels[3].fillna(levels[2])
     return levels[level]
@@ -169,7 +185,8 @@ def _hicervix_labels(table: pd.DataFrame, level: int) -> pd.Series:
 
 @register_dataset(
     "hicervix",
-    layout="train.csv, val.csv, test.csv (image_name, class_name, class_id, level_1, level_2, level_3) + image folders",
+    layout="train.csv, val.csv, test.csv (image_name, class_name, class_id, level_1, level_2, level_3) "
+    "+ image folders",
     official_split=True,
     uses_level=True,
 )
@@ -183,13 +200,16 @@ def load_hicervix(root: Path, level: int) -> DatasetListing:
     for split in HICERVIX_SPLITS:
         csv_path = csv_dir / f"{split}.csv"
         if not csv_path.is_file():
-            raise CytotuneError(f"hicervix: {csv_path} is missing: expected train.csv, val.csv and test.csv together")
+            raise CytotuneError(
+                f"hicervix: {csv_path} is missing: expected train.csv, val.csv and test.csv together"
+            )
         sources.append(csv_path.relative_to(root).as_posix())
         table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
         absent = [c for c in HICERVIX_COLUMNS if c not in table.columns]
         if absent:
             raise CytotuneError(
-                f"hicervix: {csv_path} lacks columns {', '.join(absent)}: expected image_name, class_name, class_id, "
+                f"hicervix: {csv_path} lacks columns {', '.join(absent)}: expected image_name, class_name, "
+                "class_id, "
                 f"level_1, level_2, level_3; found {', '.join(table.columns)}"
             )
         labels = _hicervix_labels(table, level)
@@ -229,13 +249,16 @@ def load_folder(root: Path, level: int) -> DatasetListing:
     subdirs = _subdirs(root)
     if not subdirs:
         raise CytotuneError(
-            f"folder layout not found in {root}: expected one sub-folder per class with images; {_found(root)}"
+            f"folder layout not found in {root}: expected one sub-folder per class with images; "
+            f"{_found(root)}"
         )
     classes = tuple(d.name for d in subdirs)
     return DatasetListing(classes, _class_frame(root, {d.name: d for d in subdirs}, classes))
 
 
-@register_dataset("synthetic", layout=f"the folder written by `cytotune data synth` (with {SYNTHETIC_MARKER})")
+@register_dataset(
+    "synthetic", layout=f"the folder written by `cytotune data synth` (with {SYNTHETIC_MARKER})"
+)
 def load_synthetic(root: Path, level: int) -> DatasetListing:
     """A synthetic dataset written by `generate_synthetic`: its class folders in the generator's order."""
     marker = root / SYNTHETIC_MARKER
@@ -246,7 +269,7 @@ def load_synthetic(root: Path, level: int) -> DatasetListing:
         )
     classes = tuple(json.loads(marker.read_text())["classes"])
     folders = {c: root / c for c in classes}
-    for class_name, folder in folders.items():
+    for folder in folders.values():
         if not folder.is_dir():
             raise CytotuneError(f"synthetic: class folder {folder} is missing: expected one folder per class")
     return DatasetListing(classes, _class_frame(root, folders, classes))

@@ -71,7 +71,7 @@ def _settings(spec: DatasetSpec, level: int, split: tuple[float, float, float], 
 
 
 def _fingerprint(root: Path, listing: DatasetListing) -> str:
-    """Cheap identity of the files a listing names: paths, sizes, modification times, and source files' bytes."""
+    """Cheap identity of the files a listing names: paths, sizes, modification times, sources' bytes."""
     sha = hashlib.sha1()
     for rel in listing.frame["path"]:
         stat = (root / rel).stat()
@@ -107,7 +107,8 @@ def _read(stem: Path, fingerprint: str, settings: dict, root: Path) -> Manifest 
         return None
     if hashlib.sha1(data).hexdigest() != meta.get("csv_sha1"):
         return None
-    frame = pd.read_csv(io.BytesIO(data), dtype={"path": str, "class_name": str, "split": str, "sha1": str})
+    columns = {"path": str, "class_name": str, "split": str, "sha1": str}
+    frame = pd.read_csv(io.BytesIO(data), dtype=columns, keep_default_na=False)
     return _manifest(root, meta, frame, stem)
 
 
@@ -158,10 +159,14 @@ def _build_frame(
     skip_corrupt: bool,
 ) -> tuple[pd.DataFrame, list[str]]:
     frame = listing.frame.reset_index(drop=True)
-    inspected = map_with_progress(lambda rel: inspect_image(root / rel), list(frame["path"]), "checking images")
+    inspected = map_with_progress(
+        lambda rel: inspect_image(root / rel), list(frame["path"]), "checking images"
+    )
     frame["sha1"] = [sha1 for sha1, _ in inspected]
     bad = [(f"missing {name}", "not found") for name in listing.missing]
-    bad += [(rel, reason) for rel, (_, reason) in zip(frame["path"], inspected, strict=True) if reason is not None]
+    bad += [
+        (rel, reason) for rel, (_, reason) in zip(frame["path"], inspected, strict=True) if reason is not None
+    ]
     if bad and not skip_corrupt:
         raise _unreadable_error(root, bad)
     if bad:
@@ -172,9 +177,13 @@ def _build_frame(
     present = set(frame["class_name"])
     absent = [c for c in listing.classes if c not in present]
     if absent:
-        raise CytotuneError(f"{spec.name}: no readable images left for classes {', '.join(absent)} under {root}")
+        raise CytotuneError(
+            f"{spec.name}: no readable images left for classes {', '.join(absent)} under {root}"
+        )
     if not spec.official_split:
-        frame["split"] = stratified_split(frame["label"].to_numpy(), frame["sha1"].to_numpy(), split, split_seed)
+        frame["split"] = stratified_split(
+            frame["label"].to_numpy(), frame["sha1"].to_numpy(), split, split_seed
+        )
     _check_duplicates(frame)
     frame = frame.sort_values(["label", "path"], kind="stable").reset_index(drop=True)
     return frame[MANIFEST_COLUMNS], [path for path, _ in bad]
@@ -198,7 +207,12 @@ class _Lookup:
 
 
 def _lookup(
-    name: str, root: Path | str, level: int, split: Sequence[float], split_seed: int, cache_dir: Path | str | None
+    name: str,
+    root: Path | str,
+    level: int,
+    split: Sequence[float],
+    split_seed: int,
+    cache_dir: Path | str | None,
 ) -> _Lookup:
     spec = get_dataset(name)
     root = Path(root).expanduser()
@@ -225,17 +239,20 @@ def prepare_dataset(
     skip_corrupt: bool = False,
     cache_dir: Path | str | None = None,
 ) -> Manifest:
-    """The manifest of dataset `name` at `root`: read back when its files are unchanged, else built (every image
-    hashed and checked), split, and written atomically next to the data (or under cache_dir if read-only).
+    """The manifest of dataset `name` at `root`: read back when its files are unchanged, else built (every
+    image hashed and checked), split, and written atomically next to the data (or under cache_dir when the
+    data folder is read-only).
 
-    A manifest built with skip_corrupt is reused by later calls without it (the skipped files stay dropped)."""
+    A manifest built with skip_corrupt is reused by later calls without it (skipped files stay dropped)."""
     found = _lookup(name, root, level, split, split_seed, cache_dir)
     existing = found.read()
     if existing is not None:
         return existing
     stem = next((s for s in found.stems if is_writable_dir(s.parent)), None)
     if stem is None:
-        raise CytotuneError(f"cannot write a manifest: neither {found.stems[0].parent} nor {found.stems[1].parent}")
+        raise CytotuneError(
+            f"cannot write a manifest: neither {found.stems[0].parent} nor {found.stems[1].parent}"
+        )
     with file_lock(stem.with_suffix(".lock")):
         existing = found.read()
         if existing is not None:
@@ -243,7 +260,9 @@ def prepare_dataset(
         for note in found.listing.notes:
             log.info("%s: %s", name, note)
         split_fractions = check_split_fractions(split)
-        frame, dropped = _build_frame(found.spec, found.root, found.listing, split_fractions, split_seed, skip_corrupt)
+        frame, dropped = _build_frame(
+            found.spec, found.root, found.listing, split_fractions, split_seed, skip_corrupt
+        )
         classes = found.listing.classes
         meta = {
             "settings": found.settings,
@@ -277,5 +296,5 @@ def find_manifest(
 
 
 def scan_dataset(name: str, root: Path | str, *, level: int = 3) -> DatasetListing:
-    """What the loader of `name` finds at `root` (classes, image paths, official split), without reading images."""
+    """What the loader of `name` finds at `root` (classes, paths, official split), without reading images."""
     return _lookup(name, root, level, (0.7, 0.1, 0.2), 0, None).listing

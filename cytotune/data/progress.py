@@ -9,7 +9,14 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -46,7 +53,7 @@ def default_workers() -> int:
 def map_with_progress(
     fn: Callable[[T], R], items: Sequence[T], description: str, workers: int | None = None
 ) -> list[R]:
-    """`[fn(x) for x in items]` in order, on a thread pool (Pillow and hashlib release the GIL), with progress."""
+    """`[fn(x) for x in items]` in order, on threads (Pillow and hashlib release the GIL), with progress."""
     workers = workers or default_workers()
     results: list[R] = []
     with progress_bar(description, len(items)) as advance:

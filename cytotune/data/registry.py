@@ -15,9 +15,9 @@ from cytotune.errors import CytotuneError
 class DatasetListing:
     """What a loader found under a root: classes in their fixed order and one row per image.
 
-    `frame` has columns path (relative to the root, str), class_name, and split ("train"|"val"|"test") when the
-    dataset has an official split (None otherwise). `missing` lists images named by the dataset but not found,
-    `sources` the non-image files (such as CSVs) the listing was read from, and `notes` what was dropped and why.
+    `frame` has columns path (relative to the root, str), class_name, and split ("train"|"val"|"test") when
+    the dataset has an official split (None otherwise). `missing` lists images named by the dataset but not
+    found, `sources` the non-image files (such as CSVs) the listing was read from, `notes` what was dropped.
     """
 
     classes: tuple[str, ...]

@@ -61,7 +61,8 @@ def few_shot_indices(frame: pd.DataFrame, shots: int, seed: int) -> np.ndarray:
     for label, order in _class_orders(frame, "train", seed, stream=0).items():
         if len(order) < shots:
             raise CytotuneError(
-                f"class {_class_name(frame, label)!r} has {len(order)} training images, fewer than shots={shots}: "
+                f"class {_class_name(frame, label)!r} has {len(order)} training images, "
+                f"fewer than shots={shots}: "
                 f"expected shots <= {len(order)}"
             )
         chosen.append(order[:shots])
@@ -80,7 +81,9 @@ def fraction_indices(frame: pd.DataFrame, fraction: float, seed: int) -> np.ndar
     return np.sort(np.concatenate(chosen)) if chosen else np.empty(0, dtype=np.int64)
 
 
-def validation_indices(frame: pd.DataFrame, shots: int | None = None, seed: int = 0, mode: str = "full") -> np.ndarray:
+def validation_indices(
+    frame: pd.DataFrame, shots: int | None = None, seed: int = 0, mode: str = "full"
+) -> np.ndarray:
     """Validation rows: the whole val split ("full"), or min(shots, 4) per class, seeded ("paper", as the
     paper's code did for few-shot cells; without shots it is the whole val split)."""
     if mode not in ("full", "paper"):

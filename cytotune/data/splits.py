@@ -17,7 +17,8 @@ def check_split_fractions(split: Sequence[float]) -> tuple[float, float, float]:
     values = tuple(float(v) for v in split)
     if len(values) != 3 or any(v < 0 for v in values) or values[0] <= 0 or not math.isclose(sum(values), 1.0):
         raise CytotuneError(
-            f"split {tuple(split)} is invalid: expected three fractions (train, val, test) >= 0 summing to 1, "
+            f"split {tuple(split)} is invalid: expected three fractions (train, val, test) >= 0 "
+            "summing to 1, "
             "with train > 0, such as (0.7, 0.1, 0.2)"
         )
     return values  # type: ignore[return-value]

@@ -24,7 +24,9 @@ def parse_split(text: str) -> tuple[float, float, float]:
 
 def manifest_summary(manifest: Manifest) -> str:
     """Images per class and split, with where the manifest is and how it was split."""
-    how = "official split" if manifest.split is None else "split " + "/".join(f"{f:g}" for f in manifest.split)
+    how = (
+        "official split" if manifest.split is None else "split " + "/".join(f"{f:g}" for f in manifest.split)
+    )
     if manifest.split is not None:
         how += f" (seed {manifest.split_seed})"
     level = f", level {manifest.level}" if get_dataset(manifest.dataset).uses_level else ""
@@ -38,7 +40,9 @@ def manifest_summary(manifest: Manifest) -> str:
         table.to_string(),
     ]
     if manifest.dropped:
-        lines.append(f"dropped {len(manifest.dropped)} unreadable or missing images: {', '.join(manifest.dropped)}")
+        lines.append(
+            f"dropped {len(manifest.dropped)} unreadable or missing images: {', '.join(manifest.dropped)}"
+        )
     return "\n".join(lines)
 
 
@@ -51,7 +55,7 @@ def dataset_info(
     split_seed: int = 0,
     cache_dir: Path | None = None,
 ) -> str:
-    """What is at `root` for dataset `name`: classes and images found, and the manifest and image caches, if made."""
+    """What is at `root` for dataset `name`: classes and images found, and manifest and caches if made."""
     spec = get_dataset(name)
     listing = scan_dataset(name, root, level=level)
     found = listing.frame["class_name"].value_counts().reindex(list(listing.classes), fill_value=0)

@@ -30,12 +30,15 @@ def synthetic_class_names(classes: int) -> list[str]:
 
 
 def _class_look(label: int, classes: int) -> _ClassLook:
-    """Class `label` on a scale from normal-looking (small, round, pale nucleus) to abnormal (large, irregular,
-    dark); neighbouring classes overlap once per-image variation is added."""
+    """Class `label` on a scale from normal-looking (small, round, pale nucleus) to abnormal (large,
+    irregular, dark); neighbouring classes overlap once per-image variation is added."""
     t = label / max(classes - 1, 1)
     pale, dark = np.array([105.0, 110.0, 180.0]), np.array([70.0, 30.0, 105.0])
     return _ClassLook(
-        nucleus=0.22 + 0.30 * t, irregularity=0.03 + 0.20 * t, stain=(1 - t) * pale + t * dark, chromatin=0.06 + 0.2 * t
+        nucleus=0.22 + 0.30 * t,
+        irregularity=0.03 + 0.20 * t,
+        stain=(1 - t) * pale + t * dark,
+        chromatin=0.06 + 0.2 * t,
     )
 
 
@@ -64,7 +67,9 @@ def _polar(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, angle: float, e
     return rho, u / safe, v / safe
 
 
-def _wobble(cos1: np.ndarray, sin1: np.ndarray, amplitude: np.ndarray, phase: np.ndarray, first: int) -> np.ndarray:
+def _wobble(
+    cos1: np.ndarray, sin1: np.ndarray, amplitude: np.ndarray, phase: np.ndarray, first: int
+) -> np.ndarray:
     """sum_k amplitude[k] cos((first + k) theta + phase[k]) from cos(theta), sin(theta), by angle addition."""
     cos_k, sin_k = cos1, sin1
     for _ in range(first - 1):
@@ -76,7 +81,9 @@ def _wobble(cos1: np.ndarray, sin1: np.ndarray, amplitude: np.ndarray, phase: np
     return total
 
 
-def _cell_image(rng: np.random.Generator, look: _ClassLook, size: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+def _cell_image(
+    rng: np.random.Generator, look: _ClassLook, size: int, yy: np.ndarray, xx: np.ndarray
+) -> np.ndarray:
     """One cell on a textured background, uint8 (size, size, 3)."""
     background = (np.array([232.0, 222.0, 228.0]) + rng.normal(0, 6, 3)).astype(np.float32)
     image = background + np.float32(8.0) * _smooth_noise(rng, size, 5)[..., None]
@@ -130,7 +137,9 @@ def generate_synthetic(
         look = _class_look(label, classes)
         for i in range(per_class):
             pixels = _cell_image(np.random.default_rng([seed, label, i]), look, size, yy, xx)
-            Image.fromarray(pixels).save(folder / f"{name}_{i:04d}.{image_format}", **IMAGE_FORMATS[image_format])
+            Image.fromarray(pixels).save(
+                folder / f"{name}_{i:04d}.{image_format}", **IMAGE_FORMATS[image_format]
+            )
     marker = {"generator": "cytotune", "classes": names, "per_class": per_class, "size": size, "seed": seed}
     (out / SYNTHETIC_MARKER).write_text(json.dumps(marker, indent=1))
     return out

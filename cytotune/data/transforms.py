@@ -16,17 +16,22 @@ def _check(x: torch.Tensor) -> torch.Tensor:
 
 
 def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bicubic, antialiased resize of uint8 images to float32; on the CPU through torch's fast uint8 kernel."""
+    """Bicubic, antialiased resize of uint8 images to float32 in [0, 255] (on the CPU via torch's fast uint8
+    kernel, elsewhere in float32)."""
     if tuple(x.shape[-2:]) == (height, width):
         return x.float()
-    source = x if x.device.type == "cpu" else x.float()
-    return F.interpolate(source, size=(height, width), mode="bicubic", antialias=True, align_corners=False).float()
+    size = (height, width)
+    if x.device.type == "cpu":
+        return F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).float()
+    resized = F.interpolate(x.float(), size=size, mode="bicubic", antialias=True, align_corners=False)
+    return resized.clamp_(0, 255)
 
 
 def _normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(x / 255 - mean) / std per channel, in one fused pass."""
     m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x.clamp(0, 255) / 255.0 - m) / s
+    return torch.addcmul(-m / s, x, 1.0 / (255.0 * s))
 
 
 def eval_transform(
@@ -93,8 +98,8 @@ def train_transform(
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     flip_p: float = 0.5,
 ) -> torch.Tensor:
-    """Training view of a uint8 batch (B,3,H,W): random resized crop (bicubic) to input_size, random horizontal
-    flip, normalised; float32 on x's device, the same for the same generator state."""
+    """Training view of a uint8 batch (B,3,H,W): random resized crop (bicubic) to input_size, random
+    horizontal flip, normalised; float32 on x's device, the same for the same generator state."""
     _check(x)
     batch, _, height, width = x.shape
     boxes = random_resized_crop_boxes(batch, height, width, generator, scale, ratio)

@@ -53,7 +53,7 @@ class SplitMultiheadAttention(nn.Module):
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape
-        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        return x.reshape(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
 
     def _mask(
         self,
@@ -141,7 +141,7 @@ class SplitTimmAttention(nn.Module):
         batch, length, _ = x.shape
         gate = self.gate(x).sigmoid() if self.gate is not None else None
         q, k, v = (
-            proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+            proj(x).reshape(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
             for proj in (self.q, self.k, self.v)
         )
         q, k = self.q_norm(q), self.k_norm(k)

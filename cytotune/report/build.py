@@ -1,4 +1,4 @@
-"""The report of a study: tables and figures from MLflow, written to a folder and logged to the latest launch."""
+"""A study's report: tables and figures from MLflow, written to a folder and logged to the latest launch."""
 
 from __future__ import annotations
 
@@ -53,7 +53,10 @@ def build_report(
         sections += ["## Table 1: linear probe (paper's value in parentheses)\n", files[-2].read_text()]
     figures = [
         ("Figure 1: accuracy vs shots", shots_figure(best, out / "figure1_shots.png")),
-        ("Figure 2: accuracy vs data fraction", fraction_figure(best, out / "figure2_fraction.png", reference)),
+        (
+            "Figure 2: accuracy vs data fraction",
+            fraction_figure(best, out / "figure2_fraction.png", reference),
+        ),
         ("Trainable parameters vs accuracy", params_figure(best, out / "params_vs_accuracy.png")),
     ]
     for title, path in figures:
@@ -76,10 +79,11 @@ def _provenance(launch) -> str:
     tags = launch.data.tags
     commit = tags.get("cytotune.git_commit", "unknown")
     return (
-        f"Latest launch run {launch.info.run_id} ({launch.info.status}), cytotune {tags.get('cytotune.version')}, "
+        f"Latest launch run {launch.info.run_id} ({launch.info.status}), "
+        f"cytotune {tags.get('cytotune.version')}, "
         f"git {commit[:12]}, study YAML sha256 {tags.get('cytotune.yaml_sha256', 'unknown')[:12]}.\n\n"
         "Per trial, test metrics are taken at the best-validation checkpoint (the paper's code took the last "
-        "iteration); per cell, the searched values with the best mean validation accuracy over seeds are chosen "
+        "iteration); per cell, the searched values with the best mean validation accuracy over seeds are "
+        "chosen "
         "and their test accuracy is given as mean ± sample std over seeds.\n"
     )
-

@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 
 
 def confusion_figure(matrix: list[list[int]], classes: list[str], path: Path, title: str = "") -> Path:
-    """Write the confusion matrix (rows = true class, columns = predicted) with counts and row-normalised colour."""
+    """Write the confusion matrix (rows: true, columns: predicted) with counts, coloured by row share."""
     counts = np.asarray(matrix, dtype=np.int64)
     n = len(classes)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -28,7 +28,15 @@ def confusion_figure(matrix: list[list[int]], classes: list[str], path: Path, ti
         for i in range(n):
             for j in range(n):
                 colour = "white" if share[i, j] > 0.5 else "black"
-                ax.text(j, i, str(counts[i, j]), ha="center", va="center", color=colour, fontsize=8 if n > 10 else 10)
+                ax.text(
+                    j,
+                    i,
+                    str(counts[i, j]),
+                    ha="center",
+                    va="center",
+                    color=colour,
+                    fontsize=8 if n > 10 else 10,
+                )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -42,7 +42,9 @@ def _setting(cell_key: str, budget_part: int = 3) -> str:
 def _band(ax, x, mean, std, colour, label, missing, linestyle="-") -> None:
     ax.plot(x, mean, color=colour, linestyle=linestyle, linewidth=1.8, label=label)
     for xi, yi, hollow in zip(x, mean, missing, strict=True):
-        ax.plot([xi], [yi], marker="o", markersize=6, color=colour, markerfacecolor="white" if hollow else colour)
+        ax.plot(
+            [xi], [yi], marker="o", markersize=6, color=colour, markerfacecolor="white" if hollow else colour
+        )
     low, high = mean - np.nan_to_num(std), mean + np.nan_to_num(std)
     ax.fill_between(x, low, high, color=colour, alpha=0.18, linewidth=0)
 
@@ -70,7 +72,9 @@ def shots_figure(best: pd.DataFrame, path: Path) -> Path | None:
     if shots.empty:
         return None
     probe = chosen[
-        (chosen["method"] == "linear_probe") & _column(chosen, "shots").isna() & _column(chosen, "fraction").isna()
+        (chosen["method"] == "linear_probe")
+        & _column(chosen, "shots").isna()
+        & _column(chosen, "fraction").isna()
     ]
     datasets = _order(shots["dataset"], DATASET_LABELS)
     backbones = _order(pd.concat([shots["backbone"], probe["backbone"]]), BACKBONE_LABELS)
@@ -100,7 +104,9 @@ def shots_figure(best: pd.DataFrame, path: Path) -> Path | None:
             handles[key] = Line2D([], [], color=colour[backbone], linestyle=style[setting], marker="o")
         for _, row in probe[probe["dataset"] == dataset].iterrows():
             label = f"{backbone_label(row['backbone'])} linear probe"
-            ax.axhline(100 * row["test_acc_mean"], color=colour[row["backbone"]], linestyle="--", linewidth=1.3)
+            ax.axhline(
+                100 * row["test_acc_mean"], color=colour[row["backbone"]], linestyle="--", linewidth=1.3
+            )
             handles[(backbones.index(row["backbone"]), 1, label)] = Line2D(
                 [], [], color=colour[row["backbone"]], linestyle="--"
             )
@@ -135,7 +141,10 @@ def shots_figure(best: pd.DataFrame, path: Path) -> Path | None:
 
 def _legend(fig: Figure, handles: dict[str, Line2D], hollow: bool) -> None:
     if hollow:
-        handles = {**handles, HOLLOW_NOTE: Line2D([], [], color="grey", marker="o", markerfacecolor="white", ls="")}
+        handles = {
+            **handles,
+            HOLLOW_NOTE: Line2D([], [], color="grey", marker="o", markerfacecolor="white", ls=""),
+        }
     fig.legend(
         list(handles.values()),
         list(handles),
@@ -222,6 +231,7 @@ def params_figure(best: pd.DataFrame, path: Path) -> Path | None:
     points = chosen[chosen["trainable_params_mean"].notna() & (chosen["trainable_params_mean"] > 0)]
     if points.empty:
         return None
+    handles: dict[tuple[int, str], Line2D] = {}
     points = points.assign(
         _setting=points["cell_key"].map(_setting),
         _budget=[_budget(row) for _, row in points.iterrows()],
@@ -232,17 +242,22 @@ def params_figure(best: pd.DataFrame, path: Path) -> Path | None:
     rows, cols = _grid(len(datasets))
     fig = Figure(figsize=(5.6 * cols, 4.2 * rows + 1.0), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    handles: dict[str, Line2D] = {}
     for ax, dataset in zip(axes, datasets, strict=False):
-        for _, row in largest[largest["dataset"] == dataset].iterrows():
+        here = largest[largest["dataset"] == dataset]
+        order = _order(here["backbone"], BACKBONE_LABELS)
+        here = here.sort_values("backbone", key=lambda names: names.map(order.index), kind="stable")
+        labels: dict[tuple[float, float, str], list[str]] = {}
+        for _, row in here.iterrows():
             colour = COLOURS[methods.index(row["method"]) % len(COLOURS)]
             x, y = row["trainable_params_mean"], 100 * row["test_acc_mean"]
             std = 0.0 if pd.isna(row["test_acc_std"]) else 100 * row["test_acc_std"]
             ax.errorbar([x], [y], yerr=[std], fmt="o", color=colour, markersize=7, capsize=3)
-            text = f"{backbone_label(row['backbone'])} ({row['_budget'][2]})"
-            ax.annotate(text, (x, y), xytext=(6, 4), textcoords="offset points", fontsize=8)
+            labels.setdefault((x, round(y, 1), row["_budget"][2]), []).append(backbone_label(row["backbone"]))
             label = {"lora": "LoRA", "linear_probe": "linear probe"}.get(row["method"], row["method"])
-            handles[label] = Line2D([], [], color=colour, marker="o", linestyle="")
+            handles[(methods.index(row["method"]), label)] = Line2D([], [], color=colour, marker="o", ls="")
+        for (x, y, budget), names in labels.items():
+            text = f"{', '.join(dict.fromkeys(names))} ({budget})"
+            ax.annotate(text, (x, y), xytext=(6, 4), textcoords="offset points", fontsize=8)
         ax.set_xscale("log")
         ax.margins(x=0.25, y=0.15)
         ax.set_title(dataset_label(dataset))
@@ -252,5 +267,5 @@ def params_figure(best: pd.DataFrame, path: Path) -> Path | None:
     for ax in axes[len(datasets) :]:
         ax.set_visible(False)
     fig.suptitle("Trainable parameters vs test accuracy (largest data budget of each method and backbone)")
-    _legend(fig, handles, False)
+    _legend(fig, {label: handle for (_, label), handle in sorted(handles.items())}, False)
     return _save(fig, path)

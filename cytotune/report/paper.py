@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from cytotune.errors import CytotuneError
+
 BACKBONE_LABELS = {
     "clip_vit_b16": "CLIP",
     "clip_vit_l14": "CLIP ViT-L/14",
@@ -41,3 +43,21 @@ def paper_linear_probe(backbone: str, dataset: str, level: int | None = 3) -> fl
     if backbone not in _TABLE1_BACKBONES or level not in (None, 3):
         return None
     return _TABLE1.get(dataset, {}).get(BACKBONE_LABELS[backbone])
+
+
+def parse_reference(text: str) -> tuple[str, float] | None:
+    """A reference line given as "LABEL=ACCURACY" (percent), or None for "none"."""
+    if text.strip().lower() == "none":
+        return None
+    label, _, value = text.rpartition("=")
+    try:
+        accuracy = float(value)
+    except ValueError as err:
+        raise CytotuneError(
+            f"--reference {text!r}: expected LABEL=ACCURACY (e.g. HierSwin=78.35) or none"
+        ) from err
+    if not label.strip():
+        raise CytotuneError(
+            f"--reference {text!r}: empty label; expected LABEL=ACCURACY (e.g. HierSwin=78.35)"
+        )
+    return label.strip(), accuracy

@@ -1,4 +1,4 @@
-"""Tables from validation-selected results: the best-config table and Table 1 (linear probe) beside the paper."""
+"""Tables of validation-selected results: the best-config table, Table 1 (linear probe) beside the paper."""
 
 from __future__ import annotations
 
@@ -47,7 +47,9 @@ def best_display(best: pd.DataFrame, searched: Sequence[str]) -> pd.DataFrame:
     """The best-config table for people: cell, chosen values, val and test accuracy (%), seeds, note."""
     rows = []
     for _, row in best.iterrows():
-        note = "no finished trial" if row["n_seeds"] == 0 else ("missing seeds" if row["missing_seeds"] else "")
+        note = (
+            "no finished trial" if row["n_seeds"] == 0 else ("missing seeds" if row["missing_seeds"] else "")
+        )
         rows.append(
             {
                 "cell": row["cell_key"],
@@ -86,9 +88,14 @@ def markdown(frame: pd.DataFrame) -> str:
 
 def plain(frame: pd.DataFrame) -> str:
     """A DataFrame as an aligned text table (index ignored)."""
-    cells = [[str(c) for c in frame.columns]] + [[str(v) for v in row] for row in frame.itertuples(index=False)]
+    cells = [[str(c) for c in frame.columns]] + [
+        [str(v) for v in row] for row in frame.itertuples(index=False)
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(frame.columns))]
-    lines = ["  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines = [
+        "  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip()
+        for row in cells
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -213,7 +220,9 @@ def table1_latex(table: pd.DataFrame) -> str:
         "\\midrule",
     ]
     for d in datasets:
-        lines.append(" & ".join([_latex(dataset_label(d)), *(values.get((d, b), "") for b in backbones)]) + " \\\\")
+        lines.append(
+            " & ".join([_latex(dataset_label(d)), *(values.get((d, b), "") for b in backbones)]) + " \\\\"
+        )
     lines += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(lines) + "\n"
 

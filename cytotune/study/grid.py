@@ -80,8 +80,8 @@ class CellPlan:
             for combo in itertools.product(*(self.grid[n] for n in names))
         ]
 
-    def trial(self, searched: dict[str, Any], seed: int) -> TrialPlan:
-        """The trial of this cell with these searched values and seed."""
+    def trial(self, searched: dict[str, Any], seed: int, sample: int | None = None) -> TrialPlan:
+        """The trial of this cell with these searched values and seed (and Optuna sample number)."""
         settings = {
             **self.base,
             "seed": seed,
@@ -98,9 +98,8 @@ class CellPlan:
             raise CytotuneError(
                 f"{self.cell_key}: searched values {searched} make no valid trial: {reason}"
             ) from err
-        return TrialPlan(
-            self.cell_key, trial_key(self.cell_key, searched, seed), config, dict(searched), self.resources
-        )
+        key = trial_key(self.cell_key, searched, seed, sample)
+        return TrialPlan(self.cell_key, key, config, dict(searched), self.resources)
 
 
 def _product(sizes) -> int:
@@ -141,10 +140,12 @@ def cell_key(
     return "/".join(parts)
 
 
-def trial_key(cell: str, searched: dict[str, Any], seed: int) -> str:
-    """The stable key of a trial: its cell key, its searched values (sorted by field) and its seed."""
-    parts = [cell, *(f"{name}={format_value(searched[name])}" for name in sorted(searched)), f"seed={seed}"]
-    return "/".join(parts)
+def trial_key(cell: str, searched: dict[str, Any], seed: int, sample: int | None = None) -> str:
+    """The stable key of a trial: its cell key, the Optuna sample number (Optuna cells only: a sampler may
+    draw the same values twice), its searched values (sorted by field) and its seed."""
+    drawn = [] if sample is None else [f"sample={sample}"]
+    searched_parts = (f"{name}={format_value(searched[name])}" for name in sorted(searched))
+    return "/".join([cell, *drawn, *searched_parts, f"seed={seed}"])
 
 
 def _budgets(block: MethodBlock) -> list[tuple[str, dict[str, Any]]]:

@@ -10,13 +10,13 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 
-def trial_status(trial_status: str, last_result: dict | None, error: bool = False) -> str:
-    """A trial's study status: finished (reached its end), stopped (early, by ASHA), failed, or running."""
-    if error or trial_status == Trial.ERROR:
+def trial_status(ray_status: str, last_result: dict | None) -> str:
+    """A trial's study status: finished (reached its end), stopped (early, by ASHA), failed, or unfinished."""
+    if ray_status == Trial.ERROR:
         return "failed"
-    if trial_status == Trial.TERMINATED:
+    if ray_status == Trial.TERMINATED:
         return "finished" if (last_result or {}).get("done_trial") == 1 else "stopped"
-    return "running"
+    return "unfinished"
 
 
 class ProgressLine(Callback):

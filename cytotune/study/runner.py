@@ -38,7 +38,8 @@ class StudyPlan:
 
 @dataclass(frozen=True)
 class TrialOutcome:
-    """One trial as Ray Tune left it: keys, status (finished/stopped/failed), config, searched, metrics."""
+    """One trial as Ray Tune left it: keys, status (finished, stopped, failed, unfinished), config,
+    searched values and last metrics."""
 
     trial_key: str
     cell_key: str
@@ -51,7 +52,8 @@ class TrialOutcome:
 
 @dataclass(frozen=True)
 class StudyOutcome:
-    """A finished launch of a study: where it lives, each trial's outcome, wall time and what was decided."""
+    """A launch of a study: where it lives, each trial's outcome, wall time, what was decided, and whether
+    it was interrupted before every trial ended (continue it with `resume=True`)."""
 
     name: str
     path: Path
@@ -59,10 +61,11 @@ class StudyOutcome:
     wall_s: float
     notes: list[str] = field(default_factory=list)
     tracking_uri: str | None = None
+    interrupted: bool = False
 
     def counts(self) -> dict[str, int]:
         """Trials per status."""
-        out = {"finished": 0, "stopped": 0, "failed": 0}
+        out = {"finished": 0, "stopped": 0, "failed": 0, "unfinished": 0}
         for trial in self.trials:
             out[trial.status] = out.get(trial.status, 0) + 1
         return out
@@ -186,27 +189,25 @@ def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _outcomes(results) -> list[TrialOutcome]:
+def _outcomes(path: Path) -> list[TrialOutcome]:
+    """Each trial of the experiment at `path` as Ray Tune saved it (status, config, last result)."""
+    from ray.tune import ExperimentAnalysis
+
     from cytotune.study.progress import trial_status
 
     out = []
-    for result in results:
-        config = result.config or {}
-        metrics = dict(result.metrics or {})
-        if result.error is not None:
-            status = "failed"
-        else:
-            status = trial_status("TERMINATED", metrics)
-        checkpoint = result.checkpoint.path if result.checkpoint is not None else None
+    for trial in ExperimentAnalysis(str(path)).trials:
+        config = trial.config or {}
+        checkpoint = trial.checkpoint
         out.append(
             TrialOutcome(
                 trial_key=config.get("trial_key", ""),
                 cell_key=config.get("cell_key", ""),
-                status=status,
+                status=trial_status(trial.status, trial.last_result),
                 trial=config.get("trial", {}),
                 searched=config.get("searched", {}),
-                metrics=metrics,
-                checkpoint=checkpoint,
+                metrics=dict(trial.last_result or {}),
+                checkpoint=checkpoint.path if checkpoint is not None else None,
             )
         )
     return out
@@ -246,12 +247,17 @@ def run_study(
     from cytotune.study.trainable import study_trainable_with_resources
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    import ray
+
+    check_registries(spec)
+    if address is None and not ray.is_initialized():
+        cpus, gpus = _machine()
+        _require_fit(plan_study(spec, local_nodes(cpus, gpus), "this machine"))
     tracking_uri = tracking_uri or spec.tracking_uri
     if tracking_uri:
         from cytotune.tracking.uri import check_tracking
 
         check_tracking(tracking_uri)
-    check_registries(spec)
     path = experiment_path(spec, storage)
     if resume and not tune.Tuner.can_restore(str(path)):
         raise CytotuneError(f"{path}: no study to resume there; expected the storage of an earlier run")
@@ -260,11 +266,6 @@ def run_study(
             f"{path}: a study of this name is already there; expected --resume or another --storage"
         )
     start = time.perf_counter()
-    import ray
-
-    if address is None and not ray.is_initialized():
-        cpus, gpus = _machine()
-        _require_fit(plan_study(spec, local_nodes(cpus, gpus), "this machine"))
     with ray_session(address) as where:
         plan = _require_fit(plan_study(spec, _live_nodes(), where))
         for note in plan.fit.notes:
@@ -296,12 +297,14 @@ def run_study(
                     verbose=0,
                 ),
             )
-        results = tuner.fit()
+        tuner.fit()
+    trials = _outcomes(path)
     return StudyOutcome(
         name=spec.name,
         path=path,
-        trials=_outcomes(results),
+        trials=trials,
         wall_s=time.perf_counter() - start,
         notes=list(plan.fit.notes),
         tracking_uri=tracking_uri,
+        interrupted=len(trials) < plan.n_trials or any(t.status == "unfinished" for t in trials),
     )

@@ -79,12 +79,11 @@ class CellSearcher(Searcher):
                 self._journal.parent.mkdir(parents=True, exist_ok=True)
                 storage = JournalStorage(JournalFileBackend(str(self._journal)))
             study = optuna.create_study(
-                storage=storage,
-                sampler=optuna.samplers.TPESampler(seed=_sampler_seed(cell_key)),
-                study_name=cell_key,
-                direction="maximize",
-                load_if_exists=True,
+                storage=storage, study_name=cell_key, direction="maximize", load_if_exists=True
             )
+            # seeded per cell and by the trials already there, so a resumed study does not redraw its past
+            seed = _sampler_seed(cell_key) + len(study.get_trials(deepcopy=False))
+            study.sampler = optuna.samplers.TPESampler(seed=seed)
             known = {number for key, number in self._pending if key == cell_key}
             for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
                 if trial.number not in known:
@@ -114,7 +113,7 @@ class CellSearcher(Searcher):
             return Searcher.FINISHED
         key, values, seed, number = self._queue.popleft()
         self._live[trial_id] = (key, number, seed)
-        return self._cells[key].trial(values, seed).ray_config()
+        return self._cells[key].trial(values, seed, number).ray_config()
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """Keep the trial's best validation accuracy so far."""

@@ -1,4 +1,4 @@
-"""MLflow tracking of studies: run layout (the Ray Tune callback in cytotune.tracking.callback), queries, selection."""
+"""MLflow tracking of studies: run layout (cytotune.tracking.callback), queries, selection."""
 
 from cytotune.tracking.runs import best_configs, expected_seeds, latest_launch, parse_where, runs_frame
 from cytotune.tracking.selection import select_best

@@ -1,4 +1,4 @@
-"""The MLflow writer of a study: a driver-side Ray Tune callback, one parent run per launch, one child per trial."""
+"""A study's MLflow writer: a driver-side Ray Tune callback, a parent run per launch, a child per trial."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from ray.tune import Callback
 
 from cytotune import __version__
+from cytotune.config import StudySpec
 from cytotune.report.confusion import confusion_figure
 from cytotune.tracking import layout
 from cytotune.tracking.uri import resolve_tracking_uri
@@ -29,6 +31,7 @@ class MlflowCallback(Callback):
     the flattened TrialConfig as params, tags cell/trial key, Ray trial id and status (running, finished,
     stopped, failed), per-evaluation metrics by step, final metrics and, for finished trials, the files of the
     final checkpoint plus the confusion matrix as PNG. ASHA-stopped trials end KILLED with status "stopped".
+    An interrupted launch ends KILLED, and so do the runs of its unfinished trials (status still "running").
     With `resume`, a trial continues the child run holding its trial key (tagged with every launch id), so a
     resumed study never makes a second run for a trial.
     """
@@ -54,6 +57,10 @@ class MlflowCallback(Callback):
         self._previous: dict[str, list[Any]] = {}
         self._claimed: set[str] = set()
         self._ended: set[str] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (Ray keeps the run config) without the MLflow client, which is made again when needed."""
+        return {**self.__dict__, "_client": None}
 
     @property
     def client(self) -> MlflowClient:
@@ -106,12 +113,14 @@ class MlflowCallback(Callback):
         if result.get("done_trial"):
             names += [name for name in layout.FINAL_METRICS if name not in names]
         stamp = int(time.time() * 1000)
-        metrics = [Metric(name, float(result[name]), stamp, step) for name in names if _is_number(result.get(name))]
+        metrics = [
+            Metric(name, float(result[name]), stamp, step) for name in names if _is_number(result.get(name))
+        ]
         if metrics:
             self.client.log_batch(run_id, metrics=metrics)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        """End the trial's run: finished (with its artifacts) when it reported its final result, else stopped."""
+        """End the trial's run: finished (with artifacts) when it reported its final result, else stopped."""
         if trial.trial_id not in self._runs:
             return
         run_id = self._runs[trial.trial_id]
@@ -129,8 +138,12 @@ class MlflowCallback(Callback):
         self._end(trial, layout.FAILED)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        """End the launch's parent run."""
-        self.close("FINISHED")
+        """End the launch: FINISHED, or KILLED (with the runs of its unfinished trials) when interrupted."""
+        unfinished = [t for t in trials if getattr(t, "status", "TERMINATED") not in ("TERMINATED", "ERROR")]
+        for trial in unfinished:
+            if trial.trial_id in self._runs:
+                self.client.set_terminated(self._runs[trial.trial_id], status="KILLED")
+        self.close("KILLED" if unfinished else "FINISHED")
 
     def close(self, status: str = "FINISHED") -> None:
         """End the parent run with `status` (FINISHED, FAILED or KILLED) unless already ended."""
@@ -192,7 +205,9 @@ class MlflowCallback(Callback):
         return run_id
 
     def _previous_run(self, trial_key: str, ray_trial_id: str) -> Any | None:
-        candidates = [run for run in self._previous.get(trial_key, []) if run.info.run_id not in self._claimed]
+        candidates = [
+            run for run in self._previous.get(trial_key, []) if run.info.run_id not in self._claimed
+        ]
         same_id = [run for run in candidates if run.data.tags.get(layout.RAY_TRIAL_ID) == ray_trial_id]
         chosen = (same_id or candidates or [None])[0]
         if chosen is not None:
@@ -218,6 +233,7 @@ class MlflowCallback(Callback):
         params = [Param(name, value) for name, value in layout.flatten_trial(config["trial"]).items()]
         for start in range(0, len(params), _BATCH):
             self.client.log_batch(run.info.run_id, params=params[start : start + _BATCH])
+        self.client.log_dict(run.info.run_id, config["trial"], layout.TRIAL_ARTIFACT)
         return run.info.run_id
 
     def _continue(self, run: Any, trial: Any) -> str:
@@ -264,6 +280,18 @@ class MlflowCallback(Callback):
                 result["confusion_matrix"], result["classes"], Path(tmp) / "confusion_matrix.png", title
             )
             self.client.log_artifact(run_id, str(path))
+
+
+def study_callback(
+    spec: StudySpec, tracking_uri: str | None = None, *, resume: bool = False, address: str | None = None
+) -> MlflowCallback:
+    """The MLflow callback of a launch: tracking at `tracking_uri`, else the YAML's, else ./mlflow.db."""
+    if spec.source is not None and Path(spec.source).is_file():
+        text = Path(spec.source).read_text()
+    else:
+        text = yaml.safe_dump(spec.model_dump(mode="json", exclude_unset=True), sort_keys=False)
+    uri = resolve_tracking_uri(tracking_uri or spec.tracking_uri)
+    return MlflowCallback(spec.name, uri, study_yaml=text, resume=resume, ray_address=address)
 
 
 def _is_number(value: Any) -> bool:

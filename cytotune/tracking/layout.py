@@ -31,8 +31,8 @@ RUN_NAME = "mlflow.runName"
 
 RUNNING, FINISHED, STOPPED, FAILED = "running", "finished", "stopped", "failed"
 STATUSES = (RUNNING, FINISHED, STOPPED, FAILED)
-# MLflow run status for each cytotune status: an ASHA-stopped trial did not run its schedule, so it ends KILLED
-# (its tag says "stopped"); it is kept, with the metrics it reached.
+# MLflow run status for each cytotune status: an ASHA-stopped trial did not run its schedule, so it ends
+# KILLED (its tag says "stopped"); it is kept, with the metrics it reached.
 RUN_STATUS = {FINISHED: "FINISHED", STOPPED: "KILLED", FAILED: "FAILED"}
 
 STEP_METRICS = ("train_loss", "val_acc", "best_val_acc")
@@ -50,6 +50,7 @@ FINAL_METRICS = (
     "steps",
 )
 STUDY_ARTIFACT = "study.yaml"
+TRIAL_ARTIFACT = "trial_config.json"
 TAG_LIMIT = 5000
 
 
@@ -86,7 +87,11 @@ def git_commit(path: Path | None = None) -> str | None:
     where = path or Path(__file__).resolve().parent
     try:
         out = subprocess.run(
-            ["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False
+            ["git", "-C", str(where), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None

@@ -1,4 +1,4 @@
-"""Reading a study back from MLflow: trial runs as a DataFrame, the latest launch, expected seeds, best configs."""
+"""A study read back from MLflow: trial runs as a DataFrame, latest launch, expected seeds, best configs."""
 
 from __future__ import annotations
 
@@ -136,12 +136,16 @@ def parse_where(where: str) -> dict[str, str]:
             key, _, value = piece.partition("=")
             last = key.strip()
             if not last:
-                raise CytotuneError(f"--where {where!r}: empty field name; expected FIELD=VALUE[,FIELD=VALUE]")
+                raise CytotuneError(
+                    f"--where {where!r}: empty field name; expected FIELD=VALUE[,FIELD=VALUE]"
+                )
             out[last] = value.strip()
         elif piece and last is not None:
             out[last] += "," + piece
         elif piece:
-            raise CytotuneError(f"--where {where!r}: {piece!r} has no '='; expected FIELD=VALUE[,FIELD=VALUE]")
+            raise CytotuneError(
+                f"--where {where!r}: {piece!r} has no '='; expected FIELD=VALUE[,FIELD=VALUE]"
+            )
     return out
 
 
@@ -171,7 +175,9 @@ def latest_launch(experiment: str, tracking_uri: str | None = None) -> Run:
     filter_string = f"tags.`{layout.KIND}` = '{layout.KIND_LAUNCH}'"
     launches = search_all(client, experiment, filter_string, order_by=["attributes.start_time DESC"])
     if not launches:
-        raise CytotuneError(f"experiment {experiment!r} has no launch run; expected one made by `cytotune run`")
+        raise CytotuneError(
+            f"experiment {experiment!r} has no launch run; expected one made by `cytotune run`"
+        )
     return launches[0]
 
 
@@ -208,7 +214,9 @@ def expected_seeds(experiment: str, tracking_uri: str | None = None) -> dict[str
 
 def searched_fields(frame: pd.DataFrame) -> tuple[str, ...]:
     """The searched fields named by the runs' tags (lr when none is recorded), lr first."""
-    names = {name for value in frame.get("searched", pd.Series(dtype=object)).dropna() for name in value.split(",")}
+    names = {
+        name for value in frame.get("searched", pd.Series(dtype=object)).dropna() for name in value.split(",")
+    }
     names.discard("")
     names = {name for name in names if name in frame.columns} or {"lr"}
     return tuple(sorted(names, key=lambda name: (name != "lr", name)))

@@ -1,4 +1,4 @@
-"""Validation-selected results per cell: a pure function over a DataFrame of trials (one row per trial run)."""
+"""Validation-selected results per cell: a pure function over a DataFrame with one row per trial run."""
 
 from __future__ import annotations
 
@@ -34,13 +34,13 @@ def select_best(
 ) -> pd.DataFrame:
     """Per cell, the searched values with the highest mean best_val_acc over seeds among finished trials.
 
-    `frame` has one row per trial with columns cell_key, status, seed, best_val_acc, test_acc and the searched
-    fields. Ties go to the smaller lr, then to the smaller values of the other searched fields in order. Trials
-    whose status is not "finished" are never chosen. The result has one row per cell (sorted by cell key): the
-    cell's fields, the chosen searched values, val_acc_mean, test_acc_mean, test_acc_std (sample std over seeds),
-    n_seeds, expected_seeds and missing_seeds (True when fewer seeds than expected; a cell without any finished
-    trial gets NaN values and missing_seeds True). `expected_seeds` is one number, a number per cell key, or
-    None for the largest number of distinct seeds seen in any cell.
+    `frame` has one row per trial with columns cell_key, status, seed, best_val_acc, test_acc and the
+    searched fields. Ties go to the smaller lr, then to the smaller values of the other searched fields in
+    order. Trials whose status is not "finished" are never chosen. The result has one row per cell (sorted
+    by cell key): the cell's fields, the chosen searched values, val_acc_mean, test_acc_mean, test_acc_std
+    (sample std over seeds), n_seeds, expected_seeds and missing_seeds (True when fewer seeds than expected;
+    a cell without any finished trial gets NaN values and missing_seeds True). `expected_seeds` is one
+    number, a number per cell key, or None for the largest number of distinct seeds seen in any cell.
     """
     searched = _ordered_searched(searched)
     if frame.empty:
@@ -78,7 +78,9 @@ def _expected(expected_seeds: int | Mapping[str, int] | None, cell: str, seen: i
 
 
 def _cell_fields(trials: pd.DataFrame, searched: list[str]) -> dict:
-    return {name: trials[name].iloc[0] for name in CELL_FIELDS if name in trials.columns and name not in searched}
+    return {
+        name: trials[name].iloc[0] for name in CELL_FIELDS if name in trials.columns and name not in searched
+    }
 
 
 def _choose(candidates: pd.DataFrame, searched: list[str]) -> dict:
@@ -91,7 +93,9 @@ def _choose(candidates: pd.DataFrame, searched: list[str]) -> dict:
         n_seeds=("seed", "nunique"),
     ).reset_index()
     summary["_rank"] = summary["val_acc_mean"].round(_TIE_DECIMALS)
-    summary = summary.sort_values(["_rank", *searched], ascending=[False] + [True] * len(searched), kind="stable")
+    summary = summary.sort_values(
+        ["_rank", *searched], ascending=[False] + [True] * len(searched), kind="stable"
+    )
     best = summary.iloc[0]
     chosen = candidates
     for name in searched:

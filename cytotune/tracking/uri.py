@@ -23,21 +23,22 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri or default_tracking_uri()
 
 
-def check_tracking(uri: str) -> None:
-    """Raise CytotuneError (one line) when runs cannot be tracked at `uri`: server down, bad scheme or path."""
+def check_tracking(uri: str, must_exist: bool = False) -> None:
+    """Raise CytotuneError (one line) when runs cannot be tracked at `uri`: server down, bad scheme or path;
+    with `must_exist` (for reading), also when an SQLite file is not there yet."""
     scheme = urlparse(uri).scheme
     if scheme in ("http", "https"):
         _check_server(uri)
     elif scheme == "sqlite":
-        _check_sqlite(uri)
+        _check_sqlite(uri, must_exist)
     elif scheme in ("", "file"):
         raise CytotuneError(
             f"tracking URI {uri}: MLflow's file store is not supported; expected sqlite:///PATH.db or http://HOST:PORT"
         )
     elif not (scheme.startswith("postgresql") or scheme.startswith("mysql") or scheme.startswith("mssql")):
         raise CytotuneError(
-            f"tracking URI {uri}: unknown scheme {scheme!r}; expected http://HOST:PORT, sqlite:///PATH.db or a "
-            "database URL"
+            f"tracking URI {uri}: unknown scheme {scheme!r}; expected http://HOST:PORT, sqlite:///PATH.db "
+            "or a database URL"
         )
 
 
@@ -48,20 +49,29 @@ def _check_server(uri: str) -> None:
             json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as err:
         raise CytotuneError(
-            f"MLflow tracking server {uri} answered HTTP {err.code}; expected an `mlflow server` at that address"
+            f"MLflow tracking server {uri} answered HTTP {err.code}; expected an `mlflow server` there"
         ) from err
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
         raise CytotuneError(
-            f"MLflow tracking server {uri} is unreachable ({reason}); expected a running `mlflow server` there"
+            f"MLflow tracking server {uri} is unreachable ({reason}); expected a running `mlflow server`"
         ) from err
     except ValueError as err:
         raise CytotuneError(
-            f"{uri} did not answer like an MLflow tracking server; expected an `mlflow server` at that address"
+            f"{uri} did not answer like an MLflow tracking server; expected an `mlflow server` there"
         ) from err
 
 
-def _check_sqlite(uri: str) -> None:
+def _check_sqlite(uri: str, must_exist: bool) -> None:
+    if not uri.startswith("sqlite:///"):
+        return
     path = Path(uri.removeprefix("sqlite:///"))
-    if uri.startswith("sqlite:///") and not path.parent.is_dir():
-        raise CytotuneError(f"tracking URI {uri}: folder {path.parent} does not exist; expected an existing folder")
+    if not path.parent.is_dir():
+        raise CytotuneError(
+            f"tracking URI {uri}: folder {path.parent} does not exist; expected an existing folder"
+        )
+    if must_exist and not path.is_file():
+        raise CytotuneError(
+            f"tracking URI {uri}: no such file; expected the MLflow database of a study (run `cytotune "
+            "run` in this folder or pass --tracking-uri)"
+        )

@@ -61,6 +61,7 @@ class LoraRun:
         self.device = device
         self.generator = seed_everything(cfg.seed)
         self.spec = get_backbone_spec(cfg.backbone)
+        self.view = (self.spec.input_size, self.spec.mean, self.spec.std)
         self.backbone = add_lora(load_backbone(cfg.backbone, weights=cfg.weights), cfg.lora).to(device)
         self.head = nn.Linear(self.spec.feature_dim, len(data.manifest.classes)).to(device)
         trainable = [p for p in chain(self.backbone.parameters(), self.head.parameters()) if p.requires_grad]
@@ -137,9 +138,10 @@ class LoraRun:
         """One optimisation step on the next batch; returns its loss."""
         rows = self.data.train[self.stream.next().numpy()]
         images = self.images.batch(rows).to(self.device, non_blocking=True)
-        x = train_transform(
-            images, self.spec.input_size, self.spec.mean, self.spec.std, self.augment_generator
-        )
+        if self.cfg.train.augment:
+            x = train_transform(images, *self.view, self.augment_generator)
+        else:
+            x = eval_transform(images, *self.view)
         y = self.labels[rows].to(self.device)
         loss = nn.functional.cross_entropy(self.forward(x), y)
         value = loss.item()
@@ -168,9 +170,7 @@ class LoraRun:
         out = []
         for lo in range(0, len(rows), self.cfg.train.eval_batch_size):
             batch = rows[lo : lo + self.cfg.train.eval_batch_size]
-            x = eval_transform(
-                self.images.batch(batch).to(self.device), self.spec.input_size, self.spec.mean, self.spec.std
-            )
+            x = eval_transform(self.images.batch(batch).to(self.device), *self.view)
             out.append(self.forward(x).argmax(1).cpu())
         self.backbone.train()
         self.head.train()

@@ -1,0 +1,112 @@
+"""A study YAML that reruns exactly the chosen configuration of each cell (e.g. with more seeds)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from mlflow import MlflowClient
+
+from cytotune.config import TrialConfig
+from cytotune.errors import CytotuneError
+from cytotune.tracking import layout
+from cytotune.tracking.uri import resolve_tracking_uri
+
+
+def rerun_study(
+    best: pd.DataFrame, frame: pd.DataFrame, name: str, tracking_uri: str | None = None
+) -> dict[str, Any]:
+    """The study (as a YAML mapping) with one method block per chosen cell: the chosen trial's exact
+    TrialConfig (searched values fixed, no search, no early stopping) over the seeds that cell ran."""
+    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    chosen = best[best["n_seeds"] > 0]
+    if chosen.empty:
+        raise CytotuneError(f"study {name}: no cell has a finished trial; expected at least one to rerun")
+    searched = list(best.attrs.get("searched", ("lr",)))
+    blocks, weights = [], {}
+    for _, cell in chosen.iterrows():
+        trials = frame[frame["cell_key"] == cell["cell_key"]]
+        picked = trials[trials["status"] == "finished"]
+        for field in searched:
+            picked = (
+                picked[picked[field].isna()] if pd.isna(cell[field]) else picked[picked[field] == cell[field]]
+            )
+        config = _trial_config(client, picked.iloc[0]["run_id"])
+        resources = picked.iloc[0].get("resources")
+        resources = json.loads(resources) if isinstance(resources, str) else {}
+        seeds = sorted(int(seed) for seed in trials["seed"].unique())
+        blocks.append(_block(config, cell["cell_key"].split("/")[0], seeds, resources))
+        if config.weights is not None:
+            weights[config.backbone] = str(config.weights)
+    study: dict[str, Any] = {"name": name}
+    if weights:
+        study["weights"] = weights
+    study["methods"] = blocks
+    return study
+
+
+def write_rerun(
+    experiment: str,
+    path: Path,
+    tracking_uri: str | None = None,
+    where: str | None = None,
+    name: str | None = None,
+) -> Path:
+    """Write the study rerunning an experiment's chosen configurations (named NAME-best by default)."""
+    from cytotune.tracking.runs import best_configs, runs_frame
+
+    best = best_configs(experiment, tracking_uri, where)
+    frame = runs_frame(experiment, tracking_uri, where)
+    return write_rerun_yaml(rerun_study(best, frame, name or f"{experiment}-best", tracking_uri), path)
+
+
+def write_rerun_yaml(study: dict[str, Any], path: Path) -> Path:
+    """Write a study mapping as YAML, with a comment saying where it came from."""
+    path = Path(path)
+    header = "# Reruns the validation-selected configuration of each cell (written by `cytotune best`).\n"
+    path.write_text(header + yaml.safe_dump(study, sort_keys=False, default_flow_style=None, width=110))
+    return path
+
+
+def _trial_config(client: MlflowClient, run_id: str) -> TrialConfig:
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, layout.TRIAL_ARTIFACT, tmp)
+        except Exception as err:
+            raise CytotuneError(
+                f"run {run_id}: cannot read {layout.TRIAL_ARTIFACT} ({err}); expected a run made by cytotune"
+            ) from err
+        return TrialConfig.model_validate_json(Path(path).read_text())
+
+
+def _block(config: TrialConfig, label: str, seeds: list[int], resources: dict[str, float]) -> dict[str, Any]:
+    data = config.model_dump(mode="json")
+    block: dict[str, Any] = {"method": config.method}
+    if label != config.method:
+        block["name"] = label
+    block["backbones"] = [config.backbone]
+    block["datasets"] = [
+        {
+            "name": config.dataset,
+            "root": data["root"],
+            "level": config.level,
+            "split": list(config.split),
+            "split_seed": config.split_seed,
+        }
+    ]
+    block["seeds"] = seeds
+    if config.shots is not None:
+        block["shots"] = [config.shots]
+    if config.fraction is not None:
+        block["fractions"] = [config.fraction]
+    block["lr"] = config.lr
+    if config.method == "lora":
+        block["lora"] = {key: value for key, value in data["lora"].items() if value is not None}
+    block["train"] = data["train"]
+    if resources:
+        block["resources"] = {"cpus": resources.get("CPU", 1.0), "gpus": resources.get("GPU", 0.0)}
+    return block

@@ -1,0 +1,64 @@
+"""End to end on a real multi-process cluster: `ray start --head` and a second `ray start --address` node on
+127.0.0.1 with token authentication, an MLflow server (infra/mlflow/start_server.sh, basic-auth) on PostgreSQL,
+the demo study submitted with `ray job submit -- cytotune run ...`, its runs read back by `cytotune best`."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from cluster_harness import BIN
+
+pytestmark = pytest.mark.slow
+
+
+def _mlflow_env(cluster_study, monkeypatch) -> None:
+    for name, value in cluster_study.mlflow.client_env().items():
+        monkeypatch.setenv(name, value)
+
+
+def test_the_job_ran_the_whole_study_on_the_cluster(cluster_study):
+    assert cluster_study.job_returncode == 0, cluster_study.job_output[-4000:]
+    assert "study demo: 24 trials" in cluster_study.job_output
+    assert "0 failed" in cluster_study.job_output
+    assert cluster_study.wall_s < 180
+
+
+def test_the_cluster_and_the_tracking_server_refuse_requests_without_credentials(cluster_study):
+    assert cluster_study.dashboard_anonymous_status == 401
+    assert cluster_study.dashboard_wrong_token_status == 403
+    assert cluster_study.mlflow.anonymous_status() == 401
+
+
+def test_trials_ran_on_both_nodes(cluster_study):
+    assert len(cluster_study.node_ids) == 2
+    assert len(cluster_study.trial_nodes) == 24
+    assert all(cluster_study.trial_nodes.values()), cluster_study.trial_nodes
+    assert set(cluster_study.trial_nodes.values()) == set(cluster_study.node_ids)
+
+
+def test_every_trial_is_a_run_in_the_tracking_server(cluster_study, monkeypatch):
+    from mlflow import MlflowClient
+
+    _mlflow_env(cluster_study, monkeypatch)
+    client = MlflowClient(cluster_study.tracking_uri)
+    experiment = client.get_experiment_by_name(cluster_study.study)
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], "tags.`cytotune.kind` = 'trial'", max_results=1000)
+    assert len(runs) == 24
+    assert {run.data.tags["cytotune.status"] for run in runs} <= {"finished", "stopped"}
+    assert {run.data.tags["ray.trial_id"] for run in runs} == set(cluster_study.trial_nodes)
+
+
+def test_cytotune_best_reads_the_runs_back(cluster_study):
+    env = {"PATH": f"{BIN}", **cluster_study.mlflow.client_env()}
+    result = subprocess.run(
+        [str(BIN / "cytotune"), "best", "--experiment", cluster_study.study, "--tracking-uri", cluster_study.tracking_uri],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for cell in ("linear_probe/tiny_clip/synthetic/full", "lora/tiny_vit/synthetic/shots=4"):
+        assert cell in result.stdout

@@ -1,0 +1,179 @@
+"""Against real `mlflow server` processes (SQLite backend; PostgreSQL backend): the run layout,
+`cytotune best` equal to select_best, `--config-out` rerunning the choice, `cytotune report`, a real study
+interrupted and resumed into one run per trial, and an unreachable server refused before anything starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+from mlflow import MlflowClient
+from mlflow_servers import Server, create_database, drop_database, free_port, postgres_uri
+from tracking_fakes import check_layout, plans, run_fake_study, write_study
+from typer.testing import CliRunner
+
+from cytotune.cli import app
+from cytotune.config import load_study
+from cytotune.study.grid import expand_trials
+from cytotune.tracking import layout, runs_frame, select_best
+from cytotune.tracking.callback import MlflowCallback
+
+pytestmark = pytest.mark.slow
+CYTOTUNE = [sys.executable, "-c", "from cytotune.cli import main; main()"]
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory, mlflow_sqlite_template):
+    """Both servers, started side by side and shared by the module; the PostgreSQL database is dropped."""
+    folder = tmp_path_factory.mktemp("mlflow-servers")
+    (folder / "sqlite").mkdir()
+    (folder / "postgres").mkdir()
+    shutil.copy(mlflow_sqlite_template, folder / "sqlite" / "server.db")
+    database = create_database()
+    started: list[Server] = []
+    try:
+        started.append(Server(f"sqlite:///{folder / 'sqlite' / 'server.db'}", folder / "sqlite"))
+        started.append(Server(postgres_uri(database), folder / "postgres"))
+        yield {"sqlite": started[0].wait(), "postgres": started[1].wait()}
+    finally:
+        for server in started:
+            server.stop()
+        drop_database(database)
+
+
+def cli(*args: str) -> str:
+    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_layout_and_best_on_a_server(servers, backend, tmp_path):
+    uri, name = servers[backend], f"layout-{backend}"
+    yaml_path = write_study(tmp_path, name)
+    study_plans = plans(yaml_path)
+    callback = MlflowCallback(name, uri, study_yaml=yaml_path.read_text(), ray_address="local")
+    run_fake_study(callback, study_plans, tmp_path / "ckpt")
+    check_layout(MlflowClient(uri), name, yaml_path, study_plans)
+
+    expected = select_best(runs_frame(name, uri), ("lr",), expected_seeds=2)
+    assert json.loads(
+        cli("best", "--experiment", name, "--tracking-uri", uri, "--format", "json")
+    ) == json.loads(expected.to_json(orient="records"))
+    lora = json.loads(
+        cli("best", "--experiment", name, "--tracking-uri", uri, "--where", "method=lora", "--format", "json")
+    )
+    assert [row["cell_key"] for row in lora] == ["lora/tiny_clip/synthetic/shots=2/rank=2,targets=qv"]
+    assert "missing seeds" in cli("best", "--experiment", name, "--tracking-uri", uri)
+
+    rerun = tmp_path / "rerun.yaml"
+    cli("best", "--experiment", name, "--tracking-uri", uri, "--config-out", str(rerun))
+    again = load_study(rerun)
+    assert again.name == f"{name}-best"
+    chosen = {(row["cell_key"], row["lr"]) for row in expected.to_dict("records")}
+    wanted = [p.config for p in study_plans if (p.cell_key, p.config.lr) in chosen]
+    assert sorted(map(repr, (p.config for p in expand_trials(again)))) == sorted(map(repr, wanted))
+
+
+def test_report_writes_and_logs_its_files(servers, tmp_path):
+    uri, name = servers["postgres"], "report-postgres"
+    yaml_path = write_study(tmp_path, name)
+    run_fake_study(
+        MlflowCallback(name, uri, study_yaml=yaml_path.read_text()), plans(yaml_path), tmp_path / "ckpt"
+    )
+    out = tmp_path / "report"
+    printed = cli("report", "--experiment", name, "--tracking-uri", uri, "--out", str(out))
+    names = {
+        "best_configs.csv", "best_configs.md", "table1_linear_probe.csv", "table1_linear_probe.md",
+        "table1_linear_probe.tex", "figure1_shots.png", "params_vs_accuracy.png", "report.md",
+    }  # fmt: skip
+    assert {p.name for p in out.iterdir()} == names
+    assert f"report: {out / 'report.md'}" in printed
+    assert "tiny_clip" in (out / "table1_linear_probe.md").read_text()
+    client = MlflowClient(uri)
+    launch = client.search_runs(
+        [client.get_experiment_by_name(name).experiment_id], f"tags.`{layout.KIND}` = '{layout.KIND_LAUNCH}'"
+    )[0]
+    assert {
+        a.path.removeprefix("report/") for a in client.list_artifacts(launch.info.run_id, "report")
+    } == names
+
+
+def test_unreachable_server_is_one_line_and_nothing_starts(tmp_path):
+    from tracking_fakes import STUDY_YAML
+
+    study = tmp_path / "down.yaml"
+    study.write_text(STUDY_YAML.format(name="down") + f"storage: {tmp_path / 'ray'}\n")
+    uri = f"http://127.0.0.1:{free_port()}"
+    result = subprocess.run(
+        [*CYTOTUNE, "run", str(study), "--tracking-uri", uri],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"cytotune: error: MLflow tracking server {uri} is unreachable")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["down.yaml"]
+
+
+def test_real_study_interrupted_then_resumed_has_one_run_per_trial(servers, tmp_path):
+    from cytotune.data.synthetic import generate_synthetic
+
+    uri, name = servers["sqlite"], "resume-real"
+    data = generate_synthetic(tmp_path / "synthetic", classes=3, per_class=12, size=32)
+    study = tmp_path / f"{name}.yaml"
+    study.write_text(
+        f"name: {name}\nbackbones: [tiny_clip]\ndatasets: [{{name: synthetic, root: {data}}}]\n"
+        "seeds: [1, 2]\n"
+        "train: {device: cpu, image_cache_size: 32, batch_size: 16, eval_batch_size: 64, warmup_steps: 5}\n"
+        "methods:\n  - method: linear_probe\n    search: {lr: [1.0e-2, 3.0e-3, 1.0e-3]}\n"
+        "    train: {probe_epochs: 20}\n"
+    )
+    args = [*CYTOTUNE, "run", str(study), "--tracking-uri", uri, "--storage", str(tmp_path / "ray")]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "CYTOTUNE_CACHE": str(tmp_path / "cache")}
+    driver = subprocess.Popen(
+        [*args, "--max-concurrent", "1"], stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
+    )
+    try:
+        for line in driver.stderr:
+            if " 2/6 trials ended" in line:
+                driver.send_signal(signal.SIGINT)
+                break
+        driver.communicate(timeout=90)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    again = subprocess.run(
+        [*args, "--resume"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=150
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=100)
+    trials = [r for r in runs if r.data.tags[layout.KIND] == layout.KIND_TRIAL]
+    launches = {r.info.run_id: r for r in runs if r.data.tags[layout.KIND] == layout.KIND_LAUNCH}
+    keys = sorted(r.data.tags[layout.TRIAL_KEY] for r in trials)
+    assert len(keys) == 6 and len(set(keys)) == 6
+    assert {r.data.tags[layout.STATUS] for r in trials} == {"finished"}
+    assert {r.info.status for r in trials} == {"FINISHED"}
+    assert len(launches) == 2
+    first = min(launches.values(), key=lambda r: r.info.start_time)
+    assert first.data.tags[layout.RESUME] == "false" and first.info.status == "KILLED"
+    assert any(len(r.data.tags[layout.LAUNCHES].split(",")) == 2 for r in trials)
+    assert all(r.data.tags[layout.PARENT_RUN_ID] in launches for r in trials)
+    assert all(client.get_metric_history(r.info.run_id, "val_acc") for r in trials)
+    assert {"trial_manifest.csv", "result.json", "confusion_matrix.png"} <= {
+        a.path for a in client.list_artifacts(trials[0].info.run_id)
+    }
+    expected = select_best(runs_frame(name, uri), ("lr",), expected_seeds=2)
+    best = json.loads(cli("best", "--experiment", name, "--tracking-uri", uri, "--format", "json"))
+    assert best == json.loads(expected.to_json(orient="records"))
+    assert best[0]["n_seeds"] == 2 and not best[0]["missing_seeds"]
+    assert not (tmp_path / "mlflow.db").exists()
