@@ -331,6 +331,7 @@ def bench_data_command(
     image_format: str = typer.Option("jpg", "--format", help="Synthetic image format: jpg or png."),
     device: str = typer.Option("cpu", "--device", help="Where eval_transform runs: cpu or cuda."),
     threads: int = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)."),
+    repeats: int = typer.Option(2, "--repeats", help="Epochs timed per method; the fastest counts."),
 ) -> None:
     """Time an epoch from the image cache against PIL + torchvision per item, side by side; print the ratio."""
     from cytotune.data.bench import bench_data
@@ -346,6 +347,7 @@ def bench_data_command(
         image_format=image_format,
         device=device,
         threads=threads,
+        repeats=repeats,
     )
     typer.echo("\n".join(result.lines()))
 
@@ -358,13 +360,19 @@ def bench_probe(
     epochs: Annotated[int, typer.Option(help="Probe epochs per trial.")] = 100,
     naive_epochs: Annotated[int, typer.Option(help="Epochs timed for the naive sweep (extrapolated).")] = 2,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's).")] = None,
     work_dir: Annotated[Path | None, typer.Option(help="Keep data and caches here (default: temp).")] = None,
 ) -> None:
     """Time a linear-probe sweep (5 lr x 3 seeds) on cached features against one feature extraction and
     against the naive sweep that runs the backbone every epoch."""
     import tempfile
 
+    import torch
+
     from cytotune.train.bench import bench_probe as run_bench
+
+    if threads is not None:
+        torch.set_num_threads(threads)
 
     with tempfile.TemporaryDirectory(prefix="cytotune-bench-") as tmp:
         b = run_bench(

@@ -1,5 +1,5 @@
-"""Test harness: a real Ray cluster of separate processes on 127.0.0.1 with token authentication, and an MLflow
-tracking server (infra/mlflow/start_server.sh) on a throw-away PostgreSQL database.
+"""Test harness: a real Ray cluster of separate processes on 127.0.0.1 with token authentication, and an
+MLflow tracking server (infra/mlflow/start_server.sh) on a throw-away PostgreSQL database.
 
 Every process started here carries a unique marker in its environment; `stop()` ends the process groups it
 started and then any process still carrying the marker (Ray's workers and agents), and nothing else. It never
@@ -96,8 +96,10 @@ class Processes:
     started: list[subprocess.Popen] = field(default_factory=list)
 
     def env(self, **extra: str) -> dict[str, str]:
-        """The environment for a started process: this venv first on PATH, the marker, no inherited Ray address."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH", "MLFLOW_"))}
+        """Environment of a started process: this venv first on PATH, the marker, no inherited Ray address."""
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH", "MLFLOW_"))
+        }
         env.update(
             PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
             RAY_USAGE_STATS_ENABLED="0",
@@ -128,7 +130,7 @@ class Processes:
         return found
 
     def stop(self, grace: float = 10.0) -> list[int]:
-        """End every started process group, then any marked process left; return pids that had to be killed."""
+        """End every started process group, then any marked process left; return the pids killed so."""
         for proc in reversed(self.started):
             _signal_group(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
@@ -282,7 +284,9 @@ class RayCluster:
         body = http_json(f"{self.dashboard_url}/api/v0/actors?limit=10000&detail=1", self.token)
         return body["data"]["result"]["result"]
 
-    def ray(self, *args: str, timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    def ray(
+        self, *args: str, timeout: float, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
         """Run the `ray` CLI against this cluster with its token; output captured."""
         return subprocess.run(
             [str(BIN / "ray"), *args],
@@ -314,16 +318,21 @@ class PostgresDatabase:
         """SQLAlchemy URI (psycopg2 driver)."""
         return f"postgresql+psycopg2://{POSTGRES['user']}@{POSTGRES['host']}:{POSTGRES['port']}/{self.name}"
 
-    def _execute(self, sql: str) -> None:
+    def _execute(self, sql: str, dbname: str = "postgres") -> list[tuple]:
         import psycopg2
 
-        conn = psycopg2.connect(dbname="postgres", connect_timeout=5, **POSTGRES)
+        conn = psycopg2.connect(dbname=dbname, connect_timeout=5, **POSTGRES)
         try:
             conn.autocommit = True
             with conn.cursor() as cursor:
                 cursor.execute(sql)
+                return cursor.fetchall() if cursor.description else []
         finally:
             conn.close()
+
+    def query(self, sql: str) -> list[tuple]:
+        """Rows of a query on this database."""
+        return self._execute(sql, dbname=self.name)
 
     def create(self) -> None:
         """Create the database; fail with what is needed when PostgreSQL is not there."""
@@ -344,8 +353,8 @@ class PostgresDatabase:
 
 @dataclass
 class MlflowServer:
-    """infra/mlflow/start_server.sh on 127.0.0.1, backed by a PostgreSQL database, with MLflow's basic-auth app
-    (auth="basic-auth") or none (auth="proxy": loopback only, as behind an authenticating reverse proxy)."""
+    """infra/mlflow/start_server.sh on 127.0.0.1, backed by a PostgreSQL database, with MLflow's basic-auth
+    app (auth="basic-auth") or none (auth="proxy": loopback only, as behind an authenticating proxy)."""
 
     procs: Processes
     database: PostgresDatabase
@@ -445,7 +454,7 @@ class ClusterStudy:
         return self.mlflow.uri
 
 
-def demo_space(root: Path, seeds: list[int] | None = None) -> Path:
+def demo_space(root: Path) -> Path:
     """search_spaces/demo.yaml pointed at a synthetic dataset and Ray storage under root."""
     import yaml
 
@@ -455,8 +464,6 @@ def demo_space(root: Path, seeds: list[int] | None = None) -> Path:
     generate_synthetic(data / "synthetic")
     spec = yaml.safe_load((REPO / "search_spaces" / "demo.yaml").read_text())
     spec.update(data_dir=str(data), storage=str(root / "ray_results"))
-    if seeds is not None:
-        spec["seeds"] = seeds
     space = root / "demo.yaml"
     space.write_text(yaml.safe_dump(spec, sort_keys=False))
     return space
@@ -472,11 +479,11 @@ def trial_pids(experiment: Path) -> dict[str, int]:
     return out
 
 
-def run_cluster_study(root: Path, ray_procs: Processes, mlflow: MlflowServer, seeds: list[int] | None) -> ClusterStudy:
-    """Start a head and a worker node (1 CPU each), submit `cytotune run` as a Ray job, wait for it, and record
-    which node ran each trial. The MLflow server must be started already; Ray is left running."""
+def run_cluster_study(root: Path, ray_procs: Processes, mlflow: MlflowServer) -> ClusterStudy:
+    """Start a head and a worker node (1 CPU each), submit `cytotune run` as a Ray job, wait for it, and
+    record which node ran each trial. The MLflow server must be started already; Ray is left running."""
     start = time.monotonic()
-    space = demo_space(root, seeds)
+    space = demo_space(root)
     cluster = RayCluster(
         ray_procs,
         new_token(root / "secrets" / "auth_token"),
@@ -524,11 +531,10 @@ def run_cluster_study(root: Path, ray_procs: Processes, mlflow: MlflowServer, se
     )
 
 
-
 @contextmanager
-def cluster_study_session(seeds: list[int] | None = None, auth: str = "basic-auth") -> Iterator[ClusterStudy]:
+def cluster_study_session(auth: str = "basic-auth") -> Iterator[ClusterStudy]:
     """Run the demo study on a fresh two-node cluster (stopped once the job ends) tracked by a fresh MLflow
-    server on a fresh PostgreSQL database (both kept until exit); everything is stopped and dropped on exit."""
+    server on a fresh PostgreSQL database (both kept until exit); all is stopped and dropped on exit."""
     root = short_tempdir()
     ray_procs, mlflow_procs = Processes(root), Processes(root)
     database = PostgresDatabase()
@@ -539,7 +545,7 @@ def cluster_study_session(seeds: list[int] | None = None, auth: str = "basic-aut
         mlflow = MlflowServer(mlflow_procs, database, auth=auth)
         mlflow.start()
         try:
-            study = run_cluster_study(root, ray_procs, mlflow, seeds)
+            study = run_cluster_study(root, ray_procs, mlflow)
         finally:
             ray_procs.stop()
         yield study

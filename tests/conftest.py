@@ -33,9 +33,9 @@ def mlflow_sqlite_uri(mlflow_sqlite_template, tmp_path):
 @pytest.fixture(scope="session")
 def cluster_study():
     """The demo study submitted with `ray job submit` to a two-node, token-authenticated Ray cluster on
-    127.0.0.1, tracked by an MLflow server (basic-auth) on a PostgreSQL database; the server stays up for the
-    session, Ray is stopped once the job ends (tests/cluster_harness.py)."""
+    127.0.0.1, tracked by an MLflow server on 127.0.0.1 (infra/mlflow/start_server.sh) on a PostgreSQL
+    database; the server stays up for the session, Ray stops once the job ends (tests/cluster_harness.py)."""
     from cluster_harness import cluster_study_session
 
-    with cluster_study_session() as study:
+    with cluster_study_session(auth="proxy") as study:
         yield study

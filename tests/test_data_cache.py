@@ -46,7 +46,8 @@ def test_cache_equals_a_direct_decode(tmp_path):
         assert np.array_equal(load_resized(manifest.image_path(i), 24), expected)
     rows = [7, 0, 19, 7]
     batch = cache.batch(rows)
-    assert batch.dtype == torch.uint8 and batch.shape == (4, 3, 24, 24) and batch.is_contiguous()
+    assert batch.dtype == torch.uint8 and batch.shape == (4, 3, 24, 24)
+    assert batch.is_contiguous(memory_format=torch.channels_last)
     for j, i in enumerate(rows):
         assert torch.equal(batch[j], torch.from_numpy(np.array(cache.images[i])).permute(2, 0, 1))
     assert torch.equal(cache.batch(torch.tensor(rows)), batch)

@@ -1,5 +1,5 @@
-"""infra/: the Ray launcher config against Ray's own schema, the KubeRay manifests, the SLURM and MLflow scripts
-(bash -n, shellcheck), the compose file, and no secret in any file of the repository."""
+"""infra/: the Ray launcher config against Ray's own schema, the KubeRay manifests, the SLURM and MLflow
+scripts (bash -n, shellcheck), the compose file, and no secret in any file of the repository."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _one(path: Path, kind: str) -> dict:
     return docs[0]
 
 
-# --- Ray cluster launcher -------------------------------------------------------------------------------------
+# --- Ray cluster launcher -----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +79,13 @@ def test_cluster_yaml_installs_cytotune_keeps_token_auth_and_shares_storage(clus
     assert re.search(r"^export MLFLOW_TRACKING_PASSWORD=$", example, re.M)
 
 
-# --- KubeRay --------------------------------------------------------------------------------------------------
+# --- KubeRay ------------------------------------------------------------------------------------------------
 
 
 def _containers(cluster_spec: dict) -> list[dict]:
-    pods = [cluster_spec["headGroupSpec"]["template"]] + [g["template"] for g in cluster_spec["workerGroupSpecs"]]
+    pods = [cluster_spec["headGroupSpec"]["template"]] + [
+        g["template"] for g in cluster_spec["workerGroupSpecs"]
+    ]
     return [c for pod in pods for c in pod["spec"]["containers"]]
 
 
@@ -113,7 +115,11 @@ def _check_cluster_spec(spec: dict, where: str) -> None:
         assert env["CYTOTUNE_CACHE"]["value"].startswith("/mnt/cytotune/")
     pods = [head["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
     for pod in pods:
-        claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v]
+        claims = [
+            v["persistentVolumeClaim"]["claimName"]
+            for v in pod["spec"]["volumes"]
+            if "persistentVolumeClaim" in v
+        ]
         assert claims == ["cytotune-shared"]
 
 
@@ -146,7 +152,11 @@ def test_rayjob_runs_experiment_2_on_its_own_cluster_with_secrets():
 def test_kubernetes_secrets_are_referenced_never_inlined(name):
     def walk(node):
         if isinstance(node, dict):
-            if "name" in node and ("value" in node or "valueFrom" in node) and SECRET_ENV.search(node["name"]):
+            if (
+                "name" in node
+                and ("value" in node or "valueFrom" in node)
+                and SECRET_ENV.search(node["name"])
+            ):
                 assert "value" not in node, f"{name}: {node['name']} inlined; expected valueFrom.secretKeyRef"
                 assert "secretKeyRef" in node["valueFrom"]
             for value in node.values():
@@ -156,19 +166,23 @@ def test_kubernetes_secrets_are_referenced_never_inlined(name):
                 walk(value)
 
     docs = _load(INFRA / "kuberay" / name)
-    assert all(doc["kind"] != "Secret" for doc in docs), f"{name}: Secrets are created with kubectl, not committed"
+    assert all(doc["kind"] != "Secret" for doc in docs), (
+        f"{name}: Secrets are created with kubectl, not committed"
+    )
     for doc in docs:
         walk(doc)
 
 
-# --- scripts --------------------------------------------------------------------------------------------------
+# --- scripts ------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_script_parses_and_passes_shellcheck(script):
     subprocess.run(["bash", "-n", str(script)], check=True)
     shellcheck = shutil.which("shellcheck")
-    assert shellcheck, "shellcheck is not installed (apt-get install -y shellcheck); this check must not be skipped"
+    assert shellcheck, (
+        "shellcheck is not installed (apt-get install -y shellcheck); this check must not be skipped"
+    )
     result = subprocess.run([shellcheck, "--shell=bash", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -233,7 +247,7 @@ def test_compose_publishes_on_localhost_and_takes_passwords_from_the_environment
     assert ignored.returncode == 0, "infra/mlflow/.env must be git-ignored"
 
 
-# --- no secret in the repository ------------------------------------------------------------------------------
+# --- no secret in the repository ----------------------------------------------------------------------------
 
 SECRET_NAMES = (
     r"\b(RAY_AUTH_TOKEN|MLFLOW_TRACKING_PASSWORD|MLFLOW_AUTH_ADMIN_PASSWORD|MLFLOW_FLASK_SERVER_SECRET_KEY|"
@@ -270,7 +284,9 @@ def test_no_file_of_the_repository_holds_a_token_or_password():
             text = path.read_text()
         except (UnicodeDecodeError, OSError):
             continue
-        patterns = [QUOTED_SECRET, LITERAL_TOKEN, KEY_BLOCK] + ([] if path.suffix == ".py" else [ASSIGNED_SECRET])
+        patterns = [QUOTED_SECRET, LITERAL_TOKEN, KEY_BLOCK] + (
+            [] if path.suffix == ".py" else [ASSIGNED_SECRET]
+        )
         for pattern in patterns:
             problems += [f"{name}: {m.group(0)[:40]}" for m in pattern.finditer(text)]
         if path.is_relative_to(INFRA):

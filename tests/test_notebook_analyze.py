@@ -1,5 +1,5 @@
-"""notebooks/analyze_study.ipynb runs top to bottom (nbclient, the venv's ipykernel) against the demo study the
-cluster test logged to its MLflow server, and shows its figures."""
+"""notebooks/analyze_study.ipynb runs top to bottom (nbclient, the venv's ipykernel) against the demo study
+the cluster test logged to its MLflow server, and shows its figures."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def test_analyze_study_notebook_runs_and_draws_its_figures(cluster_study, tmp_pa
     outputs = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs]
     assert not [out for out in outputs if out.output_type == "error"]
     images = [out for out in outputs if "image/png" in out.get("data", {})]
-    # Figure 1 (shots), parameters vs accuracy, and the parallel-coordinates view; the demo has no fraction cell.
+    # Figure 1 (shots), parameters vs accuracy and the parallel coordinates; the demo has no fraction cell.
     assert len(images) >= 3
     assert (tmp_path / "reports" / f"{cluster_study.study}_figure1_shots.png").is_file()
     text = "\n".join(str(out.get("data", {}).get("text/plain", "")) + out.get("text", "") for out in outputs)

@@ -47,11 +47,10 @@ def cluster():
             "include_dashboard": False,
             "object_store_memory": small,
             "gcs_server_port": free_port(),
-            "node_ip_address": "127.0.0.1",
         },
     )
     try:
-        cluster.add_node(num_cpus=2, num_gpus=2, object_store_memory=small, node_ip_address="127.0.0.1")
+        cluster.add_node(num_cpus=2, num_gpus=2, object_store_memory=small)
         ray.init(address=cluster.address, log_to_driver=False)
         yield cluster
     finally:

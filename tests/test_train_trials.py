@@ -18,6 +18,7 @@ from cytotune.cli import app
 from cytotune.config import LoraSettings, TrainSettings, TrialConfig
 from cytotune.data.synthetic import generate_synthetic
 from cytotune.errors import CytotuneError
+from cytotune.models import get_backbone_spec
 from cytotune.models.lora import load_adapter
 from cytotune.train import TrialResult, run_trial
 from cytotune.train import features as feature_cache
@@ -27,10 +28,19 @@ from cytotune.train.subsets import trial_data
 TIMING = {"images_per_s", "peak_mem_mb", "wall_s"}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and far faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
-def four_classes(tmp_path_factory) -> Path:
-    """Synthetic cytology, 4 classes x 30 images of 32 px (train 21, val 3, test 6 per class)."""
-    return generate_synthetic(tmp_path_factory.mktemp("synthetic4"), classes=4, per_class=30, size=32, seed=0)
+def three_classes(tmp_path_factory) -> Path:
+    """Synthetic cytology, 3 classes x 40 images of 32 px (train 28, val 4, test 8 per class)."""
+    return generate_synthetic(tmp_path_factory.mktemp("synthetic3"), classes=3, per_class=40, size=32, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +64,7 @@ def config(root: Path, cache_dir: Path, method: str = "linear_probe", **fields) 
 
 
 def lora_config(root: Path, cache_dir: Path, **fields) -> TrialConfig:
-    fields.setdefault("train", {}).update({"max_steps": 12, "eval_every": 4})
+    fields["train"] = {"max_steps": 12, "eval_every": 4, **fields.get("train", {})}
     fields.setdefault("lr", 1e-2)
     fields.setdefault("shots", 3)
     return config(root, cache_dir, "lora", **fields)
@@ -89,21 +99,21 @@ def test_probe_is_perfect_on_a_linearly_separable_image_set(tmp_path, backbone):
 
 
 @pytest.mark.parametrize("backbone", ["tiny_clip", "tiny_vit"])
-def test_probe_beats_chance_clearly_and_is_deterministic(four_classes, cache_dir, backbone):
-    cfg = config(four_classes, cache_dir, backbone=backbone, train={"probe_epochs": 50})
+def test_probe_beats_chance_clearly_and_is_deterministic(three_classes, cache_dir, backbone):
+    cfg = config(three_classes, cache_dir, backbone=backbone, train={"probe_epochs": 50})
     first, second = run_trial(cfg), run_trial(cfg)
-    assert first.test_acc >= 0.45, first.test_acc  # chance is 0.25 (24 test images)
-    assert first.test_balanced_acc >= 0.45
+    assert first.test_acc >= 0.55, first.test_acc  # chance is 1/3 (24 test images)
+    assert first.test_balanced_acc >= 0.55
     assert untimed(first) == untimed(second)
-    assert first.steps == 50 * 3 and first.trainable_params == 4 * (
-        first.total_params - first.trainable_params
+    assert first.steps == 50 * 3 and first.trainable_params == 3 * (
+        get_backbone_spec(backbone).feature_dim + 1
     )
     assert first.trainable_params > 0 and first.images_per_s > 0 and first.peak_mem_mb > 0
 
 
-def test_probe_reports_each_epoch_and_writes_the_rows_it_used(four_classes, cache_dir, tmp_path):
+def test_probe_reports_each_epoch_and_writes_the_rows_it_used(three_classes, cache_dir, tmp_path):
     reports = []
-    cfg = config(four_classes, cache_dir, shots=2, train={"probe_epochs": 7})
+    cfg = config(three_classes, cache_dir, shots=2, train={"probe_epochs": 7})
     result = run_trial(cfg, report=lambda metrics, state: reports.append((metrics, state)), out_dir=tmp_path)
     assert [m["step"] for m, _ in reports] == list(range(1, 8)) and all(s is None for _, s in reports)
     assert set(reports[0][0]) == {"step", "train_loss", "val_acc", "best_val_acc"}
@@ -112,12 +122,12 @@ def test_probe_reports_each_epoch_and_writes_the_rows_it_used(four_classes, cach
     assert result.best_step == first_best
     rows = list(csv.DictReader((tmp_path / "trial_manifest.csv").open()))
     roles = [row["role"] for row in rows]
-    assert roles.count("train") == 8 and roles.count("val") == 12 and roles.count("test") == 24
+    assert roles.count("train") == 6 and roles.count("val") == 12 and roles.count("test") == 24
     assert all(row["split"] == row["role"] for row in rows)
     assert result.artifacts == {"trial_manifest.csv": tmp_path / "trial_manifest.csv"}
 
 
-def test_feature_cache_is_computed_once_and_shared_by_concurrent_trials(four_classes, tmp_path, monkeypatch):
+def test_feature_cache_is_computed_once_and_shared_by_concurrent_trials(three_classes, tmp_path, monkeypatch):
     calls = []
     extract = feature_cache.extract_features
 
@@ -127,7 +137,7 @@ def test_feature_cache_is_computed_once_and_shared_by_concurrent_trials(four_cla
 
     monkeypatch.setattr(feature_cache, "extract_features", counting)
     cache = tmp_path / "cache"
-    cfgs = [config(four_classes, cache, lr=lr, seed=seed, shots=2) for lr, seed in ((1e-1, 1), (1e-2, 2))]
+    cfgs = [config(three_classes, cache, lr=lr, seed=seed, shots=2) for lr, seed in ((1e-1, 1), (1e-2, 2))]
     results: list[TrialResult] = []
     threads = [threading.Thread(target=lambda c=c: results.append(run_trial(c))) for c in cfgs]
     for thread in threads:
@@ -152,30 +162,30 @@ def test_feature_cache_is_computed_once_and_shared_by_concurrent_trials(four_cla
     assert len(calls) == 2
 
 
-def test_probe_raises_on_a_non_finite_loss(four_classes, cache_dir):
+def test_probe_raises_on_a_non_finite_loss(three_classes, cache_dir):
     with pytest.raises(
         CytotuneError, match=r"linear probe tiny_clip/synthetic lr=1e\+20 seed=1: .* at step 3"
     ):
-        run_trial(config(four_classes, cache_dir, lr=1e20))
+        run_trial(config(three_classes, cache_dir, lr=1e20))
 
 
-def test_lora_raises_on_a_non_finite_loss_naming_the_step(four_classes, cache_dir):
+def test_lora_raises_on_a_non_finite_loss_naming_the_step(three_classes, cache_dir):
     with pytest.raises(
         CytotuneError, match=r"LoRA tiny_clip/synthetic lr=1e\+20 seed=1: training loss is nan at step 2"
     ):
-        run_trial(lora_config(four_classes, cache_dir, lr=1e20, train={"warmup_steps": 0}))
+        run_trial(lora_config(three_classes, cache_dir, lr=1e20, train={"warmup_steps": 0}))
 
 
 @pytest.fixture(scope="module")
-def overfit(four_classes, cache_dir):
+def overfit(three_classes, cache_dir):
     """A LoRA run on 2 images per class, trained without augmentation; frozen weights before training."""
     cfg = lora_config(
-        four_classes,
+        three_classes,
         cache_dir,
         shots=2,
-        lr=3e-2,
+        lr=1e-2,
         lora=LoraSettings(rank=8, dropout=0.0, targets=("q", "k", "v", "o")),
-        train={"max_steps": 60, "eval_every": 60, "augment": False},
+        train={"max_steps": 40, "eval_every": 40, "augment": False},
     )
     run = LoraRun(cfg, trial_data(cfg), torch.device("cpu"))
     frozen = {n: p.detach().clone() for n, p in run.backbone.named_parameters() if not p.requires_grad}
@@ -186,7 +196,7 @@ def overfit(four_classes, cache_dir):
 
 def test_lora_overfits_a_tiny_training_set(overfit):
     run, _, _ = overfit
-    assert len(run.data.train) == 8
+    assert len(run.data.train) == 6
     assert run.accuracy(run.data.train) == 1.0
 
 
@@ -199,9 +209,9 @@ def test_lora_training_changes_only_lora_weights(overfit):
 
 
 @pytest.fixture(scope="module")
-def lora_reference(four_classes, cache_dir, tmp_path_factory):
+def lora_reference(three_classes, cache_dir, tmp_path_factory):
     """An uninterrupted LoRA trial, its reports and checkpoints (serialised as a checkpoint would be)."""
-    cfg = lora_config(four_classes, cache_dir, backbone="tiny_vit")
+    cfg = lora_config(three_classes, cache_dir, backbone="tiny_vit")
     reports = []
 
     def report(metrics, state):
@@ -221,7 +231,7 @@ def test_lora_reports_and_keeps_the_best_validation_state(lora_reference):
     assert result.best_step == next(m["step"] for m in metrics if m["val_acc"] == result.best_val_acc)
     assert all(m["train_loss"] > 0 for m in metrics)
     assert 0 < result.trainable_params < result.total_params
-    assert result.test_acc == sum(result.confusion_matrix[i][i] for i in range(4)) / 24
+    assert result.test_acc == sum(result.confusion_matrix[i][i] for i in range(3)) / 24
 
 
 def test_lora_resumed_from_a_checkpoint_equals_the_uninterrupted_trial(lora_reference):
@@ -241,28 +251,39 @@ def test_lora_is_deterministic_and_exports_its_adapter(lora_reference):
     assert (adapter / "adapter.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
     backbone, head, meta = load_adapter(adapter)
     assert meta["backbone"] == "tiny_vit" and meta["classes"] == reference.classes
-    assert head.out_features == 4
+    assert head.out_features == 3
 
 
-def test_lora_few_shot_steps_follow_base_plus_per_shot(four_classes, cache_dir):
+def test_lora_few_shot_steps_follow_base_plus_per_shot(three_classes, cache_dir):
     from cytotune.train.lora_finetune import lora_steps
 
-    cfg = config(four_classes, cache_dir, "lora", shots=4, train={"base_steps": 50, "steps_per_shot": 100})
+    cfg = config(three_classes, cache_dir, "lora", shots=4, train={"base_steps": 50, "steps_per_shot": 100})
     assert lora_steps(cfg, 16) == 450
     assert lora_steps(cfg.model_copy(update={"shots": None, "fraction": 0.5}), 100) == 10 * 4
     capped = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": 7})})
     assert lora_steps(capped, 16) == 7
 
 
-def test_cli_train_prints_json_and_a_table(four_classes, cache_dir):
+def test_cli_train_prints_json_and_a_table(three_classes, cache_dir):
     args = ["train", "--method", "linear_probe", "--backbone", "tiny_clip", "--dataset", "synthetic"]
-    args += ["--root", str(four_classes), "--lr", "0.1", "--seed", "1", "--shots", "2", "--probe-epochs", "5"]
+    args += [
+        "--root",
+        str(three_classes),
+        "--lr",
+        "0.1",
+        "--seed",
+        "1",
+        "--shots",
+        "2",
+        "--probe-epochs",
+        "5",
+    ]
     args += ["--device", "cpu", "--cache-dir", str(cache_dir)]
     runner = CliRunner()
     as_json = runner.invoke(app, [*args, "--json"])
     assert as_json.exit_code == 0, as_json.output
     data = json.loads(as_json.output)
-    assert data["steps"] == 5 and len(data["confusion_matrix"]) == 4
+    assert data["steps"] == 5 and len(data["confusion_matrix"]) == 3
     table = runner.invoke(app, args)
     assert table.exit_code == 0 and "test_acc" in table.output and "class_0" in table.output
     bad = runner.invoke(app, [*args, "--method", "svm"])

@@ -40,12 +40,12 @@ class ImageCache:
         return (ImageCache, (self.path, len(self), self.size, self.build_seconds))
 
     def batch(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
-        """The images at positional `indices` as a uint8 tensor (B, 3, size, size) on the CPU."""
+        """The images at positional `indices` as a uint8 tensor (B, 3, size, size) on the CPU, in
+        channels-last memory format (the cache's own layout, and the fast one for torch's uint8 resizing)."""
         if isinstance(indices, torch.Tensor):
             indices = indices.cpu().numpy()
         rows = np.asarray(indices, dtype=np.int64).reshape(-1)
-        array = np.ascontiguousarray(self.images[rows])
-        return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
+        return torch.from_numpy(np.ascontiguousarray(self.images[rows])).permute(0, 3, 1, 2)
 
 
 def image_cache_path(manifest: Manifest, size: int, cache_dir: Path | str | None = None) -> Path:

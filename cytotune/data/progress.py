@@ -62,8 +62,11 @@ def map_with_progress(
                 results.append(fn(item))
                 advance(1)
             return results
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cytotune-data") as pool:
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cytotune-data")
+        try:
             for result in pool.map(fn, items):
                 results.append(result)
                 advance(1)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
     return results

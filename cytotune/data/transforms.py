@@ -16,21 +16,21 @@ def _check(x: torch.Tensor) -> torch.Tensor:
 
 
 def _resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bicubic, antialiased resize of uint8 images to float32 in [0, 255] (on the CPU via torch's fast uint8
-    kernel, elsewhere in float32)."""
-    if tuple(x.shape[-2:]) == (height, width):
-        return x.float()
-    size = (height, width)
+    """Bicubic, antialiased resize of uint8 images: on the CPU through torch's fast uint8 kernel (uint8 out),
+    elsewhere in float32 (clamped to [0, 255])."""
+    same = tuple(x.shape[-2:]) == (height, width)
     if x.device.type == "cpu":
-        return F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).float()
-    resized = F.interpolate(x.float(), size=size, mode="bicubic", antialias=True, align_corners=False)
+        return x if same else F.interpolate(x, size=(height, width), mode="bicubic", antialias=True)
+    if same:
+        return x.float()
+    resized = F.interpolate(x.float(), size=(height, width), mode="bicubic", antialias=True)
     return resized.clamp_(0, 255)
 
 
 def _normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """(x / 255 - mean) / std per channel, in one fused pass."""
-    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    """(x / 255 - mean) / std per channel as float32, in one fused pass over uint8 or float input."""
+    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     return torch.addcmul(-m / s, x, 1.0 / (255.0 * s))
 
 

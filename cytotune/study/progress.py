@@ -20,11 +20,10 @@ def trial_status(ray_status: str, last_result: dict | None) -> str:
 
 
 class ProgressLine(Callback):
-    """Prints one progress line as trials start and end (rewritten in place on a terminal)."""
+    """Prints one progress line on stderr as trials start and end (rewritten in place on a terminal)."""
 
-    def __init__(self, total: int, stream=None):
+    def __init__(self, total: int):
         self.total = total
-        self.stream = stream or sys.stderr
         self.started = time.monotonic()
 
     def _show(self, trials: list[Trial]) -> None:
@@ -46,9 +45,9 @@ class ProgressLine(Callback):
             f"({counts['finished']} finished, {counts['stopped']} stopped, {counts['failed']} failed), "
             f"{running} running" + ("" if best is None else f" | best val_acc {best:.4f}")
         )
-        tty = getattr(self.stream, "isatty", lambda: False)()
-        self.stream.write(("\r" + line) if tty else line + "\n")
-        self.stream.flush()
+        tty = getattr(sys.stderr, "isatty", lambda: False)()
+        sys.stderr.write(("\r" + line) if tty else line + "\n")
+        sys.stderr.flush()
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         """Show the line when a trial starts."""
@@ -64,5 +63,5 @@ class ProgressLine(Callback):
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         """End the line."""
-        if getattr(self.stream, "isatty", lambda: False)():
-            self.stream.write("\n")
+        if getattr(sys.stderr, "isatty", lambda: False)():
+            sys.stderr.write("\n")

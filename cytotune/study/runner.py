@@ -119,6 +119,7 @@ def ray_session(address: str | None) -> Iterator[str]:
     else:
         cpus, gpus = _machine()
         ray.init(
+            address="local",
             num_cpus=cpus,
             num_gpus=gpus,
             include_dashboard=False,

@@ -18,7 +18,7 @@ from cytotune import __version__
 from cytotune.config import StudySpec
 from cytotune.report.confusion import confusion_figure
 from cytotune.tracking import layout
-from cytotune.tracking.uri import resolve_tracking_uri
+from cytotune.tracking.uri import artifact_location, resolve_tracking_uri
 
 _BATCH = 100
 
@@ -157,7 +157,11 @@ class MlflowCallback(Callback):
             if experiment.lifecycle_stage == "deleted":
                 self.client.restore_experiment(experiment.experiment_id)
             return experiment.experiment_id
-        return self.client.create_experiment(self.study, tags={layout.STUDY: self.study})
+        return self.client.create_experiment(
+            self.study,
+            artifact_location=artifact_location(self.tracking_uri, self.study),
+            tags={layout.STUDY: self.study},
+        )
 
     def _ray_address(self) -> str:
         try:

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from cytotune.config import TrialConfig
 from cytotune.errors import CytotuneError
 from cytotune.tracking import layout
+from cytotune.tracking.runs import best_configs, read_artifact_text, runs_frame
 from cytotune.tracking.uri import resolve_tracking_uri
 
 
@@ -57,8 +58,6 @@ def write_rerun(
     name: str | None = None,
 ) -> Path:
     """Write the study rerunning an experiment's chosen configurations (named NAME-best by default)."""
-    from cytotune.tracking.runs import best_configs, runs_frame
-
     best = best_configs(experiment, tracking_uri, where)
     frame = runs_frame(experiment, tracking_uri, where)
     return write_rerun_yaml(rerun_study(best, frame, name or f"{experiment}-best", tracking_uri), path)
@@ -73,14 +72,13 @@ def write_rerun_yaml(study: dict[str, Any], path: Path) -> Path:
 
 
 def _trial_config(client: MlflowClient, run_id: str) -> TrialConfig:
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = client.download_artifacts(run_id, layout.TRIAL_ARTIFACT, tmp)
-        except Exception as err:
-            raise CytotuneError(
-                f"run {run_id}: cannot read {layout.TRIAL_ARTIFACT} ({err}); expected a run made by cytotune"
-            ) from err
-        return TrialConfig.model_validate_json(Path(path).read_text())
+    try:
+        text = read_artifact_text(client, run_id, layout.TRIAL_ARTIFACT)
+    except (OSError, MlflowException) as err:
+        raise CytotuneError(
+            f"run {run_id}: cannot read {layout.TRIAL_ARTIFACT} ({err}); expected a run made by cytotune"
+        ) from err
+    return TrialConfig.model_validate_json(text)
 
 
 def _block(config: TrialConfig, label: str, seeds: list[int], resources: dict[str, float]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -187,9 +188,14 @@ def launch_study_yaml(run: Run, tracking_uri: str | None = None) -> str | None:
     names = {item.path for item in client.list_artifacts(run.info.run_id)}
     if layout.STUDY_ARTIFACT not in names:
         return None
+    return read_artifact_text(client, run.info.run_id, layout.STUDY_ARTIFACT)
+
+
+def read_artifact_text(client: MlflowClient, run_id: str, path: str) -> str:
+    """The text of a small artifact of a run (downloaded quietly to a temporary folder)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory() as tmp:
-        path = client.download_artifacts(run.info.run_id, layout.STUDY_ARTIFACT, tmp)
-        return Path(path).read_text()
+        return Path(client.download_artifacts(run_id, path, tmp)).read_text()
 
 
 def expected_seeds(experiment: str, tracking_uri: str | None = None) -> dict[str, int] | None:

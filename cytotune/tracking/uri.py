@@ -23,6 +23,15 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri or default_tracking_uri()
 
 
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Where an experiment's artifacts go: beside an SQLite file (DB_FOLDER/mlruns/EXPERIMENT), else the
+    server's or store's default (None)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    folder = Path(uri.removeprefix("sqlite:///")).resolve().parent
+    return (folder / "mlruns" / experiment).as_uri()
+
+
 def check_tracking(uri: str, must_exist: bool = False) -> None:
     """Raise CytotuneError (one line) when runs cannot be tracked at `uri`: server down, bad scheme or path;
     with `must_exist` (for reading), also when an SQLite file is not there yet."""

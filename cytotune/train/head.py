@@ -1,15 +1,16 @@
-"""Training a linear head (Linear with bias) on cached features: tensor ops only, one matmul pair per step.
+"""Training linear heads (Linear with bias) on cached features: tensor ops only, a few kernels per step.
 
-The optimiser is AdamW written out on one augmented parameter [W | b] with the gradient of the mean
-cross-entropy in closed form; it follows torch.optim.AdamW step for step (a test holds them equal) at a
-quarter of the cost per step, which keeps a probe sweep cheap against the feature extraction it needs.
+Several heads of one cell (different learning rates and seeds, same subset sizes) train together as a batch
+of heads, so that a whole probe sweep costs about what one head costs; a single trial is a batch of one.
+The optimiser is AdamW written out on the augmented parameters [W | b] with the gradient of the mean
+cross-entropy in closed form; it follows torch.optim.AdamW step for step (a test holds them equal).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,8 @@ from cytotune.train.schedule import warmup_cosine_lr
 BETA1 = 0.9
 BETA2 = 0.999
 EPS = 1e-8
+
+EvalCallback = Callable[[int, int, float, float, float], None]
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,12 @@ class HeadSchedule:
     def total_steps(self, num_examples: int) -> int:
         """Optimisation steps over `num_examples` examples (the last batch of an epoch may be short)."""
         return self.epochs * math.ceil(num_examples / self.batch_size)
+
+    def lr_at(self, step: int, total_steps: int) -> float:
+        """Learning rate of step `step` (0-based)."""
+        return warmup_cosine_lr(
+            step, base_lr=self.lr, total_steps=total_steps, warmup_steps=self.warmup_steps, min_lr=self.min_lr
+        )
 
 
 @dataclass
@@ -60,23 +69,15 @@ def init_head(num_classes: int, dim: int, generator: torch.Generator) -> torch.T
 
 def augment(features: torch.Tensor) -> torch.Tensor:
     """Features with a column of ones appended, so that [W | b] acts as a Linear layer with bias."""
-    return torch.cat(
-        [features, torch.ones(features.shape[0], 1, dtype=features.dtype, device=features.device)], 1
-    )
-
-
-def head_logits(params: torch.Tensor, features_aug: torch.Tensor) -> torch.Tensor:
-    """Logits of the head [W | b] on augmented features."""
-    return features_aug @ params.T
-
-
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of logits against integer labels (a 0-d tensor)."""
-    return (torch.logsumexp(logits, 1) - logits.gather(1, labels[:, None]).squeeze(1)).mean()
+    ones = torch.ones(*features.shape[:-1], 1, dtype=features.dtype, device=features.device)
+    return torch.cat([features, ones], -1)
 
 
 class AdamW:
-    """torch.optim.AdamW (defaults betas=(0.9, 0.999), eps=1e-8) on a single tensor with a given gradient."""
+    """torch.optim.AdamW (betas=(0.9, 0.999), eps=1e-8) on one tensor of parameters, given its gradient.
+
+    The parameters may be a batch of heads (K, C, D+1), each with its own learning rate.
+    """
 
     def __init__(self, params: torch.Tensor, weight_decay: float) -> None:
         self.params = params
@@ -85,74 +86,88 @@ class AdamW:
         self.exp_avg_sq = torch.zeros_like(params)
         self.t = 0
 
-    def step(self, grad: torch.Tensor, lr: float) -> None:
-        """One AdamW update of the parameters in place with learning rate `lr`."""
+    def step(self, grad: torch.Tensor, lr: float | torch.Tensor) -> None:
+        """One AdamW update in place; `lr` is a float or a tensor broadcasting against the parameters."""
         self.t += 1
         self.params.mul_(1 - lr * self.weight_decay)
         self.exp_avg.lerp_(grad, 1 - BETA1)
         self.exp_avg_sq.mul_(BETA2).addcmul_(grad, grad, value=1 - BETA2)
         denom = self.exp_avg_sq.sqrt().div_(math.sqrt(1 - BETA2**self.t)).add_(EPS)
-        self.params.addcdiv_(self.exp_avg, denom, value=-lr / (1 - BETA1**self.t))
+        if isinstance(lr, torch.Tensor):
+            self.params.sub_(self.exp_avg.div(denom).mul_(lr / (1 - BETA1**self.t)))
+        else:
+            self.params.addcdiv_(self.exp_avg, denom, value=-lr / (1 - BETA1**self.t))
 
 
-def fit_linear_head(
-    train_x: torch.Tensor,
-    train_y: torch.Tensor,
-    val_x: torch.Tensor,
-    val_y: torch.Tensor,
+def fit_linear_heads(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    train_rows: torch.Tensor,
+    val_rows: torch.Tensor,
     num_classes: int,
-    schedule: HeadSchedule,
-    generator: torch.Generator,
-    on_eval: Callable[[int, float, float, float], None] | None = None,
-    where: str = "linear probe",
-) -> HeadFit:
-    """Train a Linear head on features (all tensors on one device), evaluating on val after every epoch.
+    schedules: Sequence[HeadSchedule],
+    generators: Sequence[torch.Generator],
+    on_eval: EvalCallback | None = None,
+    where: Sequence[str] | None = None,
+) -> list[HeadFit]:
+    """Train K Linear heads on rows of one feature matrix, evaluating each on its val rows after every epoch.
 
-    `on_eval(step, train_loss, val_acc, best_val_acc)` is called at each evaluation; train_loss is the mean
-    cross-entropy of the current head over the whole train subset. The head of the best validation epoch is
-    kept.
+    features (N, D) and labels (N,) on one device; train_rows (K, n) and val_rows (K, m) index them, one row
+    per head; schedules and generators, one per head, differ only in learning rate (and seed). Each head
+    draws its init and its epoch orders from its own generator, as a head trained alone would.
+    `on_eval(head, step, train_loss, val_acc, best_val_acc)` is called per head at each evaluation;
+    train_loss is the mean minibatch cross-entropy of the epoch. Each head's best validation epoch is kept.
     """
-    device = train_x.device
-    n = train_x.shape[0]
-    xa = augment(train_x.float())
-    va = augment(val_x.float())
-    onehot = torch.nn.functional.one_hot(train_y, num_classes).to(xa.dtype)
-    params = init_head(num_classes, train_x.shape[1], generator).to(device)
-    optimiser = AdamW(params, schedule.weight_decay)
-    total = schedule.total_steps(n)
-    best = BestTracker()
+    heads, n = train_rows.shape
+    first = schedules[0]
+    if len({(s.batch_size, s.epochs, s.warmup_steps, s.min_lr, s.weight_decay) for s in schedules}) != 1:
+        raise ValueError("heads trained together must share all settings but the learning rate")
+    device = features.device
+    where = list(where) if where is not None else ["linear probe"] * heads
+    fa = augment(features.float())
+    onehot = torch.nn.functional.one_hot(labels, num_classes).to(fa.dtype)
+    total = first.total_steps(n)
+    lr = torch.tensor([[s.lr_at(step, total) for s in schedules] for step in range(total)], dtype=fa.dtype)
+    lr = lr.to(device).view(total, heads, 1, 1)
+    params = torch.stack([init_head(num_classes, features.shape[1], g) for g in generators]).to(device)
+    optimiser = AdamW(params, first.weight_decay)
+    shared_val = bool((val_rows == val_rows[:1]).all())
+    val_x = fa[val_rows[0]] if shared_val else fa[val_rows]
+    val_y = labels[val_rows]
+    best = [BestTracker() for _ in range(heads)]
+    batch = first.batch_size
     step = 0
     start = time.perf_counter()
-    for _ in range(schedule.epochs):
-        order = torch.randperm(n, generator=generator).to(device)
-        xe, ye = xa[order], onehot[order]
-        for lo in range(0, n, schedule.batch_size):
-            xb, yb = xe[lo : lo + schedule.batch_size], ye[lo : lo + schedule.batch_size]
-            grad = torch.softmax(xb @ params.T, 1).sub_(yb).T @ xb
-            grad.div_(xb.shape[0])
-            lr = warmup_cosine_lr(
-                step,
-                base_lr=schedule.lr,
-                total_steps=total,
-                warmup_steps=schedule.warmup_steps,
-                min_lr=schedule.min_lr,
-            )
-            optimiser.step(grad, lr)
+    for _ in range(first.epochs):
+        order = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(device)
+        epoch_rows = train_rows.gather(1, order)
+        loss_sum = torch.zeros(heads, dtype=fa.dtype, device=device)
+        for lo in range(0, n, batch):
+            rows = epoch_rows[:, lo : lo + batch]
+            xb, yb = fa[rows], onehot[rows]
+            log_p = torch.log_softmax(torch.bmm(xb, params.transpose(1, 2)), -1)
+            loss_sum -= (log_p * yb).sum((1, 2)) / rows.shape[1]
+            grad = torch.bmm(log_p.exp_().sub_(yb).transpose(1, 2), xb).div_(rows.shape[1])
+            optimiser.step(grad, lr[step])
             step += 1
-        train_loss = float(cross_entropy(head_logits(params, xa), train_y))
-        ensure_finite_loss(train_loss, step, where)
-        val_acc = float((head_logits(params, va).argmax(1) == val_y).float().mean())
-        best.update(step, val_acc, lambda: {"head": params})
-        if on_eval is not None:
-            on_eval(step, train_loss, val_acc, best.value)
+        train_loss = (loss_sum / math.ceil(n / batch)).tolist()
+        val_pred = torch.matmul(val_x, params.transpose(1, 2)).argmax(-1)
+        val_acc = (val_pred == val_y).float().mean(1).tolist()
+        for k in range(heads):
+            ensure_finite_loss(train_loss[k], step, where[k])
+            best[k].update(step, val_acc[k], lambda k=k: {"head": params[k]})
+            if on_eval is not None:
+                on_eval(k, step, train_loss[k], val_acc[k], best[k].value)
     seconds = time.perf_counter() - start
-    head = best.state["head"]
-    return HeadFit(
-        weight=head[:, :-1].contiguous(),
-        bias=head[:, -1].contiguous(),
-        best_val_acc=best.value,
-        best_step=best.step,
-        steps=step,
-        examples_seen=n * schedule.epochs,
-        train_seconds=seconds,
-    )
+    return [
+        HeadFit(
+            weight=b.state["head"][:, :-1].contiguous(),
+            bias=b.state["head"][:, -1].contiguous(),
+            best_val_acc=b.value,
+            best_step=b.step,
+            steps=step,
+            examples_seen=n * first.epochs,
+            train_seconds=seconds,
+        )
+        for b in best
+    ]
