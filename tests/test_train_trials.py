@@ -22,6 +22,7 @@ from cytotune.models import get_backbone_spec
 from cytotune.models.lora import load_adapter
 from cytotune.train import TrialResult, run_trial
 from cytotune.train import features as feature_cache
+from cytotune.train.linear_probe import run_probe_sweep
 from cytotune.train.lora_finetune import LoraRun
 from cytotune.train.subsets import trial_data
 
@@ -125,6 +126,20 @@ def test_probe_reports_each_epoch_and_writes_the_rows_it_used(three_classes, cac
     assert roles.count("train") == 6 and roles.count("val") == 12 and roles.count("test") == 24
     assert all(row["split"] == row["role"] for row in rows)
     assert result.artifacts == {"trial_manifest.csv": tmp_path / "trial_manifest.csv"}
+
+
+def test_a_packed_probe_sweep_gives_each_trial_its_own_numbers(three_classes, cache_dir):
+    cfgs = [
+        config(three_classes, cache_dir, lr=lr, seed=seed, shots=4) for lr in (1e-1, 1e-2) for seed in (1, 2)
+    ]
+    reports = []
+    packed = run_probe_sweep(cfgs, report=lambda index, metrics: reports.append(index))
+    assert reports == [0, 1, 2, 3] * 30
+    for cfg, result in zip(cfgs, packed, strict=True):
+        alone = untimed(run_trial(cfg))
+        assert untimed(result) == alone
+    with pytest.raises(CytotuneError, match="one cell"):
+        run_probe_sweep([cfgs[0], cfgs[0].model_copy(update={"shots": 2})])
 
 
 def test_feature_cache_is_computed_once_and_shared_by_concurrent_trials(three_classes, tmp_path, monkeypatch):

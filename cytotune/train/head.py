@@ -86,17 +86,14 @@ class AdamW:
         self.exp_avg_sq = torch.zeros_like(params)
         self.t = 0
 
-    def step(self, grad: torch.Tensor, lr: float | torch.Tensor) -> None:
-        """One AdamW update in place; `lr` is a float or a tensor broadcasting against the parameters."""
+    def step(self, grad: torch.Tensor, lr: torch.Tensor) -> None:
+        """One AdamW update in place; `lr` is a tensor broadcasting against the parameters."""
         self.t += 1
         self.params.mul_(1 - lr * self.weight_decay)
         self.exp_avg.lerp_(grad, 1 - BETA1)
         self.exp_avg_sq.mul_(BETA2).addcmul_(grad, grad, value=1 - BETA2)
         denom = self.exp_avg_sq.sqrt().div_(math.sqrt(1 - BETA2**self.t)).add_(EPS)
-        if isinstance(lr, torch.Tensor):
-            self.params.sub_(self.exp_avg.div(denom).mul_(lr / (1 - BETA1**self.t)))
-        else:
-            self.params.addcdiv_(self.exp_avg, denom, value=-lr / (1 - BETA1**self.t))
+        self.params.sub_(self.exp_avg.div(denom).mul_(lr / (1 - BETA1**self.t)))
 
 
 def fit_linear_heads(

@@ -1,22 +1,27 @@
-"""One linear-probe trial: cached features of the frozen backbone, a Linear head trained on them."""
+"""Linear-probe trials: cached features of the frozen backbone, a Linear head trained on them.
+
+Trials of one cell that differ only in learning rate and seed can run as one packed sweep: the features are
+read once and the heads train together (see head.py); a single trial is a sweep of one.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
 from cytotune.config import TrialConfig
+from cytotune.errors import CytotuneError
 from cytotune.train.features import CachedFeatures, cached_features
-from cytotune.train.head import HeadSchedule, fit_linear_head
+from cytotune.train.head import HeadSchedule, fit_linear_heads
 from cytotune.train.metrics import classification_metrics
 from cytotune.train.result import TrialResult
-from cytotune.train.runtime import PeakMemory, resolve_device, seed_everything
-from cytotune.train.subsets import TrialData, trial_data, write_trial_manifest
+from cytotune.train.runtime import PeakMemory, resolve_device
+from cytotune.train.subsets import TrialData, trial_manifest, trial_rows, write_trial_manifest
 
-Report = Callable[[dict, dict | None], None]
+SweepReport = Callable[[int, dict], None]
 
 
 def probe_features(cfg: TrialConfig, data: TrialData, device: torch.device) -> CachedFeatures:
@@ -32,34 +37,19 @@ def probe_features(cfg: TrialConfig, data: TrialData, device: torch.device) -> C
     )
 
 
-def run_linear_probe(
-    cfg: TrialConfig, report: Report | None = None, out_dir: Path | None = None
-) -> TrialResult:
-    """Train and evaluate one linear probe; `report(metrics, None)` at each epoch's evaluation."""
-    start = time.perf_counter()
-    device = resolve_device(cfg.train.device)
-    memory = PeakMemory(device)
-    generator = seed_everything(cfg.seed)
-    data = trial_data(cfg)
-    cached = probe_features(cfg, data, device)
-    features = torch.from_numpy(cached.features).to(device)
-    labels = data.label_tensor().to(device)
-    num_classes = len(data.manifest.classes)
+def _check_one_cell(cfgs: Sequence[TrialConfig]) -> None:
+    if not cfgs:
+        raise CytotuneError("a probe sweep needs at least one trial")
+    cell = {cfg.model_copy(update={"lr": 1.0, "seed": 0}) for cfg in cfgs}
+    if len(cell) != 1 or cfgs[0].method != "linear_probe":
+        raise CytotuneError(
+            "a packed probe sweep takes linear-probe trials of one cell: expected them to differ in lr and "
+            "seed only"
+        )
 
-    def on_eval(step: int, train_loss: float, val_acc: float, best_val_acc: float) -> None:
-        if report is not None:
-            metrics = {
-                "step": step,
-                "train_loss": train_loss,
-                "val_acc": val_acc,
-                "best_val_acc": best_val_acc,
-            }
-            report(metrics, None)
 
-    rows = {
-        role: torch.from_numpy(idx).to(device) for role, idx in (("train", data.train), ("val", data.val))
-    }
-    schedule = HeadSchedule(
+def _schedule(cfg: TrialConfig) -> HeadSchedule:
+    return HeadSchedule(
         lr=cfg.lr,
         weight_decay=cfg.train.weight_decay,
         batch_size=cfg.train.batch_size,
@@ -67,38 +57,89 @@ def run_linear_probe(
         warmup_steps=cfg.train.warmup_steps,
         min_lr=cfg.train.min_lr,
     )
-    fit = fit_linear_head(
-        features[rows["train"]],
-        labels[rows["train"]],
-        features[rows["val"]],
-        labels[rows["val"]],
+
+
+def run_probe_sweep(
+    cfgs: Sequence[TrialConfig],
+    report: SweepReport | None = None,
+    out_dirs: Sequence[Path | None] | None = None,
+) -> list[TrialResult]:
+    """Train and evaluate linear-probe trials of one cell (differing in lr and seed only) together.
+
+    `report(i, metrics)` is called for trial i at each epoch's evaluation. Each result equals what the trial
+    gives alone (to float rounding); wall_s and images_per_s are its equal share of the sweep's time.
+    """
+    _check_one_cell(cfgs)
+    start = time.perf_counter()
+    cfg = cfgs[0]
+    device = resolve_device(cfg.train.device)
+    memory = PeakMemory(device)
+    manifest = trial_manifest(cfg)
+    datas = [trial_rows(c, manifest) for c in cfgs]
+    if len({(len(d.train), len(d.val)) for d in datas}) != 1:
+        raise CytotuneError("probe trials packed together must use train and val subsets of one size")
+    cached = probe_features(cfg, datas[0], device)
+    features = torch.from_numpy(cached.features).to(device)
+    labels = datas[0].label_tensor().to(device)
+    num_classes = len(manifest.classes)
+
+    def on_eval(k: int, step: int, train_loss: float, val_acc: float, best_val_acc: float) -> None:
+        if report is not None:
+            report(
+                k, {"step": step, "train_loss": train_loss, "val_acc": val_acc, "best_val_acc": best_val_acc}
+            )
+
+    def stacked(role: str) -> torch.Tensor:
+        return torch.stack([torch.from_numpy(getattr(d, role)) for d in datas]).to(device)
+
+    fits = fit_linear_heads(
+        features,
+        labels,
+        stacked("train"),
+        stacked("val"),
         num_classes,
-        schedule,
-        generator,
+        [_schedule(c) for c in cfgs],
+        [torch.Generator().manual_seed(c.seed) for c in cfgs],
         on_eval=on_eval,
-        where=f"linear probe {cfg.backbone}/{cfg.dataset} lr={cfg.lr} seed={cfg.seed}",
+        where=[f"linear probe {c.backbone}/{c.dataset} lr={c.lr} seed={c.seed}" for c in cfgs],
     )
-    test_rows = torch.from_numpy(data.test).to(device)
-    predictions = (features[test_rows] @ fit.weight.T + fit.bias).argmax(1).cpu().numpy()
-    test = classification_metrics(data.labels(data.test), predictions, num_classes)
-    artifacts = {}
-    if out_dir is not None:
-        artifacts["trial_manifest.csv"] = write_trial_manifest(data, Path(out_dir) / "trial_manifest.csv")
-    head_params = fit.weight.numel() + fit.bias.numel()
-    return TrialResult(
-        best_val_acc=fit.best_val_acc,
-        best_step=fit.best_step,
-        test_acc=test.accuracy,
-        test_balanced_acc=test.balanced_accuracy,
-        test_macro_f1=test.macro_f1,
-        test_per_class_recall=test.per_class_recall,
-        confusion_matrix=test.confusion,
-        classes=list(data.manifest.classes),
-        trainable_params=head_params,
-        total_params=cached.backbone_params + head_params,
-        images_per_s=fit.examples_seen / max(fit.train_seconds, 1e-9),
-        peak_mem_mb=memory.megabytes(),
-        wall_s=time.perf_counter() - start,
-        steps=fit.steps,
-        artifacts=artifacts,
-    )
+    tests, artifacts = [], []
+    for index, (data, fit) in enumerate(zip(datas, fits, strict=True)):
+        test_rows = torch.from_numpy(data.test).to(device)
+        predictions = (features[test_rows] @ fit.weight.T + fit.bias).argmax(1).cpu().numpy()
+        tests.append(classification_metrics(data.labels(data.test), predictions, num_classes))
+        out_dir = out_dirs[index] if out_dirs is not None else None
+        written = {}
+        if out_dir is not None:
+            written["trial_manifest.csv"] = write_trial_manifest(data, Path(out_dir) / "trial_manifest.csv")
+        artifacts.append(written)
+    share = len(cfgs)
+    wall = (time.perf_counter() - start) / share
+    return [
+        TrialResult(
+            best_val_acc=fit.best_val_acc,
+            best_step=fit.best_step,
+            test_acc=test.accuracy,
+            test_balanced_acc=test.balanced_accuracy,
+            test_macro_f1=test.macro_f1,
+            test_per_class_recall=test.per_class_recall,
+            confusion_matrix=test.confusion,
+            classes=list(manifest.classes),
+            trainable_params=fit.weight.numel() + fit.bias.numel(),
+            total_params=cached.backbone_params + fit.weight.numel() + fit.bias.numel(),
+            images_per_s=fit.examples_seen * share / max(fit.train_seconds, 1e-9),
+            peak_mem_mb=memory.megabytes(),
+            wall_s=wall,
+            steps=fit.steps,
+            artifacts=written,
+        )
+        for fit, test, written in zip(fits, tests, artifacts, strict=True)
+    ]
+
+
+def run_linear_probe(
+    cfg: TrialConfig, report: Callable[[dict, dict | None], None] | None = None, out_dir: Path | None = None
+) -> TrialResult:
+    """Train and evaluate one linear probe; `report(metrics, None)` at each epoch's evaluation."""
+    sweep_report = None if report is None else (lambda _, metrics: report(metrics, None))
+    return run_probe_sweep([cfg], sweep_report, [out_dir])[0]

@@ -40,9 +40,9 @@ class TrialData:
         return torch.tensor(self.manifest.frame["label"].to_numpy(), dtype=torch.int64)
 
 
-def trial_data(cfg: TrialConfig) -> TrialData:
-    """Prepare the trial's dataset and pick its rows: shots per class, a fraction, or all the train split."""
-    manifest = prepare_dataset(
+def trial_manifest(cfg: TrialConfig) -> Manifest:
+    """The prepared manifest of the trial's dataset (built once, then read back)."""
+    return prepare_dataset(
         cfg.dataset,
         cfg.root,
         level=cfg.level,
@@ -50,6 +50,10 @@ def trial_data(cfg: TrialConfig) -> TrialData:
         split_seed=cfg.split_seed,
         cache_dir=cfg.cache_dir,
     )
+
+
+def trial_rows(cfg: TrialConfig, manifest: Manifest) -> TrialData:
+    """The trial's rows of a manifest: shots per class, a fraction, or all the train split; val; test."""
     frame = manifest.frame
     if cfg.shots is not None:
         train = few_shot_indices(frame, cfg.shots, cfg.seed)
@@ -65,6 +69,11 @@ def trial_data(cfg: TrialConfig) -> TrialData:
                 f"dataset {cfg.dataset} at {cfg.root}: no {role} images; expected at least one"
             )
     return TrialData(manifest, *(np.asarray(rows, dtype=np.int64) for rows in (train, val, test)))
+
+
+def trial_data(cfg: TrialConfig) -> TrialData:
+    """Prepare the trial's dataset and pick its rows."""
+    return trial_rows(cfg, trial_manifest(cfg))
 
 
 def write_trial_manifest(data: TrialData, path: Path) -> Path:
