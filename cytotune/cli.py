@@ -189,6 +189,9 @@ def run_command(
     resume: Annotated[bool, typer.Option(help="Continue a stopped study; skip finished trials.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print cells, trials, resources, fit; run nothing.")] = False,
     max_concurrent: Annotated[int | None, typer.Option(help="At most this many trials at once.")] = None,
+    reuse_actors: Annotated[
+        bool, typer.Option(help="Run a trial in a finished trial's Ray actor (its node) when one is free.")
+    ] = True,
 ) -> None:
     """Run a study: every trial of SPACE.yaml on Ray Tune, early stopping and search per cell."""
     from cytotune.config import load_study
@@ -209,6 +212,7 @@ def run_command(
         resume=resume,
         max_concurrent=max_concurrent,
         callbacks=[tracking],
+        reuse_actors=reuse_actors,
     )
     counts = outcome.counts()
     typer.echo(

@@ -311,7 +311,7 @@ def new_token(path: Path) -> Path:
 class PostgresDatabase:
     """A uniquely named database on the machine's PostgreSQL, dropped by `drop()`."""
 
-    name: str = field(default_factory=lambda: f"cytotune_test_{uuid.uuid4().hex[:12]}")
+    name: str = field(default_factory=lambda: f"cytotune_infra_{uuid.uuid4().hex[:12]}")
 
     @property
     def uri(self) -> str:
@@ -509,6 +509,9 @@ def run_cluster_study(root: Path, ray_procs: Processes, mlflow: MlflowServer) ->
         "auto",
         "--tracking-uri",
         mlflow.uri,
+        "--max-concurrent",
+        "2",
+        "--no-reuse-actors",
         timeout=240,
     )
     study = "demo"

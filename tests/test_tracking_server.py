@@ -8,12 +8,12 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 
 import pytest
 from mlflow import MlflowClient
 from mlflow_servers import Server, create_database, drop_database, free_port, postgres_uri
+from ray.tune import Callback
 from tracking_fakes import check_layout, plans, run_fake_study, write_study
 from typer.testing import CliRunner
 
@@ -24,7 +24,6 @@ from cytotune.tracking import layout, runs_frame, select_best
 from cytotune.tracking.callback import MlflowCallback
 
 pytestmark = pytest.mark.slow
-CYTOTUNE = [sys.executable, "-c", "from cytotune.cli import main; main()"]
 
 
 @pytest.fixture(scope="module")
@@ -125,37 +124,50 @@ def test_unreachable_server_is_one_line_and_nothing_starts(tmp_path, monkeypatch
     assert not ray.is_initialized()
 
 
-def test_real_study_interrupted_then_resumed_has_one_run_per_trial(servers, tmp_path):
+class InterruptAfter(Callback):
+    """Interrupts the Tune run like Ctrl+C (Tune also takes SIGUSR1) once `count` trials have ended."""
+
+    def __init__(self, count: int):
+        self.count, self.ended = count, 0
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.ended += 1
+        if self.ended == self.count:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def test_real_study_interrupted_then_resumed_has_one_run_per_trial(servers, tmp_path, monkeypatch):
+    import ray
+
+    from cytotune.cli import main
     from cytotune.data.synthetic import generate_synthetic
+    from cytotune.study import run_study
+    from cytotune.tracking.callback import study_callback
 
     uri, name = servers["sqlite"], "resume-real"
     data = generate_synthetic(tmp_path / "synthetic", classes=3, per_class=12, size=32)
     study = tmp_path / f"{name}.yaml"
     study.write_text(
         f"name: {name}\nbackbones: [tiny_clip]\ndatasets: [{{name: synthetic, root: {data}}}]\n"
-        "seeds: [1, 2]\n"
+        f"seeds: [1, 2]\nstorage: {tmp_path / 'ray'}\n"
         "train: {device: cpu, image_cache_size: 32, batch_size: 16, eval_batch_size: 64, warmup_steps: 5}\n"
         "methods:\n  - method: linear_probe\n    search: {lr: [1.0e-2, 3.0e-3, 1.0e-3]}\n"
         "    train: {probe_epochs: 20}\n"
     )
-    args = [*CYTOTUNE, "run", str(study), "--tracking-uri", uri, "--storage", str(tmp_path / "ray")]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "CYTOTUNE_CACHE": str(tmp_path / "cache")}
-    driver = subprocess.Popen(
-        [*args, "--max-concurrent", "1"], stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
-    )
+    monkeypatch.setenv("CYTOTUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024**2)
     try:
-        for line in driver.stderr:
-            if " 2/6 trials ended" in line:
-                driver.send_signal(signal.SIGINT)
-                break
-        driver.communicate(timeout=90)
+        spec = load_study(study)
+        tracking = study_callback(spec, uri)
+        first = run_study(spec, max_concurrent=1, callbacks=[tracking, InterruptAfter(2)], say=lambda _: None)
+        assert first.interrupted
+        monkeypatch.setattr(sys, "argv", ["cytotune", "run", str(study), "--tracking-uri", uri, "--resume"])
+        with pytest.raises(SystemExit) as done:
+            main()
+        assert done.value.code == 0
     finally:
-        if driver.poll() is None:
-            driver.kill()
-    again = subprocess.run(
-        [*args, "--resume"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=150
-    )
-    assert again.returncode == 0, again.stderr[-2000:]
+        ray.shutdown()
 
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=100)
@@ -165,10 +177,11 @@ def test_real_study_interrupted_then_resumed_has_one_run_per_trial(servers, tmp_
     assert len(keys) == 6 and len(set(keys)) == 6
     assert {r.data.tags[layout.STATUS] for r in trials} == {"finished"}
     assert {r.info.status for r in trials} == {"FINISHED"}
-    assert len(launches) == 2
-    first = min(launches.values(), key=lambda r: r.info.start_time)
-    assert first.data.tags[layout.RESUME] == "false" and first.info.status == "KILLED"
+    assert launches[tracking.parent_run_id].info.status == "KILLED"
+    [second] = [r for r in launches.values() if r.info.run_id != tracking.parent_run_id]
+    assert second.data.tags[layout.RESUME] == "true" and second.info.status == "FINISHED"
     assert all(r.data.tags[layout.PARENT_RUN_ID] in launches for r in trials)
+    assert sum(r.data.tags[layout.PARENT_RUN_ID] == tracking.parent_run_id for r in trials) >= 2
     assert all(client.get_metric_history(r.info.run_id, "val_acc") for r in trials)
     assert {"trial_manifest.csv", "result.json", "confusion_matrix.png"} <= {
         a.path for a in client.list_artifacts(trials[0].info.run_id)

@@ -250,10 +250,10 @@ def run_study(
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray
 
-    check_registries(spec)
     if address is None and not ray.is_initialized():
         cpus, gpus = _machine()
         _require_fit(plan_study(spec, local_nodes(cpus, gpus), "this machine"))
+    check_registries(spec)
     tracking_uri = tracking_uri or spec.tracking_uri
     if tracking_uri:
         from cytotune.tracking.uri import check_tracking

@@ -17,6 +17,7 @@ from ray.tune import Callback
 from cytotune import __version__
 from cytotune.config import StudySpec
 from cytotune.report.confusion import confusion_figure
+from cytotune.study.grid import count_trials, expand_cells
 from cytotune.tracking import layout
 from cytotune.tracking.uri import artifact_location, resolve_tracking_uri
 
@@ -33,7 +34,8 @@ class MlflowCallback(Callback):
     final checkpoint plus the confusion matrix as PNG. ASHA-stopped trials end KILLED with status "stopped".
     An interrupted launch ends KILLED, and so do the runs of its unfinished trials (status still "running").
     With `resume`, a trial continues the child run holding its trial key (tagged with every launch id), so a
-    resumed study never makes a second run for a trial.
+    resumed study never makes a second run for a trial. `expected_trials` (the study's trial count) tells an
+    interrupted launch from a finished one.
     """
 
     def __init__(
@@ -44,8 +46,10 @@ class MlflowCallback(Callback):
         study_yaml: str | None = None,
         resume: bool = False,
         ray_address: str | None = None,
+        expected_trials: int | None = None,
     ):
         self.study = study
+        self.expected_trials = expected_trials
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.study_yaml = study_yaml
         self.resume = resume
@@ -138,18 +142,22 @@ class MlflowCallback(Callback):
         self._end(trial, layout.FAILED)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        """End the launch: FINISHED, or KILLED (with the runs of its unfinished trials) when interrupted."""
-        unfinished = [t for t in trials if getattr(t, "status", "TERMINATED") not in ("TERMINATED", "ERROR")]
-        for trial in unfinished:
-            if trial.trial_id in self._runs:
-                self.client.set_terminated(self._runs[trial.trial_id], status="KILLED")
-        self.close("KILLED" if unfinished else "FINISHED")
+        """End the launch: KILLED when interrupted (a trial left open, or fewer trials ended than the study
+        has), else FINISHED; runs of trials left open end KILLED (their status stays "running")."""
+        ended = sum(getattr(t, "status", "TERMINATED") in ("TERMINATED", "ERROR") for t in trials)
+        short = self.expected_trials is not None and ended < self.expected_trials
+        self.close(interrupted=short)
 
-    def close(self, status: str = "FINISHED") -> None:
-        """End the parent run with `status` (FINISHED, FAILED or KILLED) unless already ended."""
-        if self.parent_run_id is not None and self.parent_run_id not in self._ended:
+    def close(self, interrupted: bool = False) -> None:
+        """End the launch's open trial runs KILLED and its parent run KILLED (interrupted, or a trial run was
+        open) or FINISHED."""
+        left_open = [run_id for run_id in self._runs.values() if run_id not in self._ended]
+        for run_id in left_open:
+            self.client.set_terminated(run_id, status="KILLED")
+            self._ended.add(run_id)
+        if self.parent_run_id is not None:
+            status = "KILLED" if interrupted or left_open else "FINISHED"
             self.client.set_terminated(self.parent_run_id, status=status)
-            self._ended.add(self.parent_run_id)
 
     def _experiment_id(self) -> str:
         experiment = self.client.get_experiment_by_name(self.study)
@@ -257,6 +265,7 @@ class MlflowCallback(Callback):
         run_id = self._runs[trial.trial_id]
         self.client.set_tag(run_id, layout.STATUS, status)
         self.client.set_terminated(run_id, status=layout.RUN_STATUS[status])
+        self._ended.add(run_id)
 
     def _log_final_artifacts(self, run_id: str, trial: Any) -> None:
         checkpoint = trial.checkpoint
@@ -295,7 +304,10 @@ def study_callback(
     else:
         text = yaml.safe_dump(spec.model_dump(mode="json", exclude_unset=True), sort_keys=False)
     uri = resolve_tracking_uri(tracking_uri or spec.tracking_uri)
-    return MlflowCallback(spec.name, uri, study_yaml=text, resume=resume, ray_address=address)
+    total = count_trials(expand_cells(spec))
+    return MlflowCallback(
+        spec.name, uri, study_yaml=text, resume=resume, ray_address=address, expected_trials=total
+    )
 
 
 def _is_number(value: Any) -> bool:

@@ -17,7 +17,7 @@ import torch
 
 from cytotune.train.best import BestTracker
 from cytotune.train.guard import ensure_finite_loss
-from cytotune.train.schedule import warmup_cosine_lr
+from cytotune.train.schedule import warmup_cosine_table
 
 BETA1 = 0.9
 BETA2 = 0.999
@@ -40,12 +40,6 @@ class HeadSchedule:
     def total_steps(self, num_examples: int) -> int:
         """Optimisation steps over `num_examples` examples (the last batch of an epoch may be short)."""
         return self.epochs * math.ceil(num_examples / self.batch_size)
-
-    def lr_at(self, step: int, total_steps: int) -> float:
-        """Learning rate of step `step` (0-based)."""
-        return warmup_cosine_lr(
-            step, base_lr=self.lr, total_steps=total_steps, warmup_steps=self.warmup_steps, min_lr=self.min_lr
-        )
 
 
 @dataclass
@@ -74,10 +68,8 @@ def augment(features: torch.Tensor) -> torch.Tensor:
 
 
 class AdamW:
-    """torch.optim.AdamW (betas=(0.9, 0.999), eps=1e-8) on one tensor of parameters, given its gradient.
-
-    The parameters may be a batch of heads (K, C, D+1), each with its own learning rate.
-    """
+    """torch.optim.AdamW (betas=(0.9, 0.999), eps=1e-8) on a batch of heads (K, C, D+1), given the gradient
+    and each head's learning rate; the bias corrections are folded into two scalars per step."""
 
     def __init__(self, params: torch.Tensor, weight_decay: float) -> None:
         self.params = params
@@ -87,13 +79,14 @@ class AdamW:
         self.t = 0
 
     def step(self, grad: torch.Tensor, lr: torch.Tensor) -> None:
-        """One AdamW update in place; `lr` is a tensor broadcasting against the parameters."""
+        """One AdamW update in place; `lr` (K, 1, 1) holds each head's learning rate for this step."""
         self.t += 1
+        root_correction = math.sqrt(1 - BETA2**self.t)
         self.params.mul_(1 - lr * self.weight_decay)
         self.exp_avg.lerp_(grad, 1 - BETA1)
         self.exp_avg_sq.mul_(BETA2).addcmul_(grad, grad, value=1 - BETA2)
-        denom = self.exp_avg_sq.sqrt().div_(math.sqrt(1 - BETA2**self.t)).add_(EPS)
-        self.params.sub_(self.exp_avg.div(denom).mul_(lr / (1 - BETA1**self.t)))
+        denom = self.exp_avg_sq.sqrt().add_(EPS * root_correction)
+        self.params.sub_(self.exp_avg.div(denom).mul_(lr * (root_correction / (1 - BETA1**self.t))))
 
 
 def fit_linear_heads(
@@ -113,7 +106,8 @@ def fit_linear_heads(
     per head; schedules and generators, one per head, differ only in learning rate (and seed). Each head
     draws its init and its epoch orders from its own generator, as a head trained alone would.
     `on_eval(head, step, train_loss, val_acc, best_val_acc)` is called per head at each evaluation;
-    train_loss is the mean minibatch cross-entropy of the epoch. Each head's best validation epoch is kept.
+    train_loss is the mean cross-entropy over the epoch's minibatches (per example). Each head's best
+    validation epoch is kept.
     """
     heads, n = train_rows.shape
     first = schedules[0]
@@ -124,8 +118,11 @@ def fit_linear_heads(
     fa = augment(features.float())
     onehot = torch.nn.functional.one_hot(labels, num_classes).to(fa.dtype)
     total = first.total_steps(n)
-    lr = torch.tensor([[s.lr_at(step, total) for s in schedules] for step in range(total)], dtype=fa.dtype)
-    lr = lr.to(device).view(total, heads, 1, 1)
+    base_lrs = torch.tensor([s.lr for s in schedules], dtype=torch.float64)
+    table = warmup_cosine_table(
+        base_lrs, total_steps=total, warmup_steps=first.warmup_steps, min_lr=first.min_lr
+    )
+    lr = table.to(device=device, dtype=fa.dtype).view(total, heads, 1, 1)
     params = torch.stack([init_head(num_classes, features.shape[1], g) for g in generators]).to(device)
     optimiser = AdamW(params, first.weight_decay)
     shared_val = bool((val_rows == val_rows[:1]).all())
@@ -138,16 +135,16 @@ def fit_linear_heads(
     for _ in range(first.epochs):
         order = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(device)
         epoch_rows = train_rows.gather(1, order)
-        loss_sum = torch.zeros(heads, dtype=fa.dtype, device=device)
+        log_likelihood = torch.zeros(heads, dtype=fa.dtype, device=device)
         for lo in range(0, n, batch):
             rows = epoch_rows[:, lo : lo + batch]
             xb, yb = fa[rows], onehot[rows]
             log_p = torch.log_softmax(torch.bmm(xb, params.transpose(1, 2)), -1)
-            loss_sum -= (log_p * yb).sum((1, 2)) / rows.shape[1]
+            log_likelihood += (log_p * yb).sum((1, 2))
             grad = torch.bmm(log_p.exp_().sub_(yb).transpose(1, 2), xb).div_(rows.shape[1])
             optimiser.step(grad, lr[step])
             step += 1
-        train_loss = (loss_sum / math.ceil(n / batch)).tolist()
+        train_loss = (log_likelihood / -n).tolist()
         val_pred = torch.matmul(val_x, params.transpose(1, 2)).argmax(-1)
         val_acc = (val_pred == val_y).float().mean(1).tolist()
         for k in range(heads):
