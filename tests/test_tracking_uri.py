@@ -29,7 +29,7 @@ def test_check_tracking_refuses_what_cannot_work(tmp_path):
 def test_flatten_trial_gives_dotted_params_without_lora_for_probes(tmp_path):
     base = {"backbone": "uni", "dataset": "mlcc", "root": str(tmp_path)}
     lora = flatten_trial(
-        {**base, "method": "lora", "lr": 1e-3, "shots": 4, "lora": {"rank": 16, "targets": "qkvo"}}
+        {**base, "method": "lora", "lr": 1e-3, "shots": 4, "lora": {"rank": 16, "targets": list("qkvo")}}
     )
     assert lora["lora.rank"] == "16" and lora["lora.targets"] == "q,k,v,o" and lora["shots"] == "4"
     assert lora["lr"] == "0.001" and lora["train.batch_size"] == "32" and "fraction" not in lora
