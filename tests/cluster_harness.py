@@ -435,10 +435,7 @@ def remove_tree(path: Path) -> None:
 class ClusterStudy:
     """What a study submitted to a two-node cluster left behind, for the tests to check."""
 
-    root: Path
     study: str
-    space: Path
-    storage: Path
     mlflow: MlflowServer
     job_returncode: int
     job_output: str
@@ -455,7 +452,8 @@ class ClusterStudy:
 
 
 def demo_space(root: Path) -> Path:
-    """search_spaces/demo.yaml pointed at a synthetic dataset and Ray storage under root."""
+    """search_spaces/demo.yaml with one seed (12 trials), pointed at a synthetic dataset and Ray storage under
+    root."""
     import yaml
 
     from cytotune.data.synthetic import generate_synthetic
@@ -463,7 +461,7 @@ def demo_space(root: Path) -> Path:
     data = root / "data"
     generate_synthetic(data / "synthetic")
     spec = yaml.safe_load((REPO / "search_spaces" / "demo.yaml").read_text())
-    spec.update(data_dir=str(data), storage=str(root / "ray_results"))
+    spec.update(data_dir=str(data), storage=str(root / "ray_results"), seeds=[1])
     space = root / "demo.yaml"
     space.write_text(yaml.safe_dump(spec, sort_keys=False))
     return space
@@ -481,7 +479,9 @@ def trial_pids(experiment: Path) -> dict[str, int]:
 
 def run_cluster_study(root: Path, ray_procs: Processes, mlflow: MlflowServer) -> ClusterStudy:
     """Start a head and a worker node (1 CPU each), submit `cytotune run` as a Ray job, wait for it, and
-    record which node ran each trial. The MLflow server must be started already; Ray is left running."""
+    record which node ran each trial. Two trials at a time, each in a fresh actor (no reuse), so that the
+    second node gets trials however short they are. The MLflow server must be started already; Ray is left
+    running."""
     start = time.monotonic()
     space = demo_space(root)
     cluster = RayCluster(
@@ -512,17 +512,13 @@ def run_cluster_study(root: Path, ray_procs: Processes, mlflow: MlflowServer) ->
         "--max-concurrent",
         "2",
         "--no-reuse-actors",
-        timeout=240,
+        timeout=420,
     )
     study = "demo"
-    storage = root / "ray_results"
-    pids = trial_pids(storage / study)
+    pids = trial_pids(root / "ray_results" / study)
     by_pid = {actor["pid"]: actor["node_id"] for actor in cluster.actors() if actor.get("pid")}
     return ClusterStudy(
-        root=root,
         study=study,
-        space=space,
-        storage=storage,
         mlflow=mlflow,
         job_returncode=job.returncode,
         job_output=job.stdout + job.stderr,

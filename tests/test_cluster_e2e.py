@@ -23,7 +23,7 @@ def test_the_job_ran_the_whole_study_on_the_cluster(cluster_study):
     assert cluster_study.job_returncode == 0, (
         f"after {cluster_study.wall_s:.0f} s: {cluster_study.job_output[-4000:]}"
     )
-    assert "study demo: 24 trials" in cluster_study.job_output
+    assert "study demo: 12 trials" in cluster_study.job_output
     assert "0 failed" in cluster_study.job_output
 
 
@@ -34,7 +34,7 @@ def test_the_cluster_refuses_requests_without_its_token(cluster_study):
 
 def test_trials_ran_on_both_nodes(cluster_study):
     assert len(cluster_study.node_ids) == 2
-    assert len(cluster_study.trial_nodes) == 24
+    assert len(cluster_study.trial_nodes) == 12
     assert all(cluster_study.trial_nodes.values()), cluster_study.trial_nodes
     assert set(cluster_study.trial_nodes.values()) == set(cluster_study.node_ids)
 
@@ -47,13 +47,13 @@ def test_every_trial_is_a_run_in_the_tracking_server(cluster_study, monkeypatch)
     experiment = client.get_experiment_by_name(cluster_study.study)
     assert experiment is not None
     runs = client.search_runs([experiment.experiment_id], "tags.`cytotune.kind` = 'trial'", max_results=1000)
-    assert len(runs) == 24
+    assert len(runs) == 12
     assert {run.data.tags["cytotune.status"] for run in runs} <= {"finished", "stopped"}
     assert {run.data.tags["ray.trial_id"] for run in runs} == set(cluster_study.trial_nodes)
     stored = cluster_study.mlflow.database.query(
         "SELECT count(*) FROM tags WHERE key = 'cytotune.kind' AND value = 'trial'"
     )
-    assert stored == [(24,)], "the trial runs should be rows of the server's PostgreSQL store"
+    assert stored == [(12,)], "the trial runs should be rows of the server's PostgreSQL store"
 
 
 def test_cytotune_best_reads_the_runs_back(cluster_study):

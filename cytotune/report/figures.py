@@ -82,7 +82,7 @@ def shots_figure(best: pd.DataFrame, path: Path) -> Path | None:
     settings = _order((_setting(k) for k in shots["cell_key"]), ())
     style = {s: LINESTYLES[i % len(LINESTYLES)] for i, s in enumerate(settings)}
     rows, cols = _grid(len(datasets))
-    fig = Figure(figsize=(5.2 * cols, 4.0 * rows + 1.2), layout="constrained")
+    fig = Figure(figsize=(max(8.0, 5.2 * cols), 4.0 * rows + 1.4), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     handles: dict[tuple[int, int, str], Line2D] = {}
     for ax, dataset in zip(axes, datasets, strict=False):
@@ -102,14 +102,15 @@ def shots_figure(best: pd.DataFrame, path: Path) -> Path | None:
             )
             key = (backbones.index(backbone), 0, label)
             handles[key] = Line2D([], [], color=colour[backbone], linestyle=style[setting], marker="o")
-        for _, row in probe[probe["dataset"] == dataset].iterrows():
+        lines = probe[probe["dataset"] == dataset]
+        level = (100 * lines["test_acc_mean"]).round(2)
+        for (_, row), y in zip(lines.iterrows(), level, strict=True):
             label = f"{backbone_label(row['backbone'])} linear probe"
-            ax.axhline(
-                100 * row["test_acc_mean"], color=colour[row["backbone"]], linestyle="--", linewidth=1.3
-            )
-            handles[(backbones.index(row["backbone"]), 1, label)] = Line2D(
-                [], [], color=colour[row["backbone"]], linestyle="--"
-            )
+            index = backbones.index(row["backbone"])
+            equal = list(lines.index[level == y])  # equal lines get interleaved dashes, so each stays visible
+            dashes = (6 * equal.index(row.name), (6, 6 * len(equal) - 6)) if len(equal) > 1 else (0, (6, 3))
+            ax.axhline(y, color=colour[row["backbone"]], linestyle=dashes, linewidth=1.4)
+            handles[(index, 1, label)] = Line2D([], [], color=colour[row["backbone"]], linestyle="--")
         ticks = sorted(here["shots"].unique())
         ax.set_xscale("log", base=2)
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
@@ -221,6 +222,23 @@ def _budget(row: pd.Series) -> tuple[int, float, str]:
     return 2, 0.0, "full train"
 
 
+def _label_points(ax, labels: dict[tuple[float, float], str], fontsize: float = 8) -> None:
+    """Annotate points, moving a label up or down (in steps of a line) until it overlaps no earlier one."""
+    ax.autoscale_view()
+    scale = ax.figure.dpi / 72
+    placed: list[tuple[float, float, float, float]] = []
+    for (x, y), text in sorted(labels.items(), key=lambda item: (-item[0][1], item[0][0])):
+        px, py = ax.transData.transform((x, y))
+        width, height = 0.6 * fontsize * len(text) * scale, 1.3 * fontsize * scale
+        for step in (0, -1, 1, -2, 2, -3, 3, -4, 4):
+            dy = (4 + step * 1.3 * fontsize) * scale
+            box = (px + 6 * scale, py + dy, px + 6 * scale + width, py + dy + height)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                break
+        placed.append(box)
+        ax.annotate(text, (x, y), xytext=(6, dy / scale), textcoords="offset points", fontsize=fontsize)
+
+
 def params_figure(best: pd.DataFrame, path: Path) -> Path | None:
     """Trainable parameters (log scale) vs test accuracy (%), a panel per dataset: per method, backbone and
     setting, the cell with the largest data budget, colour per method, error bars ± std over seeds. None when
@@ -240,7 +258,7 @@ def params_figure(best: pd.DataFrame, path: Path) -> Path | None:
     methods = _order(largest["method"], ("linear_probe", "lora"))
     datasets = _order(largest["dataset"], DATASET_LABELS)
     rows, cols = _grid(len(datasets))
-    fig = Figure(figsize=(5.6 * cols, 4.2 * rows + 1.0), layout="constrained")
+    fig = Figure(figsize=(max(8.0, 5.6 * cols), 4.2 * rows + 1.0), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax, dataset in zip(axes, datasets, strict=False):
         here = largest[largest["dataset"] == dataset]
@@ -255,17 +273,15 @@ def params_figure(best: pd.DataFrame, path: Path) -> Path | None:
             labels.setdefault((x, round(y, 1), row["_budget"][2]), []).append(backbone_label(row["backbone"]))
             label = {"lora": "LoRA", "linear_probe": "linear probe"}.get(row["method"], row["method"])
             handles[(methods.index(row["method"]), label)] = Line2D([], [], color=colour, marker="o", ls="")
-        for (x, y, budget), names in labels.items():
-            text = f"{', '.join(dict.fromkeys(names))} ({budget})"
-            ax.annotate(text, (x, y), xytext=(6, 4), textcoords="offset points", fontsize=8)
         ax.set_xscale("log")
         ax.margins(x=0.25, y=0.15)
+        _label_points(ax, {(x, y): f"{', '.join(dict.fromkeys(n))} ({b})" for (x, y, b), n in labels.items()})
         ax.set_title(dataset_label(dataset))
         ax.set_xlabel("trainable parameters (log scale)")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3, which="major")
     for ax in axes[len(datasets) :]:
         ax.set_visible(False)
-    fig.suptitle("Trainable parameters vs test accuracy (largest data budget of each method and backbone)")
+    fig.suptitle("Trainable parameters vs test accuracy\n(largest data budget of each method and backbone)")
     _legend(fig, {label: handle for (_, label), handle in sorted(handles.items())}, False)
     return _save(fig, path)

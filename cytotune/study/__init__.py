@@ -1,6 +1,6 @@
 """A study: YAML -> cells and trials, a Ray Tune run with per-cell ASHA and per-cell Optuna, resume."""
 
-from cytotune.study.demo import run_demo, selection_table
+from cytotune.study.demo import run_demo
 from cytotune.study.grid import (
     CellPlan,
     TrialPlan,
@@ -26,6 +26,5 @@ __all__ = [
     "expand_trials",
     "run_demo",
     "run_study",
-    "selection_table",
     "trial_key",
 ]

@@ -44,24 +44,3 @@ def run_demo(
     spec = demo_spec(out_dir, space)
     shutil.rmtree(experiment_path(spec, None), ignore_errors=True)
     return run_study(spec, callbacks=callbacks, reuse_actors=reuse_actors, say=say)
-
-
-def selection_table(outcome: StudyOutcome) -> str:
-    """The validation-selected result per cell as text: chosen values, val accuracy, test accuracy +- std."""
-    table = outcome.best_per_cell()
-    searched = sorted({name for t in outcome.trials for name in t.searched})
-    width = max((len(k) for k in table["cell_key"]), default=4)
-    lines = [f"{'cell':<{width}}  {'chosen':<16}  val_acc  test_acc (mean +- std over seeds)"]
-    for row in table.to_dict("records"):
-        chosen = ", ".join(
-            f"{name}={row[name]:g}" if isinstance(row[name], float) else f"{name}={row[name]}"
-            for name in searched
-        )
-        if row["n_seeds"] == 0 or row["val_acc_mean"] != row["val_acc_mean"]:
-            lines.append(f"{row['cell_key']:<{width}}  {'-':<16}  no finished trial")
-            continue
-        lines.append(
-            f"{row['cell_key']:<{width}}  {chosen:<16}  {row['val_acc_mean']:.4f}   "
-            f"{row['test_acc_mean']:.4f} +- {row['test_acc_std']:.4f}  ({row['n_seeds']} seeds)"
-        )
-    return "\n".join(lines)

@@ -32,13 +32,14 @@ class TrialPlan:
     resources: dict[str, float]
 
     def ray_config(self) -> dict[str, Any]:
-        """The trial as Ray Tune's config: keys, searched values, resources and the TrialConfig as JSON."""
+        """The trial as Ray Tune's config: keys, searched values, resources and the TrialConfig as JSON
+        (without cache_dir: each node uses its own, $CYTOTUNE_CACHE or ~/.cache/cytotune)."""
         return {
             "trial_key": self.trial_key,
             "cell_key": self.cell_key,
             "searched": dict(self.searched),
             "resources": dict(self.resources),
-            "trial": self.config.model_dump(mode="json"),
+            "trial": self.config.model_dump(mode="json", exclude={"cache_dir"}),
         }
 
 

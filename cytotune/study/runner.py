@@ -248,6 +248,7 @@ def run_study(
     from cytotune.study.trainable import study_trainable_with_resources
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own tables off: ProgressLine reports
     import ray
 
     if address is None and not ray.is_initialized():
@@ -284,7 +285,7 @@ def run_study(
                 tune_config=tune.TuneConfig(
                     search_alg=CellSearcher(cells, path / OPTUNA_JOURNAL),
                     scheduler=PerCellASHA({cell.cell_key: cell.block.asha for cell in cells}),
-                    num_samples=-1,
+                    num_samples=plan.n_trials,
                     max_concurrent_trials=max_concurrent,
                     reuse_actors=reuse_actors,
                     trial_dirname_creator=_trial_dirname,

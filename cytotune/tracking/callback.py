@@ -32,7 +32,8 @@ class MlflowCallback(Callback):
     the flattened TrialConfig as params, tags cell/trial key, Ray trial id and status (running, finished,
     stopped, failed), per-evaluation metrics by step, final metrics and, for finished trials, the files of the
     final checkpoint plus the confusion matrix as PNG. ASHA-stopped trials end KILLED with status "stopped".
-    An interrupted launch ends KILLED, and so do the runs of its unfinished trials (status still "running").
+    An interrupted launch ends KILLED, and so do the runs of its unfinished trials (status still "running");
+    runs a dead driver left RUNNING end KILLED when the study is launched again.
     With `resume`, a trial continues the child run holding its trial key (tagged with every launch id), so a
     resumed study never makes a second run for a trial. `expected_trials` (the study's trial count) tells an
     interrupted launch from a finished one.
@@ -82,8 +83,8 @@ class MlflowCallback(Callback):
         if self.parent_run_id is not None:
             return self.parent_run_id
         self.experiment_id = self._experiment_id()
+        self._close_stale_runs()
         if self.resume:
-            self._close_stale_launches()
             self._previous = self._existing_trial_runs()
         tags = {
             layout.KIND: layout.KIND_LAUNCH,
@@ -201,9 +202,9 @@ class MlflowCallback(Callback):
             runs.sort(key=lambda run: run.info.start_time or 0, reverse=True)
         return by_key
 
-    def _close_stale_launches(self) -> None:
-        filter_string = f"tags.`{layout.KIND}` = '{layout.KIND_LAUNCH}' and attributes.status = 'RUNNING'"
-        for run in self._search(filter_string):
+    def _close_stale_runs(self) -> None:
+        """Runs left RUNNING by a driver that died end KILLED (a resumed trial's run is opened again)."""
+        for run in self._search("attributes.status = 'RUNNING'"):
             self.client.set_terminated(run.info.run_id, status="KILLED")
 
     def _run_of(self, trial: Any) -> str:
