@@ -37,5 +37,5 @@ def cluster_study():
     database; the server stays up for the session, Ray stops once the job ends (tests/cluster_harness.py)."""
     from cluster_harness import cluster_study_session
 
-    with cluster_study_session(auth="proxy") as study:
+    with cluster_study_session(auth="basic-auth") as study:
         yield study

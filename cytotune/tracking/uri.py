@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -51,12 +53,27 @@ def check_tracking(uri: str, must_exist: bool = False) -> None:
         )
 
 
+def _credentials_header() -> dict[str, str]:
+    """The Authorization header MLflow's client would send, from its own environment variables."""
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def _check_server(uri: str) -> None:
     url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+    request = urllib.request.Request(url, headers=_credentials_header())
     try:
-        with urllib.request.urlopen(url, timeout=CHECK_TIMEOUT_S) as response:
+        with urllib.request.urlopen(request, timeout=CHECK_TIMEOUT_S) as response:
             json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as err:
+        if err.code in (401, 403):
+            raise CytotuneError(
+                f"MLflow tracking server {uri} refused the credentials (HTTP {err.code}); expected "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) it accepts"
+            ) from err
         raise CytotuneError(
             f"MLflow tracking server {uri} answered HTTP {err.code}; expected an `mlflow server` there"
         ) from err
