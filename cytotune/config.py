@@ -442,7 +442,8 @@ def format_validation_error(where: str, err: ValidationError) -> str:
 
 
 def load_study(path: str | Path) -> StudySpec:
-    """Read a study YAML into a StudySpec; relative dataset roots resolve against data_dir or its folder."""
+    """Read a study YAML into a StudySpec; relative dataset roots resolve against data_dir or the YAML's
+    folder, relative data_dir, storage and weights paths against the YAML's folder."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -459,6 +460,8 @@ def load_study(path: str | Path) -> StudySpec:
     if isinstance(data_dir, str):
         data_dir = Path(os.path.normpath(base / Path(data_dir).expanduser()))
         raw = {**raw, "data_dir": str(data_dir)}
+    if isinstance(raw.get("storage"), str) and "://" not in raw["storage"]:
+        raw = {**raw, "storage": os.path.normpath(base / Path(raw["storage"]).expanduser())}
     if isinstance(raw.get("weights"), dict):
         weights = {k: os.path.normpath(base / Path(str(v)).expanduser()) for k, v in raw["weights"].items()}
         raw = {**raw, "weights": weights}

@@ -4,6 +4,7 @@ an interrupted driver resumed, and bad input."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -78,16 +79,19 @@ def study_yaml(path: Path, data: Path, body: str) -> Path:
     return path
 
 
-def overlap(intervals: list[tuple[float, float, float]]) -> tuple[int, float]:
-    """Most intervals open at once, and the most of their weights open at once."""
-    events = sorted([(s, 1, w) for s, _, w in intervals] + [(e, -1, -w) for _, e, w in intervals])
-    most = load = 0
-    most_weight = weight = 0.0
-    for _, step, w in events:
-        load += step
-        weight += w
-        most, most_weight = max(most, load), max(most_weight, weight)
-    return most, most_weight
+def at_once(a, b) -> bool:
+    """Whether two trials ran at the same time (by the start and end times they recorded)."""
+    return a.metrics["started_at"] < b.metrics["ended_at"] and b.metrics["started_at"] < a.metrics["ended_at"]
+
+
+def most_at_once(intervals: list[tuple[float, float, float]]) -> float:
+    """The largest total weight (e.g. GPUs) of the (start, end, weight) intervals open at one time."""
+    events = sorted([(s, w) for s, _, w in intervals] + [(e, -w) for _, e, w in intervals])
+    most = held = 0.0
+    for _, w in events:
+        held += w
+        most = max(most, held)
+    return most
 
 
 def test_demo_study_runs_on_tuner(cluster, demo_data, tmp_path):
@@ -110,25 +114,30 @@ def test_demo_study_runs_on_tuner(cluster, demo_data, tmp_path):
 
 def test_lora_holds_one_gpu_and_probes_a_quarter(cluster, demo_data, tmp_path):
     body = (
-        "  - method: linear_probe\n    search: {lr: [1.0e-2, 1.0e-3, 1.0e-4]}\n"
-        "    train: {probe_epochs: 200}\n    resources: {cpus: 0.25, gpus: 0.25}\n"
         "  - method: lora\n    shots: [2]\n    search: {lr: [1.0e-2, 1.0e-3]}\n"
-        "    train: {base_steps: 30, steps_per_shot: 5, eval_every: 20}\n"
+        "    train: {base_steps: 240, steps_per_shot: 5, eval_every: 50}\n"
         "    resources: {cpus: 0.25, gpus: 1}\n"
+        "  - method: linear_probe\n    search: {lr: [1.0e-2, 1.0e-3, 1.0e-4]}\n"
+        "    train: {probe_epochs: 600}\n    resources: {cpus: 0.25, gpus: 0.25}\n"
     )
     spec = load_study(study_yaml(tmp_path / "gpus.yaml", demo_data, body))
     outcome = run_study(spec, storage=tmp_path / "ray", say=lambda _: None)
     assert outcome.counts()["finished"] == 10
-    spans = {"linear_probe": [], "lora": []}
+    spans = []
     for t in outcome.trials:
         gpus = t.metrics["assigned_gpus"]
         assert gpus == (1.0 if t.trial["method"] == "lora" else 0.25)
-        spans[t.trial["method"]].append((t.metrics["started_at"], t.metrics["ended_at"], gpus))
-    lora_most, _ = overlap(spans["lora"])
-    probe_most, _ = overlap(spans["linear_probe"])
-    _, gpu_most = overlap(spans["lora"] + spans["linear_probe"])
-    assert lora_most <= 2 and gpu_most <= 2.0
-    assert probe_most > 2  # more probes at once than there are GPUs: they share them
+        spans.append((t.metrics["started_at"], t.metrics["ended_at"], gpus))
+    assert most_at_once(spans) <= 2.0  # never more GPUs held at once than the cluster has
+    together = [(a, b) for a, b in itertools.combinations(outcome.trials, 2) if at_once(a, b)]
+    seen = {
+        (frozenset((a.trial["method"], b.trial["method"])), a.metrics["gpu_ids"] == b.metrics["gpu_ids"])
+        for a, b in together
+    }
+    assert (frozenset({"lora"}), False) in seen  # two LoRA trials at once, on different GPUs
+    assert (frozenset({"lora"}), True) not in seen
+    assert (frozenset({"lora", "linear_probe"}), True) not in seen  # no probe on a GPU a LoRA trial holds
+    assert (frozenset({"linear_probe"}), True) in seen  # two probes at once share one GPU
 
 
 class KillFirstCheckpointedTrial(tune.Callback):
@@ -211,6 +220,13 @@ def test_bad_input_fails_before_trials_start(cluster, demo_data, tmp_path):
     unknown.write_text(unknown.read_text().replace("[tiny_clip]", "[tiny_clip, resnet50]"))
     with pytest.raises(
         CytotuneError, match=r"unknown\.yaml: backbones\[1\]: unknown backbone 'resnet50'; expected"
+    ):
+        run_study(load_study(unknown), storage=tmp_path / "ray")
+    unknown.write_text(
+        unknown.read_text().replace(", resnet50]", "]").replace("name: synthetic", "name: nosuch")
+    )
+    with pytest.raises(
+        CytotuneError, match=r"datasets\[0\]\.name: unknown dataset 'nosuch'; expected one of: "
     ):
         run_study(load_study(unknown), storage=tmp_path / "ray")
     assert not (tmp_path / "ray").exists()

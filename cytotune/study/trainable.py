@@ -12,6 +12,7 @@ import dataclasses
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,7 @@ def study_trainable(config: dict[str, Any]) -> None:
         "resumed": int(resume is not None),
         "assigned_cpus": float(assigned.get("CPU", 0.0)),
         "assigned_gpus": float(assigned.get("GPU", 0.0)),
+        "gpu_ids": ",".join(str(i) for i in ray.get_gpu_ids()),
     }
 
     def report(metrics: dict, state: dict | None) -> None:
@@ -92,6 +94,6 @@ def trial_resources(config: dict[str, Any]) -> PlacementGroupFactory:
     return PlacementGroupFactory([{name: amount for name, amount in ask.items() if amount > 0}])
 
 
-def study_trainable_with_resources():
+def study_trainable_with_resources() -> Callable[[dict[str, Any]], None]:
     """The study trainable wrapped with per-trial resources for Tuner and Tuner.restore."""
     return tune.with_resources(study_trainable, trial_resources)
