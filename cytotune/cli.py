@@ -17,8 +17,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-data_app = typer.Typer(help="Datasets: generate synthetic data, prepare manifests, inspect.", no_args_is_help=True)
-bench_app = typer.Typer(help="Benchmarks, printed as ratios measured side by side in one run.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Datasets: generate synthetic data, prepare manifests, inspect.", no_args_is_help=True
+)
+bench_app = typer.Typer(
+    help="Benchmarks, printed as ratios measured side by side in one run.", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
 
@@ -29,7 +33,7 @@ def version() -> None:
     typer.echo(__version__)
 
 
-# --- data -----------------------------------------------------------------------------------------------------
+# --- data -----------------------------------------------------------------------------------------
 
 
 @data_app.command("synth")
@@ -96,7 +100,7 @@ def data_info(
     typer.echo(text)
 
 
-# --- backbones and one trial ----------------------------------------------------------------------------------
+# --- backbones and one trial ----------------------------------------------------------------------
 
 
 @app.command()
@@ -177,7 +181,7 @@ def train(
     Console().print(table)
 
 
-# --- study ----------------------------------------------------------------------------------------------------
+# --- study ----------------------------------------------------------------------------------------
 
 
 @app.command("run")
@@ -252,7 +256,7 @@ def demo_command(
     typer.echo(f"report: {report.out_dir / 'report.md'}")
 
 
-# --- tracking and reports -------------------------------------------------------------------------------------
+# --- tracking and reports -------------------------------------------------------------------------
 
 TRACKING_HELP = "MLflow tracking URI: http://HOST:PORT or sqlite:///PATH.db (default: ./mlflow.db)."
 
@@ -305,7 +309,7 @@ def report_command(
     typer.echo(f"report: {report.out_dir / 'report.md'} (logged to MLflow run {report.launch_run_id})")
 
 
-# --- benchmarks -----------------------------------------------------------------------------------------------
+# --- benchmarks -----------------------------------------------------------------------------------
 
 
 @bench_app.command("study")
@@ -337,7 +341,7 @@ def bench_data_command(
     threads: int = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)."),
     repeats: int = typer.Option(2, "--repeats", help="Epochs timed per method; the fastest counts."),
 ) -> None:
-    """Time an epoch from the image cache against PIL + torchvision per item, side by side; print the ratio."""
+    """Time an epoch from the image cache against PIL + torchvision per item, side by side; print ratio."""
     from cytotune.data.bench import bench_data
 
     result = bench_data(
@@ -402,7 +406,6 @@ def bench_probe(
     packed, separate = b.sweep_over_extraction, b.separate_over_extraction
     typer.echo(f"(b)/(a) = {packed:.2f}x packed (target <= 1.5x), {separate:.2f}x as separate trials")
     typer.echo(f"(c)/(b) = {b.naive_over_sweep:.1f}x")
-
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ LoraTarget = Literal["q", "k", "v", "o"]
 
 
 def default_cache_dir() -> Path:
-    """Where manifests (for read-only data), image caches and feature caches live: $CYTOTUNE_CACHE or ~/.cache."""
+    """Where manifests of read-only data, image and feature caches live: $CYTOTUNE_CACHE or ~/.cache."""
     return Path(os.environ.get("CYTOTUNE_CACHE", Path.home() / ".cache" / "cytotune"))
 
 
