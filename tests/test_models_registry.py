@@ -194,3 +194,24 @@ def test_backbones_command_lists_the_registry(empty_hub):
     assert "test-size" in body["tiny_clip"]
     assert "ViT-B-16 (openai)" in body["clip_vit_b16"]
     assert [row["name"] for row in backbone_rows()] == REAL + TINY
+
+
+def test_name_at_random_is_the_real_architecture_with_random_weights_asked_for_by_name():
+    from cytotune.models import build_backbone, get_backbone_spec, load_backbone
+    from cytotune.models.params import count_parameters
+
+    real = get_backbone_spec("vit_b16")
+    spec = get_backbone_spec("vit_b16@random")
+    assert spec.name == "vit_b16@random" and spec.test_size and spec.hub_repo is None
+    assert (spec.input_size, spec.mean, spec.feature_dim, spec.width) == (
+        real.input_size,
+        real.mean,
+        real.feature_dim,
+        real.width,
+    )
+    meta = build_backbone("clip_vit_b16@random", device="meta")
+    assert count_parameters(meta)[1] == count_parameters(build_backbone("clip_vit_b16", device="meta"))[1]
+    tiny = load_backbone("tiny_vit@random")
+    assert tiny.spec.name == "tiny_vit"
+    with pytest.raises(CytotuneError, match="unknown backbone 'resnet50@random'"):
+        get_backbone_spec("resnet50@random")

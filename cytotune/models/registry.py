@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -12,6 +12,7 @@ from torch import nn
 from cytotune.errors import CytotuneError
 
 Builder = Callable[[], nn.Module]
+RANDOM_SUFFIX = "@random"
 
 
 @dataclass(frozen=True)
@@ -65,14 +66,33 @@ def list_backbones(include_test: bool = True) -> list[str]:
 
 
 def get_backbone_spec(name: str) -> BackboneSpec:
-    """The spec of backbone `name`; CytotuneError naming the known backbones if there is none."""
-    if name not in _SPECS:
-        raise CytotuneError(f"unknown backbone {name!r}: expected one of {', '.join(list_backbones())}")
-    return _SPECS[name]
+    """The spec of backbone `name`; CytotuneError naming the known backbones if there is none.
+
+    `NAME@random` is the architecture of NAME with seeded random weights, asked for by name (benchmarks of
+    real-size models where no weights are at hand); a real name alone never falls back to random weights.
+    """
+    base = name.removesuffix(RANDOM_SUFFIX)
+    if base not in _SPECS:
+        raise CytotuneError(
+            f"unknown backbone {name!r}; expected one of {', '.join(list_backbones())} "
+            f"(or NAME{RANDOM_SUFFIX} for an architecture with random weights)"
+        )
+    spec = _SPECS[base]
+    if base == name or spec.test_size:
+        return spec
+    return replace(
+        spec,
+        name=name,
+        hub_repo=None,
+        hub_files=(),
+        gated=False,
+        test_size=True,
+        description=f"{spec.description}, random weights",
+    )
 
 
 def build_architecture(name: str, device: torch.device | str | None = None) -> nn.Module:
     """The randomly initialised vision encoder of backbone `name` (no weights), built on `device`."""
     get_backbone_spec(name)
     with torch.device(device or "cpu"):
-        return _BUILDERS[name]()
+        return _BUILDERS[name.removesuffix(RANDOM_SUFFIX)]()

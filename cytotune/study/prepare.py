@@ -12,17 +12,16 @@ from cytotune.study.grid import CellPlan
 def check_registries(spec: StudySpec) -> None:
     """Every backbone and dataset of the study is registered; else one line naming the field, known ones."""
     from cytotune.data.registry import list_datasets
-    from cytotune.models import list_backbones
+    from cytotune.models import get_backbone_spec
 
-    backbones, datasets = set(list_backbones()), set(list_datasets())
+    datasets = set(list_datasets())
     for index, block in enumerate(spec.methods):
         scope = f"methods[{index}]." if block.backbones is not None else ""
         for j, name in enumerate(block.backbones or spec.backbones or ()):
-            if name not in backbones:
-                raise CytotuneError(
-                    f"{spec.where()}: {scope}backbones[{j}]: unknown backbone {name!r}; expected one of: "
-                    f"{', '.join(sorted(backbones))}"
-                )
+            try:
+                get_backbone_spec(name)
+            except CytotuneError as err:
+                raise CytotuneError(f"{spec.where()}: {scope}backbones[{j}]: {err}") from err
         scope = f"methods[{index}]." if block.datasets is not None else ""
         for j, entry in enumerate(block.datasets or spec.datasets or ()):
             if entry.dataset not in datasets:

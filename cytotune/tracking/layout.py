@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cytotune.config import TrialConfig
+from cytotune.train.result import SCALAR_FIELDS
 
 KIND = "cytotune.kind"
 KIND_LAUNCH = "launch"
@@ -36,19 +37,7 @@ STATUSES = (RUNNING, FINISHED, STOPPED, FAILED)
 RUN_STATUS = {FINISHED: "FINISHED", STOPPED: "KILLED", FAILED: "FAILED"}
 
 STEP_METRICS = ("train_loss", "val_acc", "best_val_acc")
-FINAL_METRICS = (
-    "best_val_acc",
-    "best_step",
-    "test_acc",
-    "test_balanced_acc",
-    "test_macro_f1",
-    "trainable_params",
-    "total_params",
-    "images_per_s",
-    "peak_mem_mb",
-    "wall_s",
-    "steps",
-)
+FINAL_METRICS = SCALAR_FIELDS
 STUDY_ARTIFACT = "study.yaml"
 TRIAL_ARTIFACT = "trial_config.json"
 TAG_LIMIT = 5000
