@@ -50,6 +50,8 @@ def test_every_trial_is_a_run_in_the_tracking_server(cluster_study, monkeypatch)
     assert len(runs) == 12
     assert {run.data.tags["cytotune.status"] for run in runs} <= {"finished", "stopped"}
     assert {run.data.tags["ray.trial_id"] for run in runs} == set(cluster_study.trial_nodes)
+    recorded = {run.data.tags["ray.trial_id"]: run.data.tags["ray.node_id"] for run in runs}
+    assert recorded == cluster_study.trial_nodes, "each run's node tag is the node its trial ran on"
     stored = cluster_study.mlflow.database.query(
         "SELECT count(*) FROM tags WHERE key = 'cytotune.kind' AND value = 'trial'"
     )

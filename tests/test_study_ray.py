@@ -140,6 +140,33 @@ def test_lora_holds_one_gpu_and_probes_a_quarter(cluster, demo_data, tmp_path):
     assert (frozenset({"linear_probe"}), True) in seen  # two probes at once share one GPU
 
 
+def test_optuna_suggestions_run_for_every_seed_and_optuna_learns_the_seed_mean(cluster, demo_data, tmp_path):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    body = (
+        "  - method: linear_probe\n"
+        "    search:\n      lr: {optuna: loguniform, low: 1.0e-4, high: 1.0e-1}\n    samples: 3\n"
+        "    train: {probe_epochs: 5}\n    resources: {cpus: 1, gpus: 0}\n"
+    )
+    spec = load_study(study_yaml(tmp_path / "optuna.yaml", demo_data, body))
+    outcome = run_study(spec, storage=tmp_path / "ray", max_concurrent=2, say=lambda _: None)
+    assert outcome.counts()["finished"] == 6
+    by_lr: dict[float, list] = {}
+    for t in outcome.trials:
+        by_lr.setdefault(t.trial["lr"], []).append(t)
+    assert len(by_lr) == 3
+    assert all(sorted(t.trial["seed"] for t in trials) == [1, 2] for trials in by_lr.values())
+    journal = JournalStorage(JournalFileBackend(str(tmp_path / "ray" / "optuna" / "optuna.journal")))
+    [summary] = optuna.get_all_study_summaries(journal)
+    told = optuna.load_study(study_name=summary.study_name, storage=journal).get_trials()
+    assert len(told) == 3 and all(t.state == optuna.trial.TrialState.COMPLETE for t in told)
+    for trial in told:
+        seeds = by_lr[trial.params["lr"]]
+        assert trial.value == pytest.approx(sum(t.metrics["best_val_acc"] for t in seeds) / len(seeds))
+
+
 class KillFirstCheckpointedTrial(tune.Callback):
     """Kills the worker process of the first trial that reports a checkpoint (once)."""
 

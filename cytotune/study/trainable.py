@@ -60,6 +60,7 @@ def study_trainable(config: dict[str, Any]) -> None:
         "assigned_cpus": float(assigned.get("CPU", 0.0)),
         "assigned_gpus": float(assigned.get("GPU", 0.0)),
         "gpu_ids": ",".join(str(i) for i in ray.get_gpu_ids()),
+        "node_id": ray.get_runtime_context().get_node_id(),
     }
 
     def report(metrics: dict, state: dict | None) -> None:

@@ -59,6 +59,7 @@ class MlflowCallback(Callback):
         self.parent_run_id: str | None = None
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}
+        self._nodes: dict[str, str] = {}
         self._previous: dict[str, list[Any]] = {}
         self._claimed: set[str] = set()
         self._ended: set[str] = set()
@@ -113,6 +114,10 @@ class MlflowCallback(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         """Log the evaluation's metrics at its step; the final result also carries the final metrics."""
         run_id = self._run_of(trial)
+        node = result.get("node_id")
+        if node and self._nodes.get(trial.trial_id) != node:
+            self.client.set_tag(run_id, layout.RAY_NODE_ID, node)
+            self._nodes[trial.trial_id] = node
         step = int(result.get("step", result.get("training_iteration", 0)))
         names = list(layout.STEP_METRICS)
         if result.get("done_trial"):

@@ -27,6 +27,7 @@ RESOURCES = "cytotune.resources"
 LAUNCHES = "cytotune.launch_ids"
 ERROR = "cytotune.error"
 RAY_TRIAL_ID = "ray.trial_id"
+RAY_NODE_ID = "ray.node_id"
 PARENT_RUN_ID = "mlflow.parentRunId"
 RUN_NAME = "mlflow.runName"
 
