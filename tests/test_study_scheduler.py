@@ -66,3 +66,16 @@ def test_final_step_does_not_stop_a_surviving_trial():
     scheduler.on_trial_add(None, t)
     assert scheduler.on_trial_result(None, t, {"step": 40, "val_acc": 0.5}) == TrialScheduler.CONTINUE
     assert scheduler.on_trial_result(None, t, {"step": 80, "val_acc": 0.5}) == TrialScheduler.CONTINUE
+
+
+def test_seeds_keep_their_own_rungs_so_a_lucky_sample_does_not_stop_the_good_lr_of_another_seed():
+    # seed 2 drew a harder few-shot sample: its good lr scores below seed 1's bad lr
+    curves = {(1, "good"): 0.9, (1, "bad"): 0.8, (2, "good"): 0.7, (2, "bad"): 0.6}
+    scheduler = PerCellASHA({"cell": ASHA})
+    stopped = set()
+    for (seed, lr), acc in curves.items():
+        t = SimpleNamespace(trial_id=f"{lr}-{seed}", config={"cell_key": "cell", "trial": {"seed": seed}})
+        scheduler.on_trial_add(None, t)
+        if scheduler.on_trial_result(None, t, {"step": 10, "val_acc": acc}) == TrialScheduler.STOP:
+            stopped.add((seed, lr))
+    assert stopped == {(1, "bad"), (2, "bad")}

@@ -20,9 +20,10 @@ SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 def optuna_spec(tmp_path):
     text = (SPACES / "demo.yaml").read_text()
     text = text.replace(
-        "      lr: [1.0e-2, 1.0e-3]\n    train: {probe_epochs: 10}",
+        "      lr: [1.0e-1, 1.0e-2]   # random tiny backbones give small features: probes like a large lr\n"
+        "    train: {probe_epochs: 30}",
         "      lr: {optuna: loguniform, low: 1.0e-4, high: 1.0e-1}\n"
-        "    samples: 3\n    train: {probe_epochs: 10}",
+        "    samples: 3\n    train: {probe_epochs: 30}",
     )
     path = tmp_path / "optuna.yaml"
     path.write_text(text)

@@ -12,6 +12,7 @@ from cytotune.config import DatasetEntry, StudySpec, load_study
 from cytotune.study.runner import StudyOutcome, experiment_path, run_study
 
 DEMO_SPACE = Path(cytotune.__file__).resolve().parent.parent / "search_spaces" / "demo.yaml"
+DEMO_IMAGES_PER_CLASS = 100
 
 
 def demo_spec(out_dir: Path, space: Path = DEMO_SPACE) -> StudySpec:
@@ -20,7 +21,7 @@ def demo_spec(out_dir: Path, space: Path = DEMO_SPACE) -> StudySpec:
 
     data = out_dir / "synthetic"
     if not data.exists():
-        generate_synthetic(data)
+        generate_synthetic(data, per_class=DEMO_IMAGES_PER_CLASS)
     spec = load_study(space)
     demo = spec.model_copy(
         update={

@@ -1,4 +1,5 @@
-"""Early stopping within each cell: one ASHA per cell key, so a trial meets only the trials of its cell."""
+"""Early stopping within each cell: one ASHA per (cell key, seed), so a trial meets only the trials of its
+cell that train on the same seeded sample (its few-shot set or fraction), i.e. the other searched values."""
 
 from __future__ import annotations
 
@@ -11,16 +12,18 @@ from cytotune.config import AshaSettings
 
 
 class PerCellASHA(FIFOScheduler):
-    """ASHA with rungs kept per cell (`config["cell_key"]`); cells without ASHA settings run to the end.
+    """ASHA with rungs kept per cell (`config["cell_key"]`) and seed; cells without ASHA settings run on.
 
-    `settings` maps a cell key to its AshaSettings (or None: no early stopping). The last rung does not stop
-    a trial, so a surviving trial always reaches its own final step and reports its test metrics.
+    `settings` maps a cell key to its AshaSettings (or None: no early stopping). Rungs are split by seed too:
+    seeds draw different samples, and a lucky sample must not stop a good learning rate of another seed, which
+    would leave the chosen configuration without all its seeds. The last rung does not stop a trial, so a
+    surviving trial always reaches its own final step and reports its test metrics.
     """
 
     def __init__(self, settings: dict[str, AshaSettings | None]):
         super().__init__()
         self._settings = dict(settings)
-        self._by_cell: dict[str, AsyncHyperBandScheduler] = {}
+        self._by_cell: dict[tuple[str, Any], AsyncHyperBandScheduler] = {}
         self._metric = "val_acc"
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
@@ -28,10 +31,11 @@ class PerCellASHA(FIFOScheduler):
         return metric in (None, "val_acc") and mode in (None, "max")
 
     def _asha(self, trial: Trial) -> AsyncHyperBandScheduler | None:
-        key = trial.config.get("cell_key")
-        asha = self._settings.get(key)
+        cell = trial.config.get("cell_key")
+        asha = self._settings.get(cell)
         if asha is None:
             return None
+        key = (cell, trial.config.get("trial", {}).get("seed"))
         if key not in self._by_cell:
             self._by_cell[key] = AsyncHyperBandScheduler(
                 time_attr=asha.time_attr,
@@ -70,6 +74,6 @@ class PerCellASHA(FIFOScheduler):
             asha.on_trial_remove(tune_controller, trial)
 
     def debug_string(self) -> str:
-        """Cells with early stopping and how many trials each has stopped."""
+        """How many (cell, seed) rung sets exist and how many trials they have stopped."""
         stopped = sum(a._num_stopped for a in self._by_cell.values())
-        return f"Using per-cell ASHA: {len(self._by_cell)} cells, {stopped} trials stopped"
+        return f"Using per-cell ASHA: {len(self._by_cell)} (cell, seed) rung sets, {stopped} trials stopped"
