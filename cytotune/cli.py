@@ -341,7 +341,7 @@ def bench_data_command(
     threads: int = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)."),
     repeats: int = typer.Option(2, "--repeats", help="Epochs timed per method; the fastest counts."),
 ) -> None:
-    """Time an epoch from the image cache against PIL + torchvision per item, side by side; print ratio."""
+    """Time an epoch from the image and eval caches against PIL + torchvision per item; print ratio."""
     from cytotune.data.bench import bench_data
 
     result = bench_data(

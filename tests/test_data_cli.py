@@ -84,6 +84,7 @@ def test_bench_data_prints_both_times_and_the_ratio():
         "1",
     )
     assert "PIL + torchvision per item" in output and "cache batch + eval_transform" in output
+    assert "eval cache batch + normalise" in output and "eval cache 24px built in" in output
     assert "ratio: cache is" in output and "synthetic, 4 x 4 JPG images of 48px" in output
 
 

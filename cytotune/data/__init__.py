@@ -1,7 +1,14 @@
 """The data layer: dataset registry and loaders, manifests and splits, sampling, decoded-image cache."""
 
 from cytotune.data import loaders as _loaders  # noqa: F401  (registers the datasets)
-from cytotune.data.cache import ImageCache, image_cache_path, open_image_cache
+from cytotune.data.cache import (
+    ImageCache,
+    eval_cache_path,
+    image_cache_path,
+    open_eval_cache,
+    open_eval_images,
+    open_image_cache,
+)
 from cytotune.data.manifest import Manifest, find_manifest, prepare_dataset, scan_dataset
 from cytotune.data.registry import DatasetListing, DatasetSpec, get_dataset, list_datasets, register_dataset
 from cytotune.data.sampling import (
@@ -17,12 +24,15 @@ __all__ = [
     "DatasetSpec",
     "ImageCache",
     "Manifest",
+    "eval_cache_path",
     "few_shot_indices",
     "find_manifest",
     "fraction_indices",
     "get_dataset",
     "image_cache_path",
     "list_datasets",
+    "open_eval_cache",
+    "open_eval_images",
     "open_image_cache",
     "prepare_dataset",
     "register_dataset",

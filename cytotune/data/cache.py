@@ -6,7 +6,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +16,13 @@ from cytotune.config import default_cache_dir
 from cytotune.data.files import file_lock, temporary_sibling
 from cytotune.data.images import load_resized
 from cytotune.data.manifest import Manifest
-from cytotune.data.progress import default_workers, map_with_progress
+from cytotune.data.progress import default_workers, map_with_progress, progress_bar
+from cytotune.data.transforms import eval_resize
 from cytotune.errors import CytotuneError
 
 log = logging.getLogger("cytotune.data")
+
+_EVAL_CHUNK = 256  # images resized per batch while building an eval cache
 
 
 class ImageCache:
@@ -69,34 +72,49 @@ def _decode_into(array: np.memmap, manifest: Manifest, size: int, index: int) ->
         ) from err
 
 
-def _build(manifest: Manifest, size: int, path: Path, workers: int | None) -> float:
+def _write_atomically(path: Path, count: int, size: int, fill: Callable[[np.memmap], None]) -> float:
+    """Fill a new (count, size, size, 3) uint8 file with `fill` under a temporary name, then rename it onto
+    `path`; returns the seconds taken."""
     started = time.perf_counter()
-    count = len(manifest)
-    threads = workers or default_workers()
     tmp = temporary_sibling(path)
     try:
         array = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(count, size, size, 3))
-        decode = functools.partial(_decode_into, array, manifest, size)
-        map_with_progress(decode, range(count), f"caching {manifest.dataset} at {size}px", threads)
+        fill(array)
         array.flush()
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    seconds = time.perf_counter() - started
-    log.info(
-        "image cache: %d %s images decoded to %dx%d in %.1f s (%.0f images/s, %d threads) -> %s",
-        count,
-        manifest.dataset,
-        size,
-        size,
-        seconds,
-        count / max(seconds, 1e-9),
-        threads,
-        path,
-    )
-    return seconds
+    return time.perf_counter() - started
+
+
+def _open_or_build(path: Path, count: int, size: int, fill: Callable[[np.memmap], None]) -> ImageCache:
+    """The cache file at `path`, filled by `fill` once if missing; concurrent callers wait for the builder
+    and never see a half-written file."""
+    if _complete(path, count, size):
+        return ImageCache(path, count, size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(path.with_suffix(".lock")):
+        if _complete(path, count, size):
+            return ImageCache(path, count, size)
+        seconds = _write_atomically(path, count, size, fill)
+    return ImageCache(path, count, size, build_seconds=seconds)
+
+
+def _log_build(cache: ImageCache, what: str) -> None:
+    if cache.build_seconds is not None:
+        seconds = cache.build_seconds
+        log.info(
+            "%s: %d images at %dx%d in %.1f s (%.0f images/s) -> %s",
+            what,
+            len(cache),
+            cache.size,
+            cache.size,
+            seconds,
+            len(cache) / max(seconds, 1e-9),
+            cache.path,
+        )
 
 
 def open_image_cache(
@@ -106,13 +124,60 @@ def open_image_cache(
     and never see a half-written file."""
     if size < 8:
         raise CytotuneError(f"image cache size {size} is invalid: expected at least 8 pixels")
-    path = image_cache_path(manifest, size, cache_dir)
-    count = len(manifest)
-    if _complete(path, count, size):
-        return ImageCache(path, count, size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(path.with_suffix(".lock")):
-        if _complete(path, count, size):
-            return ImageCache(path, count, size)
-        seconds = _build(manifest, size, path, workers)
-    return ImageCache(path, count, size, build_seconds=seconds)
+    threads = workers or default_workers()
+
+    def decode_all(array: np.memmap) -> None:
+        decode = functools.partial(_decode_into, array, manifest, size)
+        map_with_progress(decode, range(len(manifest)), f"caching {manifest.dataset} at {size}px", threads)
+
+    cache = _open_or_build(image_cache_path(manifest, size, cache_dir), len(manifest), size, decode_all)
+    _log_build(cache, f"image cache of {manifest.dataset} decoded ({threads} threads)")
+    return cache
+
+
+def eval_cache_path(
+    manifest: Manifest, input_size: int, size: int = 256, cache_dir: Path | str | None = None
+) -> Path:
+    """Where the evaluation view at `input_size` of the image cache at `size` lives, next to that cache."""
+    source = image_cache_path(manifest, size, cache_dir)
+    return source.with_name(f"{source.stem}-eval{input_size}{source.suffix}")
+
+
+def open_eval_cache(
+    manifest: Manifest, input_size: int, size: int = 256, cache_dir: Path | str | None = None
+) -> ImageCache:
+    """The evaluation view of the image cache at `size`: every image resized once to input_size exactly as
+    eval_transform resizes a CPU batch, so eval_transform on its batches only normalises and gives the same
+    values; built once (atomically) from the image cache, which is the answer when input_size == size."""
+    if input_size < 8:
+        raise CytotuneError(f"evaluation input size {input_size} is invalid: expected at least 8 pixels")
+    source = open_image_cache(manifest, size, cache_dir)
+    if input_size == size:
+        return source
+
+    def resize_all(array: np.memmap) -> None:
+        with progress_bar(f"eval view of {manifest.dataset} at {input_size}px", len(source)) as advance:
+            for lo in range(0, len(source), _EVAL_CHUNK):
+                rows = np.arange(lo, min(lo + _EVAL_CHUNK, len(source)))
+                array[rows] = eval_resize(source.batch(rows), input_size).permute(0, 2, 3, 1).numpy()
+                advance(len(rows))
+
+    path = eval_cache_path(manifest, input_size, size, cache_dir)
+    cache = _open_or_build(path, len(source), input_size, resize_all)
+    _log_build(cache, f"eval cache of {manifest.dataset} resized from {size}px")
+    return cache
+
+
+def open_eval_images(
+    manifest: Manifest,
+    input_size: int,
+    size: int,
+    cache_dir: Path | str | None,
+    device: torch.device | str,
+) -> ImageCache:
+    """Where evaluation batches for `device` are read from before eval_transform: on the CPU the eval cache
+    (same values, no resize per batch); elsewhere the image cache, resized on the device in float32 as before
+    (the uint8 eval cache would round those values)."""
+    if torch.device(device).type == "cpu":
+        return open_eval_cache(manifest, input_size, size, cache_dir)
+    return open_image_cache(manifest, size, cache_dir)

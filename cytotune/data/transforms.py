@@ -34,11 +34,9 @@ def _normalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> 
     return torch.addcmul(-m / s, x, 1.0 / (255.0 * s))
 
 
-def eval_transform(
-    x: torch.Tensor, input_size: int, mean: Sequence[float], std: Sequence[float]
-) -> torch.Tensor:
-    """Evaluation view of a uint8 batch (B,3,H,W): shorter side resized to input_size (bicubic, antialiased),
-    center crop, scaled to [0,1] and normalised; float32 (B,3,input_size,input_size) on x's device."""
+def eval_resize(x: torch.Tensor, input_size: int) -> torch.Tensor:
+    """Pixels of the evaluation view of a uint8 batch (B,3,H,W), before normalising: shorter side resized to
+    input_size (bicubic, antialiased), center crop; uint8 on the CPU, float32 in [0, 255] elsewhere."""
     _check(x)
     height, width = x.shape[-2:]
     scale = input_size / min(height, width)
@@ -46,7 +44,15 @@ def eval_transform(
     resized = _resize(x, new_h, new_w)
     top = int(round((new_h - input_size) / 2.0))
     left = int(round((new_w - input_size) / 2.0))
-    return _normalise(resized[..., top : top + input_size, left : left + input_size], mean, std)
+    return resized[..., top : top + input_size, left : left + input_size]
+
+
+def eval_transform(
+    x: torch.Tensor, input_size: int, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """Evaluation view of a uint8 batch (B,3,H,W): shorter side resized to input_size (bicubic, antialiased),
+    center crop, scaled to [0,1] and normalised; float32 (B,3,input_size,input_size) on x's device."""
+    return _normalise(eval_resize(x, input_size), mean, std)
 
 
 def random_resized_crop_boxes(

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cytotune.data import Manifest, open_image_cache
+from cytotune.data import Manifest, open_eval_images
 from cytotune.data.files import atomic_write_bytes, file_lock
 from cytotune.data.progress import progress_bar
 from cytotune.data.transforms import eval_transform
@@ -85,7 +85,7 @@ def extract_features(
     evaluation preprocessing, and the backbone's parameter count; a progress bar shows on a terminal."""
     spec = get_backbone_spec(backbone)
     model = load_backbone(backbone, weights=weights).to(device).eval()
-    images = open_image_cache(manifest, size=image_size, cache_dir=cache_dir)
+    images = open_eval_images(manifest, spec.input_size, image_size, cache_dir, device)
     n = len(manifest.frame)
     out = np.empty((n, spec.feature_dim), dtype=np.float32)
     with progress_bar(f"features {backbone}", n) as advance, torch.inference_mode():

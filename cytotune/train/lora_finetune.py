@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from cytotune.config import TrialConfig
-from cytotune.data import open_image_cache
+from cytotune.data import open_eval_images, open_image_cache
 from cytotune.data.transforms import eval_transform, train_transform
 from cytotune.models import get_backbone_spec, load_backbone
 from cytotune.models.lora import add_lora, load_lora_state_dict, lora_state_dict, save_adapter
@@ -69,6 +69,9 @@ class LoraRun:
         self.augment_generator = torch.Generator(device=device).manual_seed(cfg.seed)
         self.images = open_image_cache(
             data.manifest, size=cfg.train.image_cache_size, cache_dir=cfg.cache_dir
+        )
+        self.eval_images = open_eval_images(
+            data.manifest, self.spec.input_size, cfg.train.image_cache_size, cfg.cache_dir, device
         )
         self.labels = data.label_tensor()
         self.stream = BatchStream(len(data.train), cfg.train.batch_size, self.generator)
@@ -170,7 +173,7 @@ class LoraRun:
         out = []
         for lo in range(0, len(rows), self.cfg.train.eval_batch_size):
             batch = rows[lo : lo + self.cfg.train.eval_batch_size]
-            x = eval_transform(self.images.batch(batch).to(self.device), *self.view)
+            x = eval_transform(self.eval_images.batch(batch).to(self.device), *self.view)
             out.append(self.forward(x).argmax(1).cpu())
         self.backbone.train()
         self.head.train()
