@@ -237,10 +237,10 @@ def test_killed_driver_resumes_every_trial_once(cluster, demo_data, tmp_path):
 
 
 def test_bad_input_fails_before_trials_start(cluster, demo_data, tmp_path):
-    too_many = "  - method: lora\n    shots: [50]\n    lr: 1.0e-3\n"
+    too_many = "  - method: lora\n    shots: [500]\n    lr: 1.0e-3\n"
     spec = load_study(study_yaml(tmp_path / "shots.yaml", demo_data, too_many))
     with pytest.raises(
-        CytotuneError, match=r"methods\[0\]\.shots: 50 shots per class, but class '.*' of synthetic"
+        CytotuneError, match=r"methods\[0\]\.shots: 500 shots per class, but class '.*' of synthetic"
     ):
         run_study(spec, storage=tmp_path / "ray", say=lambda _: None)
     unknown = study_yaml(tmp_path / "unknown.yaml", demo_data, "  - method: lora\n    lr: 1.0e-3\n")
