@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -39,3 +40,18 @@ def cluster_study():
 
     with cluster_study_session(auth="basic-auth") as study:
         yield study
+
+
+@pytest.fixture()
+def optuna_demo_study(tmp_path):
+    """search_spaces/demo.yaml with the probes' lr searched by Optuna (3 samples per cell), not a grid."""
+    from cytotune.config import load_study
+
+    text = (Path(__file__).resolve().parent.parent / "search_spaces" / "demo.yaml").read_text()
+    grid = "      lr: [1.0e-1, 1.0e-2]"
+    assert grid in text
+    path = tmp_path / "optuna.yaml"
+    path.write_text(
+        text.replace(grid, "      lr: {optuna: loguniform, low: 1.0e-4, high: 1.0e-1}\n    samples: 3")
+    )
+    return load_study(path)

@@ -104,14 +104,8 @@ def test_ray_config_carries_keys_and_the_trial_as_json():
     assert config["searched"] == {"lr": trial.config.lr}
 
 
-def test_optuna_cells_count_but_list_no_trials_ahead(tmp_path):
-    text = (SPACES / "demo.yaml").read_text()
-    grid = "      lr: [1.0e-1, 1.0e-2]"
-    assert grid in text
-    text = text.replace(grid, "      lr: {optuna: loguniform, low: 1.0e-4, high: 1.0e-1}\n    samples: 3")
-    path = tmp_path / "optuna.yaml"
-    path.write_text(text)
-    spec = load_study(path)
+def test_optuna_cells_count_but_list_no_trials_ahead(optuna_demo_study):
+    spec = optuna_demo_study
     cells = expand_cells(spec)
     assert count_trials(cells) == 2 * 3 * 2 + 16
     with pytest.raises(CytotuneError, match="drawn by Optuna"):

@@ -16,17 +16,6 @@ from cytotune.study.search import CellSearcher
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 
 
-@pytest.fixture()
-def optuna_spec(tmp_path):
-    text = (SPACES / "demo.yaml").read_text()
-    grid = "      lr: [1.0e-1, 1.0e-2]"
-    assert grid in text
-    text = text.replace(grid, "      lr: {optuna: loguniform, low: 1.0e-4, high: 1.0e-1}\n    samples: 3")
-    path = tmp_path / "optuna.yaml"
-    path.write_text(text)
-    return load_study(path)
-
-
 def accuracy(config: dict) -> float:
     """A made-up best val accuracy: peaks at lr = 1e-2, lower for the hard backbone, a little seed noise."""
     lr, seed = config["trial"]["lr"], config["trial"]["seed"]
@@ -64,9 +53,9 @@ def test_grid_study_suggests_every_trial_once_then_finishes():
     assert [c["trial_key"] for _, c in suggested] == [t.trial_key for t in expand_trials(spec)]
 
 
-def test_optuna_per_cell_replicates_seeds_and_tells_the_mean(optuna_spec, tmp_path):
+def test_optuna_per_cell_replicates_seeds_and_tells_the_mean(optuna_demo_study, tmp_path):
     journal = tmp_path / "optuna.journal"
-    cells = expand_cells(optuna_spec)
+    cells = expand_cells(optuna_demo_study)
     searcher = CellSearcher(cells, journal)
     suggested = drain(searcher)
     probe = [c for _, c in suggested if c["trial"]["method"] == "linear_probe"]
@@ -95,8 +84,8 @@ def test_optuna_per_cell_replicates_seeds_and_tells_the_mean(optuna_spec, tmp_pa
             assert len(mine) == 2 and trial.value == pytest.approx(sum(values) / 2)
 
 
-def test_optuna_waits_for_every_seed(optuna_spec, tmp_path):
-    searcher = CellSearcher(expand_cells(optuna_spec), tmp_path / "j.journal")
+def test_optuna_waits_for_every_seed(optuna_demo_study, tmp_path):
+    searcher = CellSearcher(expand_cells(optuna_demo_study), tmp_path / "j.journal")
     suggested = drain(searcher)
     first = [(tid, c) for tid, c in suggested if c["trial"]["method"] == "linear_probe"][:1]
     complete(searcher, first)
@@ -105,9 +94,9 @@ def test_optuna_waits_for_every_seed(optuna_spec, tmp_path):
     assert study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)) == []
 
 
-def test_resumed_searcher_continues_the_optuna_studies(optuna_spec, tmp_path):
+def test_resumed_searcher_continues_the_optuna_studies(optuna_demo_study, tmp_path):
     journal = tmp_path / "optuna.journal"
-    cells = expand_cells(optuna_spec)
+    cells = expand_cells(optuna_demo_study)
     first = CellSearcher(cells, journal)
     head = [(f"a{i}", first.suggest(f"a{i}")) for i in range(16 + 4)]
     complete(first, head)
