@@ -55,3 +55,14 @@ def optuna_demo_study(tmp_path):
         text.replace(grid, "      lr: {optuna: loguniform, low: 1.0e-4, high: 1.0e-1}\n    samples: 3")
     )
     return load_study(path)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models and tensors run fastest on one torch thread, and far faster on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

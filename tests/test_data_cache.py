@@ -93,6 +93,20 @@ def test_cache_pickles_as_its_path(tmp_path):
     assert torch.equal(pickle.loads(payload).batch([0, 5]), cache.batch([0, 5]))
 
 
+def _in_three_processes(target, *args) -> list:
+    """Run target(*args, queue) in three forked processes at once; what each put on the queue."""
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    children = [context.Process(target=target, args=(*args, queue)) for _ in range(3)]
+    for child in children:
+        child.start()
+    results = [queue.get(timeout=60) for _ in children]
+    for child in children:
+        child.join(timeout=60)
+        assert child.exitcode == 0
+    return results
+
+
 def _open_in_child(manifest, size, cache_dir, queue):
     cache = open_image_cache(manifest, size, cache_dir, workers=1)
     queue.put((cache.build_seconds is not None, cache.batch(np.arange(len(cache))).numpy()))
@@ -100,18 +114,7 @@ def _open_in_child(manifest, size, cache_dir, queue):
 
 def test_concurrent_processes_build_once_and_read_whole_files(tmp_path):
     manifest = prepare_dataset("folder", make_folder(tmp_path / "data", {"a": 12, "b": 12}))
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    children = [
-        context.Process(target=_open_in_child, args=(manifest, 48, tmp_path / "shared", queue))
-        for _ in range(3)
-    ]
-    for child in children:
-        child.start()
-    results = [queue.get(timeout=60) for _ in children]
-    for child in children:
-        child.join(timeout=60)
-        assert child.exitcode == 0
+    results = _in_three_processes(_open_in_child, manifest, 48, tmp_path / "shared")
     assert sum(built for built, _ in results) == 1
     expected = np.stack([load_resized(manifest.image_path(i), 48) for i in range(len(manifest))]).transpose(
         0, 3, 1, 2
@@ -167,18 +170,7 @@ def _open_eval_in_child(manifest, cache_dir, queue):
 
 def test_concurrent_processes_build_the_eval_cache_once_and_atomically(tmp_path):
     manifest = prepare_dataset("folder", make_folder(tmp_path / "data", {"a": 12, "b": 12}))
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    children = [
-        context.Process(target=_open_eval_in_child, args=(manifest, tmp_path / "shared", queue))
-        for _ in range(3)
-    ]
-    for child in children:
-        child.start()
-    results = [queue.get(timeout=60) for _ in children]
-    for child in children:
-        child.join(timeout=60)
-        assert child.exitcode == 0
+    results = _in_three_processes(_open_eval_in_child, manifest, tmp_path / "shared")
     assert sum(built for built, _ in results) == 1
     source = open_image_cache(manifest, 48, tmp_path / "shared")
     expected = eval_resize(source.batch(np.arange(len(manifest))), 24).numpy()

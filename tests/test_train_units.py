@@ -17,14 +17,7 @@ from cytotune.train.metrics import classification_metrics
 from cytotune.train.result import TrialResult
 from cytotune.train.schedule import warmup_cosine_lr, warmup_cosine_table
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors run fastest on one thread, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_schedule_warms_up_linearly_then_decays_by_cosine_to_min_lr():
