@@ -140,7 +140,8 @@ def train(
     from rich.console import Console
     from rich.table import Table
 
-    from cytotune.config import TrialConfig, format_validation_error
+    from cytotune.config import TrialConfig
+    from cytotune.study.spec import format_validation_error
     from cytotune.train import run_trial
 
     fields = dict(
@@ -198,9 +199,9 @@ def run_command(
     ] = True,
 ) -> None:
     """Run a study: every trial of SPACE.yaml on Ray Tune, early stopping and search per cell."""
-    from cytotune.config import load_study
-    from cytotune.study import describe_plan, run_study
-    from cytotune.study import dry_run as plan_only
+    from cytotune.study.runner import describe_plan, run_study
+    from cytotune.study.runner import dry_run as plan_only
+    from cytotune.study.spec import load_study
     from cytotune.tracking.callback import study_callback
 
     spec = load_study(space)
@@ -237,8 +238,7 @@ def demo_command(
     """Run search_spaces/demo.yaml on synthetic data with tiny backbones, tracked in ./mlflow.db; print the
     validation-selected result per cell from MLflow and write the report."""
     from cytotune.report import best_text, build_report
-    from cytotune.study import run_demo
-    from cytotune.study.demo import demo_spec
+    from cytotune.study.demo import demo_spec, run_demo
     from cytotune.tracking import best_configs
     from cytotune.tracking.callback import study_callback
 

@@ -45,7 +45,7 @@ def cluster_study():
 @pytest.fixture()
 def optuna_demo_study(tmp_path):
     """search_spaces/demo.yaml with the probes' lr searched by Optuna (3 samples per cell), not a grid."""
-    from cytotune.config import load_study
+    from cytotune.study.spec import load_study
 
     text = (Path(__file__).resolve().parent.parent / "search_spaces" / "demo.yaml").read_text()
     grid = "      lr: [1.0e-1, 1.0e-2]"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cytotune.config import LoraGrid, OptunaDimension, load_study
 from cytotune.errors import CytotuneError
+from cytotune.study.spec import LoraGrid, OptunaDimension, load_study
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 

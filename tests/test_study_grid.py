@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from cytotune.config import load_study
 from cytotune.errors import CytotuneError
-from cytotune.study import count_trials, expand_cells, expand_trials
+from cytotune.study.grid import count_trials, expand_cells, expand_trials
 from cytotune.study.resources import fit_cells, local_nodes
+from cytotune.study.spec import load_study
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 

@@ -20,10 +20,10 @@ import ray
 from ray import tune
 from ray.cluster_utils import Cluster
 
-from cytotune.config import load_study
 from cytotune.errors import CytotuneError
-from cytotune.study import describe_plan, dry_run, run_study
 from cytotune.study.demo import demo_spec
+from cytotune.study.runner import describe_plan, dry_run, run_study
+from cytotune.study.spec import load_study
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-from cytotune.config import AshaSettings
 from cytotune.study.scheduler import PerCellASHA
+from cytotune.study.spec import AshaSettings
 
 ASHA = AshaSettings(grace_period=10, reduction_factor=2, max_steps=40)
 # val_acc at steps 10, 20, 40 for 4 trials of an easy cell and 4 of a hard cell, best first in each cell

@@ -9,9 +9,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from cytotune.config import load_study
-from cytotune.study import expand_cells, expand_trials
+from cytotune.study.grid import expand_cells, expand_trials
 from cytotune.study.search import CellSearcher
+from cytotune.study.spec import load_study
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 

@@ -18,8 +18,8 @@ from tracking_fakes import check_layout, plans, run_fake_study, write_study
 from typer.testing import CliRunner
 
 from cytotune.cli import app
-from cytotune.config import load_study
 from cytotune.study.grid import expand_trials
+from cytotune.study.spec import load_study
 from cytotune.tracking import layout, runs_frame, select_best
 from cytotune.tracking.callback import MlflowCallback
 
@@ -141,7 +141,7 @@ def test_real_study_interrupted_then_resumed_has_one_run_per_trial(servers, tmp_
 
     from cytotune.cli import main
     from cytotune.data.synthetic import generate_synthetic
-    from cytotune.study import run_study
+    from cytotune.study.runner import run_study
     from cytotune.tracking.callback import study_callback
 
     uri, name = servers["sqlite"], "resume-real"

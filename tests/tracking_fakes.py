@@ -14,8 +14,8 @@ from typing import Any
 
 from ray.tune import Checkpoint
 
-from cytotune.config import load_study
 from cytotune.study.grid import TrialPlan, expand_trials
+from cytotune.study.spec import load_study
 
 STUDY_YAML = """\
 name: {name}

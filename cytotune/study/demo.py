@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import cytotune
-from cytotune.config import DatasetEntry, StudySpec, load_study
 from cytotune.study.runner import StudyOutcome, experiment_path, run_study
+from cytotune.study.spec import DatasetEntry, StudySpec, load_study
 
 DEMO_SPACE = Path(cytotune.__file__).resolve().parent.parent / "search_spaces" / "demo.yaml"
 DEMO_IMAGES_PER_CLASS = 100

@@ -9,16 +9,9 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from cytotune.config import (
-    DatasetEntry,
-    LoraSettings,
-    MethodBlock,
-    OptunaDimension,
-    StudySpec,
-    TrainSettings,
-    TrialConfig,
-)
+from cytotune.config import LoraSettings, TrainSettings, TrialConfig
 from cytotune.errors import CytotuneError
+from cytotune.study.spec import DatasetEntry, MethodBlock, OptunaDimension, StudySpec
 
 
 @dataclass(frozen=True)

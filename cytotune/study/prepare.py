@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cytotune.config import StudySpec, default_cache_dir
+from cytotune.config import default_cache_dir
 from cytotune.errors import CytotuneError
 from cytotune.study.grid import CellPlan
+from cytotune.study.spec import StudySpec
 
 
 def check_registries(spec: StudySpec) -> None:

@@ -12,10 +12,10 @@ from typing import Any
 
 import pandas as pd
 
-from cytotune.config import StudySpec
 from cytotune.errors import CytotuneError
 from cytotune.study.grid import CellPlan, count_trials, expand_cells
 from cytotune.study.resources import Fit, fit_cells, local_nodes
+from cytotune.study.spec import StudySpec
 
 OPTUNA_JOURNAL = "optuna.journal"
 

@@ -8,7 +8,7 @@ from typing import Any
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
-from cytotune.config import AshaSettings
+from cytotune.study.spec import AshaSettings
 
 
 class PerCellASHA(FIFOScheduler):

@@ -19,8 +19,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from ray.tune.search import Searcher
 
-from cytotune.config import OptunaDimension
 from cytotune.study.grid import CellPlan, format_value
+from cytotune.study.spec import OptunaDimension
 
 
 def optuna_distribution(dim: OptunaDimension) -> BaseDistribution:

@@ -15,9 +15,9 @@ from mlflow.entities import Metric, Param, RunTag
 from ray.tune import Callback
 
 from cytotune import __version__
-from cytotune.config import StudySpec
 from cytotune.report.confusion import confusion_figure
 from cytotune.study.grid import count_trials, expand_cells
+from cytotune.study.spec import StudySpec
 from cytotune.tracking import layout
 from cytotune.tracking.uri import artifact_location, resolve_tracking_uri
 

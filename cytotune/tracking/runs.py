@@ -200,8 +200,8 @@ def read_artifact_text(client: MlflowClient, run_id: str, path: str) -> str:
 
 def expected_seeds(experiment: str, tracking_uri: str | None = None) -> dict[str, int] | None:
     """Seeds per cell key from the study YAML of the latest launch; None when it has no readable YAML."""
-    from cytotune.config import load_study
     from cytotune.study.grid import expand_cells
+    from cytotune.study.spec import load_study
 
     try:
         text = launch_study_yaml(latest_launch(experiment, tracking_uri), tracking_uri)
