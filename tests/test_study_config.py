@@ -102,6 +102,18 @@ def test_bad_lora_rank_names_file_field_and_expectation(tmp_path):
             ("{lr: [0.01, 0.001]}", "{lr: {optuna: loguniform, low: 1.0e-4, high: 1.0e-2}}"),
             "methods[0]: expected `samples`",
         ),
+        (
+            ("{lr: [0.01, 0.001]}", "{lr: [0.01, 0.001]}\n    optuna: {startup: 2}"),
+            "methods[0]: `optuna` settings are for optuna searches; expected none with a grid search",
+        ),
+        (
+            (
+                "{lr: [0.01, 0.001]}",
+                "{lr: {optuna: loguniform, low: 1.0e-4, high: 1.0e-2}}\n"
+                "    samples: 4\n    optuna: {startup: 5}",
+            ),
+            "methods[0]: optuna.startup: expected at most samples (4), got 5",
+        ),
         (("name: t", "name: 't t'"), "name: expected a string matching ^[A-Za-z0-9_.-]+$, got 't t'"),
         (
             ("    shots: [1, 2]", "    shots: [1]\n    train: {batch_size: 0}"),

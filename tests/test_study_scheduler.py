@@ -1,4 +1,5 @@
-"""Per-cell ASHA with scripted results: a trial is compared only with the trials of its own cell."""
+"""Seed-grouped per-cell ASHA with scripted results: configurations are compared within their own cell, on
+the mean over seeds, all seeds of a configuration share one fate, and a trial at its last step completes."""
 
 from __future__ import annotations
 
@@ -6,22 +7,25 @@ from types import SimpleNamespace
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-from cytotune.study.scheduler import PerCellASHA
+from cytotune.study.rungs import CellRungs, rung_steps
+from cytotune.study.scheduler import SeedGroupedASHA
 from cytotune.study.spec import AshaSettings
 
 ASHA = AshaSettings(grace_period=10, reduction_factor=2, max_steps=40)
+STOP, CONTINUE = TrialScheduler.STOP, TrialScheduler.CONTINUE
 # val_acc at steps 10, 20, 40 for 4 trials of an easy cell and 4 of a hard cell, best first in each cell
 EASY = {f"easy{i}": [0.95 - 0.02 * i, 0.96 - 0.02 * i, 0.97 - 0.02 * i] for i in range(4)}
 HARD = {f"hard{i}": [0.45 - 0.05 * i, 0.50 - 0.05 * i, 0.55 - 0.05 * i] for i in range(4)}
 
 
-def trial(name: str) -> SimpleNamespace:
-    return SimpleNamespace(trial_id=name, config={"cell_key": name.rstrip("0123456789")})
+def trial(cell: str, lr: str, seed: int = 1) -> SimpleNamespace:
+    key = f"{cell}/lr={lr}/seed={seed}"
+    return SimpleNamespace(trial_id=key, config={"cell_key": cell, "trial_key": key, "trial": {"seed": seed}})
 
 
 def play(scheduler) -> dict[str, int]:
     """Feed the scripted results rung by rung (easy cell first); return the step each trial stopped at."""
-    trials = {name: trial(name) for name in [*EASY, *HARD]}
+    trials = {name: trial(name.rstrip("0123456789"), name) for name in [*EASY, *HARD]}
     for t in trials.values():
         scheduler.on_trial_add(None, t)
     stopped: dict[str, int] = {}
@@ -30,14 +34,23 @@ def play(scheduler) -> dict[str, int]:
             if name in stopped:
                 continue
             decision = scheduler.on_trial_result(None, trials[name], {"step": step, "val_acc": curve[rung]})
-            if decision == TrialScheduler.STOP:
+            if decision == STOP:
                 stopped[name] = step
     return stopped
 
 
+def scheduler_of(asha=ASHA, seeds: int = 2) -> SeedGroupedASHA:
+    return SeedGroupedASHA({"cell": asha}, {"cell": seeds})
+
+
+def test_rungs_are_grace_times_powers_of_the_factor_up_to_max_steps():
+    assert rung_steps(ASHA) == (10, 20, 40)
+    assert rung_steps(AshaSettings(grace_period=10, reduction_factor=3, max_steps=100)) == (10, 30, 90)
+
+
 def test_hard_cell_is_not_stopped_because_of_the_easy_cell():
-    stopped = play(PerCellASHA({"easy": ASHA, "hard": ASHA}))
-    assert "hard0" not in stopped and "easy0" not in stopped
+    stopped = play(SeedGroupedASHA({"easy": ASHA, "hard": ASHA}, {"easy": 1, "hard": 1}))
+    # ASHA's cutoff at rf=2 is the median of the means recorded so far: 0.95 -> easy1 (0.93) stops, etc.
     assert stopped == {"easy1": 10, "easy2": 10, "easy3": 10, "hard1": 10, "hard2": 10, "hard3": 10}
 
 
@@ -56,26 +69,85 @@ def test_one_pooled_asha_would_stop_every_hard_trial():
 
 
 def test_cells_without_asha_run_to_the_end():
-    scheduler = PerCellASHA({"easy": None, "hard": None})
-    assert play(scheduler) == {}
+    assert play(SeedGroupedASHA({"easy": None, "hard": None}, {"easy": 1, "hard": 1})) == {}
 
 
-def test_final_step_does_not_stop_a_surviving_trial():
-    scheduler = PerCellASHA({"easy": ASHA})
-    t = trial("easy0")
-    scheduler.on_trial_add(None, t)
-    assert scheduler.on_trial_result(None, t, {"step": 40, "val_acc": 0.5}) == TrialScheduler.CONTINUE
-    assert scheduler.on_trial_result(None, t, {"step": 80, "val_acc": 0.5}) == TrialScheduler.CONTINUE
-
-
-def test_seeds_keep_their_own_rungs_so_a_lucky_sample_does_not_stop_the_good_lr_of_another_seed():
-    # seed 2 drew a harder few-shot sample: its good lr scores below seed 1's bad lr
-    curves = {(1, "good"): 0.9, (1, "bad"): 0.8, (2, "good"): 0.7, (2, "bad"): 0.6}
-    scheduler = PerCellASHA({"cell": ASHA})
-    stopped = set()
-    for (seed, lr), acc in curves.items():
-        t = SimpleNamespace(trial_id=f"{lr}-{seed}", config={"cell_key": "cell", "trial": {"seed": seed}})
+def test_seeds_share_one_fate_decided_on_their_mean():
+    # rung 10: B = (0.8, 0.7), mean 0.75, arrives first; A = (0.9, 0.5), mean 0.7 < 0.75.
+    # One ASHA per seed would keep A's seed 1 (0.9 > 0.8) and stop its seed 2 (0.5 < 0.7): a split fate.
+    scheduler = scheduler_of()
+    a1, a2, b1, b2 = (
+        trial("cell", "A", 1),
+        trial("cell", "A", 2),
+        trial("cell", "B", 1),
+        trial("cell", "B", 2),
+    )
+    for t in (a1, a2, b1, b2):
         scheduler.on_trial_add(None, t)
-        if scheduler.on_trial_result(None, t, {"step": 10, "val_acc": acc}) == TrialScheduler.STOP:
-            stopped.add((seed, lr))
-    assert stopped == {(1, "bad"), (2, "bad")}
+    assert scheduler.on_trial_result(None, b1, {"step": 10, "val_acc": 0.8}) == CONTINUE
+    assert scheduler.on_trial_result(None, b2, {"step": 10, "val_acc": 0.7}) == CONTINUE
+    # A's seed 1 is first at the rung: it keeps training until its sibling arrives
+    assert scheduler.on_trial_result(None, a1, {"step": 10, "val_acc": 0.9}) == CONTINUE
+    assert scheduler.on_trial_result(None, a1, {"step": 15, "val_acc": 0.9}) == CONTINUE
+    assert scheduler.on_trial_result(None, a2, {"step": 10, "val_acc": 0.5}) == STOP
+    assert scheduler.on_trial_result(None, a1, {"step": 20, "val_acc": 0.95}) == STOP
+    assert scheduler.on_trial_result(None, b1, {"step": 20, "val_acc": 0.8}) == CONTINUE
+
+
+def test_seed_mean_not_single_seeds_decides():
+    # A's seed 2 alone (0.65) is below both of B's seeds, but A's mean (0.8) beats B's (0.75): A goes on
+    scheduler = scheduler_of()
+    results = [("B", 1, 0.8), ("B", 2, 0.7), ("A", 1, 0.95), ("A", 2, 0.65)]
+    assert [
+        scheduler.on_trial_result(None, trial("cell", lr, s), {"step": 10, "val_acc": v})
+        for lr, s, v in results
+    ] == [CONTINUE] * 4
+
+
+def test_a_trial_whose_last_step_is_a_rung_completes():
+    # the demo's 4-shot LoRA cells: 20 + 5 x 4 = 40 steps, and 40 is a rung of grace 10, factor 2
+    scheduler = scheduler_of(seeds=1)
+    good, bad = trial("cell", "good"), trial("cell", "bad")
+    for step, good_acc, bad_acc in ((10, 0.5, 0.5), (20, 0.6, 0.6), (40, 0.9, 0.3)):
+        assert (
+            scheduler.on_trial_result(None, good, {"step": step, "val_acc": good_acc, "last_step": 40})
+            == CONTINUE
+        )
+        assert (
+            scheduler.on_trial_result(None, bad, {"step": step, "val_acc": bad_acc, "last_step": 40})
+            == CONTINUE
+        )
+    # the same results in a cell whose trials run on past 40 stop the bad configuration at rung 40
+    longer = scheduler_of(seeds=1)
+    for step, good_acc, bad_acc in ((10, 0.5, 0.5), (20, 0.6, 0.6)):
+        longer.on_trial_result(None, good, {"step": step, "val_acc": good_acc, "last_step": 80})
+        longer.on_trial_result(None, bad, {"step": step, "val_acc": bad_acc, "last_step": 80})
+    longer.on_trial_result(None, good, {"step": 40, "val_acc": 0.9, "last_step": 80})
+    assert longer.on_trial_result(None, bad, {"step": 40, "val_acc": 0.3, "last_step": 80}) == STOP
+
+
+def test_the_final_report_never_stops_a_trial():
+    scheduler = scheduler_of(seeds=1)
+    good, bad = trial("cell", "good"), trial("cell", "bad")
+    scheduler.on_trial_result(None, good, {"step": 10, "val_acc": 0.9})
+    final = {"step": 10, "val_acc": 0.1, "done_trial": 1}
+    assert scheduler.on_trial_result(None, bad, final) == CONTINUE
+
+
+def test_a_seed_failing_for_good_stops_its_siblings():
+    scheduler = scheduler_of()
+    a1, a2, b1 = trial("cell", "A", 1), trial("cell", "A", 2), trial("cell", "B", 1)
+    assert scheduler.on_trial_result(None, a1, {"step": 5, "val_acc": 0.9}) == CONTINUE
+    scheduler.on_trial_error(None, a2)
+    assert scheduler.on_trial_result(None, a1, {"step": 6, "val_acc": 0.9}) == STOP
+    assert scheduler.on_trial_result(None, b1, {"step": 6, "val_acc": 0.1}) == CONTINUE
+
+
+def test_a_seed_starting_after_its_configuration_was_stopped_stops_at_its_first_report():
+    rungs = CellRungs(ASHA, seeds=2)
+    for seed in (1, 2):
+        assert not rungs.result("B", seed, 10, 0.8)
+    assert not rungs.result("A", 1, 10, 0.4)
+    assert rungs.result("A", 2, 10, 0.4)
+    assert rungs.result("A", 3, 1, 0.9)  # e.g. a retried or late seed
+    assert rungs.recorded[10] == {"B": 0.8, "A": 0.4} and rungs.stopped == {"A"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 from tracking_fakes import check_layout, default_outcome, plans, run_fake_study, write_study
@@ -34,7 +35,9 @@ def test_layout_queries_and_selection(tmp_path, mlflow_sqlite_uri):
     probe = best.loc["linear_probe/tiny_clip/synthetic/full"]
     assert probe["lr"] == 1e-3 and probe["n_seeds"] == 2 and not probe["missing_seeds"]
     lora = best.loc["lora/tiny_clip/synthetic/shots=2/rank=2,targets=qv"]
-    assert lora["lr"] == 1e-2 and lora["n_seeds"] == 1 and lora["missing_seeds"]
+    # lr 1e-3 was stopped on seed 2 and lr 1e-2 failed on it: no configuration finished both seeds
+    assert lora["selection"] == "no configuration finished on every seed" and np.isnan(lora["lr"])
+    assert lora["n_seeds"] == 0 and lora["missing_seeds"] and np.isnan(lora["test_acc_mean"])
     assert list(runs_frame("fake-layout", uri, where="method=lora,lr=0.01")["seed"]) == [1, 2]
     with pytest.raises(CytotuneError, match="experiment 'nope' not found"):
         runs_frame("nope", uri)

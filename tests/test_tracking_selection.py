@@ -1,4 +1,5 @@
-"""select_best on hand-built runs: ties, missing seeds, failed and stopped runs, several searched fields."""
+"""select_best on hand-built runs: ties, configurations short of a seed, failed and stopped runs, several
+searched fields."""
 
 from __future__ import annotations
 
@@ -83,23 +84,45 @@ def test_failed_stopped_and_running_trials_are_never_chosen():
     )
     best = select_best(frame).iloc[0]
     assert best["lr"] == 1e-3
-    assert best["n_candidates"] == 1
+    assert best["n_candidates"] == 1 and best["n_configurations"] == 4
 
 
-def test_a_failed_seed_leaves_the_choice_short_of_seeds_and_flagged():
+@pytest.mark.parametrize("lost", ["failed", "stopped", "running"])
+def test_a_configuration_that_lost_a_seed_does_not_compete(lost):
+    # 1e-3 is better on the two seeds it finished (0.9 > 0.6), but only 1e-2 finished on all three seeds:
+    # averaging 1e-3 over its two survivors would compare it with 1e-2 over different seeds
     frame = pd.DataFrame(
         [
             trial(CELL, 1e-3, 1, 0.9, 0.8),
             trial(CELL, 1e-3, 2, 0.9, 0.6),
-            trial(CELL, 1e-3, 3, 0.9, 0.7, status="failed"),
-            trial(CELL, 1e-2, 1, 0.5, 0.5),
-            trial(CELL, 1e-2, 2, 0.5, 0.5),
-            trial(CELL, 1e-2, 3, 0.5, 0.5),
+            trial(CELL, 1e-3, 3, 0.5, 0.5, status=lost),
+            trial(CELL, 1e-2, 1, 0.6, 0.50),
+            trial(CELL, 1e-2, 2, 0.6, 0.60),
+            trial(CELL, 1e-2, 3, 0.6, 0.55),
         ]
     )
     best = select_best(frame).iloc[0]
-    assert best["lr"] == 1e-3 and best["n_seeds"] == 2
-    assert best["expected_seeds"] == 3 and best["missing_seeds"]
+    assert best["selection"] == "chosen" and best["lr"] == 1e-2
+    assert best["n_seeds"] == best["expected_seeds"] == 3 and best["seeds"] == (1, 2, 3)
+    assert best["test_acc_mean"] == pytest.approx(0.55) and best["test_acc_std"] == pytest.approx(0.05)
+    assert not best["missing_seeds"]
+    assert best["n_candidates"] == 1 and best["n_configurations"] == 2
+
+
+def test_a_cell_where_no_configuration_finished_every_seed_gets_a_status_and_no_number():
+    frame = pd.DataFrame(
+        [
+            trial(CELL, 1e-3, 1, 0.9, 0.8),
+            trial(CELL, 1e-3, 2, 0.9, 0.6, status="failed"),
+            trial(CELL, 1e-2, 1, 0.6, 0.5, status="stopped"),
+            trial(CELL, 1e-2, 2, 0.6, 0.6),
+        ]
+    )
+    best = select_best(frame).iloc[0]
+    assert best["selection"] == "no configuration finished on every seed"
+    assert math.isnan(best["lr"]) and math.isnan(best["test_acc_mean"]) and math.isnan(best["val_acc_mean"])
+    assert best["n_seeds"] == 0 and best["expected_seeds"] == 2 and best["missing_seeds"]
+    assert best["n_candidates"] == 0 and best["n_configurations"] == 2
 
 
 def test_expected_seeds_per_cell_from_the_study_and_the_max_seen_otherwise():
@@ -122,6 +145,7 @@ def test_a_cell_without_a_finished_trial_is_listed_with_nothing_chosen():
     frame = pd.DataFrame([trial(CELL, 1e-3, 1, 0.9, 0.8, status="failed")])
     best = select_best(frame).iloc[0]
     assert best["n_seeds"] == 0 and best["missing_seeds"]
+    assert best["selection"] == "no configuration finished on every seed"
     assert math.isnan(best["lr"]) and math.isnan(best["test_acc_mean"])
 
 

@@ -111,7 +111,8 @@ def test_probe_reports_each_epoch_and_writes_the_rows_it_used(three_classes, cac
     cfg = config(three_classes, cache_dir, shots=2, train={"probe_epochs": 7})
     result = run_trial(cfg, report=lambda metrics, state: reports.append((metrics, state)), out_dir=tmp_path)
     assert [m["step"] for m, _ in reports] == list(range(1, 8)) and all(s is None for _, s in reports)
-    assert set(reports[0][0]) == {"step", "train_loss", "val_acc", "best_val_acc"}
+    assert set(reports[0][0]) == {"step", "last_step", "train_loss", "val_acc", "best_val_acc"}
+    assert {m["last_step"] for m, _ in reports} == {7}  # 6 train images: one batch, one step per epoch
     assert result.best_val_acc == max(m["val_acc"] for m, _ in reports) == reports[-1][0]["best_val_acc"]
     first_best = next(m["step"] for m, _ in reports if m["val_acc"] == result.best_val_acc)
     assert result.best_step == first_best
@@ -236,6 +237,7 @@ def test_lora_reports_and_keeps_the_best_validation_state(lora_reference):
     cfg, result, reports = lora_reference
     metrics = [m for m, _ in reports]
     assert [m["step"] for m in metrics] == [4, 8, 12] and result.steps == 12
+    assert {m["last_step"] for m in metrics} == {12}
     assert result.best_val_acc == max(m["val_acc"] for m in metrics) == metrics[-1]["best_val_acc"]
     assert result.best_step == next(m["step"] for m in metrics if m["val_acc"] == result.best_val_acc)
     assert all(m["train_loss"] > 0 for m in metrics)

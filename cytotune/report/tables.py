@@ -15,6 +15,7 @@ from cytotune.report.paper import (
     dataset_label,
     paper_linear_probe,
 )
+from cytotune.tracking.selection import NO_COMPLETE
 
 BEST_FORMATS = ("table", "csv", "json", "markdown")
 MISSING_MARK = "†"
@@ -44,24 +45,33 @@ def chosen_text(row: pd.Series | dict, searched: Sequence[str]) -> str:
 
 
 def best_display(best: pd.DataFrame, searched: Sequence[str]) -> pd.DataFrame:
-    """The best-config table for people: cell, chosen values, val and test accuracy (%), seeds, note."""
+    """The best-config table for people: cell, chosen values, val and test accuracy (%), the chosen
+    configuration's seeds as n/N, and a note (a cell where no configuration finished on every seed, or how
+    many configurations finished on every seed out of those tried)."""
     rows = []
     for _, row in best.iterrows():
-        note = (
-            "no finished trial" if row["n_seeds"] == 0 else ("missing seeds" if row["missing_seeds"] else "")
-        )
+        chosen = row["n_seeds"] > 0 and not row["missing_seeds"]
         rows.append(
             {
                 "cell": row["cell_key"],
-                "chosen": chosen_text(row, searched) if row["n_seeds"] else "–",
+                "chosen": chosen_text(row, searched) if chosen else "–",
                 "val acc %": percent(row["val_acc_mean"]),
                 "test acc % (mean ± std)": percent(row["test_acc_mean"], row["test_acc_std"]),
                 "seeds": f"{row['n_seeds']}/{row['expected_seeds']}",
-                "note": note,
+                "note": _best_note(row, chosen),
             }
         )
     columns = ["cell", "chosen", "val acc %", "test acc % (mean ± std)", "seeds", "note"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def _best_note(row: pd.Series, chosen: bool) -> str:
+    tried = row.get("n_configurations")
+    if not chosen:
+        return NO_COMPLETE + ("" if tried is None or _nan(tried) else f" ({int(tried)} tried)")
+    if tried is None or _nan(tried):
+        return ""
+    return f"{int(row['n_candidates'])} of {int(tried)} configurations finished every seed"
 
 
 def best_text(best: pd.DataFrame, searched: Sequence[str], fmt: str = "table") -> str:

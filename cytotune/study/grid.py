@@ -142,6 +142,11 @@ def trial_key(cell: str, searched: dict[str, Any], seed: int, sample: int | None
     return "/".join([cell, *drawn, *searched_parts, f"seed={seed}"])
 
 
+def configuration_key(trial_key_: str) -> str:
+    """The key of a trial's configuration (its trial key without the seed): shared by all its seeds."""
+    return trial_key_.rpartition("/seed=")[0]
+
+
 def _budgets(block: MethodBlock) -> list[tuple[str, dict[str, Any]]]:
     if block.shots is not None:
         return [(f"shots={k}", {"shots": k}) for k in block.shots]

@@ -243,7 +243,7 @@ def run_study(
 
     from cytotune.study.prepare import check_registries, prepare_data
     from cytotune.study.progress import ProgressLine
-    from cytotune.study.scheduler import PerCellASHA
+    from cytotune.study.scheduler import SeedGroupedASHA
     from cytotune.study.search import CellSearcher
     from cytotune.study.trainable import study_trainable_with_resources
 
@@ -284,7 +284,7 @@ def run_study(
                 trainable,
                 tune_config=tune.TuneConfig(
                     search_alg=CellSearcher(cells, path / OPTUNA_JOURNAL),
-                    scheduler=PerCellASHA({cell.cell_key: cell.block.asha for cell in cells}),
+                    scheduler=SeedGroupedASHA.for_cells(cells),
                     num_samples=plan.n_trials,
                     max_concurrent_trials=max_concurrent,
                     reuse_actors=reuse_actors,

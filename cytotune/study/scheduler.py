@@ -1,79 +1,86 @@
-"""Early stopping within each cell: one ASHA per (cell key, seed), so a trial meets only the trials of its
-cell that train on the same seeded sample (its few-shot set or fraction), i.e. the other searched values."""
+"""Early stopping within each cell, seed-grouped: the Ray Tune side of `rungs.CellRungs`.
+
+Decisions are made per (cell, searched configuration) on the mean over seeds of val_acc at each rung, against
+the other configurations of the same cell only; all seeds of a configuration share one fate, so selection
+always compares configurations over the same seeds. How a seed waits: a seed that reaches a rung before its
+siblings keeps training (no pause, no checkpoint round trip) until the last sibling reaches the rung and the
+configuration is decided; a configuration stopped then stops each of its seeds at that seed's next report
+(a seed not yet started stops at its first). The study's searcher queues the seeds of a configuration one
+after another, so they usually run side by side and the wait is short. A seed that fails for good stops its
+siblings: the configuration can no longer finish on every seed. A trial's report at or after its last step
+(`last_step` in the report, or the final report) never stops it, so a trial whose last step is a rung
+completes. Rungs are kept in this object only: a resumed study starts them afresh.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from ray.tune.experiment import Trial
-from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from cytotune.study.grid import CellPlan, configuration_key
+from cytotune.study.rungs import CellRungs
 from cytotune.study.spec import AshaSettings
 
 
-class PerCellASHA(FIFOScheduler):
-    """ASHA with rungs kept per cell (`config["cell_key"]`) and seed; cells without ASHA settings run on.
+class SeedGroupedASHA(FIFOScheduler):
+    """Seed-grouped ASHA with rungs kept per cell (`config["cell_key"]`); cells without ASHA settings run on.
 
-    `settings` maps a cell key to its AshaSettings (or None: no early stopping). Rungs are split by seed too:
-    seeds draw different samples, and a lucky sample must not stop a good learning rate of another seed, which
-    would leave the chosen configuration without all its seeds. The last rung does not stop a trial, so a
-    surviving trial always reaches its own final step and reports its test metrics.
+    `settings` maps a cell key to its AshaSettings (or None: no early stopping) and `seeds` a cell key to
+    the number of seeds each of its configurations runs.
     """
 
-    def __init__(self, settings: dict[str, AshaSettings | None]):
+    def __init__(self, settings: dict[str, AshaSettings | None], seeds: dict[str, int]):
         super().__init__()
         self._settings = dict(settings)
-        self._by_cell: dict[tuple[str, Any], AsyncHyperBandScheduler] = {}
-        self._metric = "val_acc"
+        self._seeds = dict(seeds)
+        self._cells: dict[str, CellRungs] = {}
+
+    @classmethod
+    def for_cells(cls, cells: Iterable[CellPlan]) -> SeedGroupedASHA:
+        """The scheduler of a study's cells (ASHA settings of each cell's block, its seeds)."""
+        cells = list(cells)
+        return cls({c.cell_key: c.block.asha for c in cells}, {c.cell_key: len(c.seeds) for c in cells})
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         """Metric and mode are fixed by the study (val_acc, max); accept only those."""
         return metric in (None, "val_acc") and mode in (None, "max")
 
-    def _asha(self, trial: Trial) -> AsyncHyperBandScheduler | None:
+    def _rungs(self, trial: Trial) -> CellRungs | None:
         cell = trial.config.get("cell_key")
         asha = self._settings.get(cell)
         if asha is None:
             return None
-        key = (cell, trial.config.get("trial", {}).get("seed"))
-        if key not in self._by_cell:
-            self._by_cell[key] = AsyncHyperBandScheduler(
-                time_attr=asha.time_attr,
-                metric=asha.metric,
-                mode="max",
-                max_t=asha.max_steps,
-                grace_period=asha.grace_period,
-                reduction_factor=asha.reduction_factor,
-                stop_last_trials=False,
-            )
-        return self._by_cell[key]
-
-    def on_trial_add(self, tune_controller, trial: Trial) -> None:
-        """Place the trial in its cell's bracket."""
-        asha = self._asha(trial)
-        if asha is not None:
-            asha.on_trial_add(tune_controller, trial)
+        if cell not in self._cells:
+            self._cells[cell] = CellRungs(asha, self._seeds.get(cell, 1))
+        return self._cells[cell]
 
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
-        """Continue or stop the trial by its cell's rungs."""
-        asha = self._asha(trial)
-        if asha is None or trial.trial_id not in asha._trial_info:
+        """Continue or stop the trial by its configuration's seed mean at the cell's rungs."""
+        rungs = self._rungs(trial)
+        if rungs is None or result.get("done_trial"):
             return TrialScheduler.CONTINUE
-        return asha.on_trial_result(tune_controller, trial, result)
+        step, value = result.get(rungs.asha.time_attr), result.get(rungs.asha.metric)
+        if step is None or value is None:
+            return TrialScheduler.CONTINUE
+        stop = rungs.result(
+            configuration_key(trial.config["trial_key"]),
+            trial.config["trial"]["seed"],
+            step,
+            value,
+            result.get("last_step"),
+        )
+        return TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
 
-    def on_trial_complete(self, tune_controller, trial: Trial, result: dict) -> None:
-        """Record the final result in the cell's rungs."""
-        asha = self._asha(trial)
-        if asha is not None and trial.trial_id in asha._trial_info:
-            asha.on_trial_complete(tune_controller, trial, result)
-
-    def on_trial_remove(self, tune_controller, trial: Trial) -> None:
-        """Forget a trial removed before it ran."""
-        asha = self._asha(trial)
-        if asha is not None and trial.trial_id in asha._trial_info:
-            asha.on_trial_remove(tune_controller, trial)
+    def on_trial_error(self, tune_controller, trial: Trial) -> None:
+        """A seed failed for good: its configuration's other seeds stop at their next report."""
+        rungs = self._rungs(trial)
+        if rungs is not None:
+            rungs.lose_seed(configuration_key(trial.config["trial_key"]))
 
     def debug_string(self) -> str:
-        """How many (cell, seed) rung sets exist and how many trials they have stopped."""
-        stopped = sum(a._num_stopped for a in self._by_cell.values())
-        return f"Using per-cell ASHA: {len(self._by_cell)} (cell, seed) rung sets, {stopped} trials stopped"
+        """How many cells keep rungs and how many configurations they have stopped."""
+        stopped = sum(len(c.stopped) for c in self._cells.values())
+        return f"Using seed-grouped ASHA: {len(self._cells)} cells, {stopped} configurations stopped"

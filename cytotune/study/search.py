@@ -1,9 +1,10 @@
 """The study's Ray Tune searcher: grid trials in order, and one Optuna study per cell for Optuna searches.
 
-Each Optuna suggestion runs once per seed; Optuna is told the mean over seeds of each trial's best validation
-accuracy once every seed has ended. A trial stopped early by ASHA (or failed for good) counts with the best
-validation accuracy it reached before it ended (its partial best); a suggestion none of whose seeds reported a
-value is told as failed.
+Each Optuna suggestion (a configuration) runs once per seed, and Optuna is told what selection uses, once
+every seed has ended: the mean over seeds of each trial's best validation accuracy when the configuration
+finished on every seed; PRUNED when a seed was stopped early (early stopping stops all seeds of a
+configuration together); FAIL when a seed failed for good. TPE draws its first `optuna.startup` suggestions
+of a cell at random (default: a third of `samples`, 1 to 10; see OptunaSettings).
 """
 
 from __future__ import annotations
@@ -42,6 +43,17 @@ def _sampler_seed(cell_key: str) -> int:
     return int(hashlib.sha1(cell_key.encode()).hexdigest()[:8], 16)
 
 
+FINISHED, STOPPED, FAILED = "finished", "stopped", "failed"
+
+
+def trial_end(result: dict | None, error: bool) -> str:
+    """How a trial ended as Tune tells the searcher: failed (error), finished (its final report, with
+    done_trial) or stopped early."""
+    if error:
+        return FAILED
+    return FINISHED if (result or {}).get("done_trial") == 1 else STOPPED
+
+
 class CellSearcher(Searcher):
     """Suggests every trial of a study: the grid trials first, then Optuna suggestions cell by cell in turn.
 
@@ -65,7 +77,7 @@ class CellSearcher(Searcher):
         self._turn = 0
         self._live: dict[str, tuple[str, int | None, int]] = {}
         self._best: dict[str, float] = {}
-        self._pending: dict[tuple[str, int], dict[int, float | None]] = {}  # ended seeds -> best
+        self._pending: dict[tuple[str, int], dict[int, tuple[str, float | None]]] = {}  # seed -> end, best
         self._studies: dict[str, optuna.Study] = {}
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
@@ -83,7 +95,8 @@ class CellSearcher(Searcher):
             )
             # seeded per cell and by the trials already there, so a resumed study does not redraw its past
             seed = _sampler_seed(cell_key) + len(study.get_trials(deepcopy=False))
-            study.sampler = optuna.samplers.TPESampler(seed=seed)
+            startup = self._cells[cell_key].block.optuna.startup_trials(self._cells[cell_key].n_suggestions)
+            study.sampler = optuna.samplers.TPESampler(n_startup_trials=startup, seed=seed)
             known = {number for key, number in self._pending if key == cell_key}
             for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
                 if trial.number not in known:
@@ -122,7 +135,7 @@ class CellSearcher(Searcher):
             self._best[trial_id] = max(float(value), self._best.get(trial_id, float("-inf")))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        """Record the trial's (partial) best; tell Optuna the mean over seeds once all seeds have ended."""
+        """Record how the trial ended and its best; tell Optuna once every seed of its suggestion ended."""
         if result:
             self.on_trial_result(trial_id, result)
         if trial_id not in self._live:
@@ -132,15 +145,17 @@ class CellSearcher(Searcher):
         if number is None:
             return
         ended = self._pending[(key, number)]
-        ended[seed] = best
+        ended[seed] = (trial_end(result, error), best)
         if len(ended) == len(self._cells[key].seeds):
             self._tell(key, number)
 
     def _tell(self, key: str, number: int) -> None:
-        values = [v for v in self._pending.pop((key, number)).values() if v is not None]
+        ends = list(self._pending.pop((key, number)).values())
         study = self._study(key)
-        if values:
-            study.tell(number, sum(values) / len(values), skip_if_finished=True)
+        if all(end == FINISHED and best is not None for end, best in ends):
+            study.tell(number, sum(best for _, best in ends) / len(ends), skip_if_finished=True)
+        elif any(end == STOPPED for end, _ in ends) and not any(end == FAILED for end, _ in ends):
+            study.tell(number, state=optuna.trial.TrialState.PRUNED, skip_if_finished=True)
         else:
             study.tell(number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
 

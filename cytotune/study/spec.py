@@ -168,6 +168,22 @@ class AshaSettings(Frozen):
         return self
 
 
+class OptunaSettings(Frozen):
+    """How an Optuna search draws: `startup` suggestions per cell at random before TPE models the results
+    (default: samples / 3 rounded up, at most 10, so a search of 10 samples or fewer is not all random)."""
+
+    startup: int | None = Field(None, ge=0)
+
+    def startup_trials(self, samples: int) -> int:
+        """TPE's n_startup_trials for a cell drawing `samples` suggestions."""
+        return self.startup if self.startup is not None else default_startup(samples)
+
+
+def default_startup(samples: int) -> int:
+    """Random suggestions before TPE, by default: a third of the samples (rounded up), 1 to 10."""
+    return max(1, min(10, -(-samples // 3)))
+
+
 class TrialResources(Frozen):
     """What one trial of a method asks of the cluster; fractional GPUs below one let trials share a GPU."""
 
@@ -196,6 +212,7 @@ class MethodBlock(Frozen):
     lr: float | None = Field(None, gt=0)
     search: dict[str, tuple[Any, ...] | OptunaDimension] = Field(default_factory=dict)
     samples: int | None = Field(None, ge=1)
+    optuna: OptunaSettings = OptunaSettings()
     lora: LoraGrid = LoraGrid()
     train: TrainSettings = TrainSettings()
     asha: AshaSettings | None = None
@@ -238,6 +255,11 @@ class MethodBlock(Frozen):
             raise ValueError("expected `samples` (Optuna suggestions per cell) with an optuna search")
         if not uses_optuna and self.samples is not None:
             raise ValueError("`samples` is for optuna searches; expected no samples with a grid search")
+        if not uses_optuna and "optuna" in self.model_fields_set:
+            raise ValueError("`optuna` settings are for optuna searches; expected none with a grid search")
+        startup = self.optuna.startup
+        if uses_optuna and startup is not None and startup > self.samples:
+            raise ValueError(f"optuna.startup: expected at most samples ({self.samples}), got {startup}")
         if self.lr is None and "lr" not in self.search:
             raise ValueError("expected `lr` or a search over lr")
         if self.lr is not None and "lr" in self.search:

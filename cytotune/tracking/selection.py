@@ -1,4 +1,7 @@
-"""Validation-selected results per cell: a pure function over a DataFrame with one row per trial run."""
+"""Validation-selected results per cell: a pure function over a DataFrame with one row per trial run.
+
+Only configurations finished on every seed compete, so each cell compares its configurations over the same
+seeds (a configuration missing a seed would otherwise be judged on its luckier ones)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ import pandas as pd
 from cytotune.errors import CytotuneError
 
 FINISHED = "finished"
+CHOSEN = "chosen"
+NO_COMPLETE = "no configuration finished on every seed"
 CELL_FIELDS = (
     "method",
     "backbone",
@@ -32,15 +37,20 @@ def select_best(
     searched: Sequence[str] = ("lr",),
     expected_seeds: int | Mapping[str, int] | None = None,
 ) -> pd.DataFrame:
-    """Per cell, the searched values with the highest mean best_val_acc over seeds among finished trials.
+    """Per cell, among the configurations finished on every seed, the searched values with the highest mean
+    best_val_acc over seeds, and their test accuracy over those seeds.
 
     `frame` has one row per trial with columns cell_key, status, seed, best_val_acc, test_acc and the
-    searched fields. Ties go to the smaller lr, then to the smaller values of the other searched fields in
-    order. Trials whose status is not "finished" are never chosen. The result has one row per cell (sorted
-    by cell key): the cell's fields, the chosen searched values, val_acc_mean, test_acc_mean, test_acc_std
-    (sample std over seeds), n_seeds, expected_seeds and missing_seeds (True when fewer seeds than expected;
-    a cell without any finished trial gets NaN values and missing_seeds True). `expected_seeds` is one
-    number, a number per cell key, or None for the largest number of distinct seeds seen in any cell.
+    searched fields. A configuration (one set of searched values) competes only when it finished (status
+    "finished", with best_val_acc and test_acc) on all the cell's expected seeds: one stopped early, failed
+    or still running on any seed does not, so every cell compares configurations over the same seeds. Ties
+    go to the smaller lr, then to the smaller values of the other searched fields in order. The result has
+    one row per cell (sorted by cell key): the cell's fields, selection ("chosen", or NO_COMPLETE when no
+    configuration finished on every seed: then NaN searched values and numbers and n_seeds 0), the chosen
+    searched values, val_acc_mean, test_acc_mean, test_acc_std (sample std over seeds), n_seeds,
+    expected_seeds, missing_seeds (True when nothing was chosen), seeds, n_candidates (configurations
+    finished on every seed) and n_configurations (configurations tried). `expected_seeds` is one number, a
+    number per cell key, or None for the largest number of distinct seeds seen in any cell.
     """
     searched = _ordered_searched(searched)
     if frame.empty:
@@ -56,12 +66,27 @@ def select_best(
     for cell, trials in frame.groupby("cell_key", sort=True):
         expected = _expected(expected_seeds, str(cell), seen)
         row = {"cell_key": cell, **_cell_fields(trials, searched)}
-        candidates = done[done["cell_key"] == cell]
-        row.update(_choose(candidates, searched) if len(candidates) else _nothing(searched))
+        complete = _complete(done[done["cell_key"] == cell], searched, expected)
+        row.update(_choose(complete, searched) if len(complete) else _nothing(searched))
         row["expected_seeds"] = expected
         row["missing_seeds"] = bool(row["n_seeds"] < expected)
+        row["n_configurations"] = _configurations(trials, searched)
         rows.append(row)
     return pd.DataFrame(rows, columns=_output_columns(frame, searched))
+
+
+def _complete(finished: pd.DataFrame, searched: list[str], expected: int) -> pd.DataFrame:
+    """The finished trials of the configurations finished on at least `expected` distinct seeds."""
+    if finished.empty:
+        return finished
+    keys = searched or ["cell_key"]
+    seeds = finished.groupby(keys, sort=False, dropna=False)["seed"].transform("nunique")
+    return finished[seeds >= expected]
+
+
+def _configurations(trials: pd.DataFrame, searched: list[str]) -> int:
+    keys = searched or ["cell_key"]
+    return int(trials.groupby(keys, sort=False, dropna=False).ngroups)
 
 
 def _ordered_searched(searched: Sequence[str]) -> list[str]:
@@ -100,7 +125,7 @@ def _choose(candidates: pd.DataFrame, searched: list[str]) -> dict:
     chosen = candidates
     for name in searched:
         chosen = chosen[_same(chosen[name], best[name])]
-    out = {name: best[name] for name in searched}
+    out = {"selection": CHOSEN, **{name: best[name] for name in searched}}
     out.update(
         val_acc_mean=float(best["val_acc_mean"]),
         test_acc_mean=float(best["test_acc_mean"]),
@@ -121,6 +146,7 @@ def _same(column: pd.Series, value: object) -> pd.Series:
 
 def _nothing(searched: list[str]) -> dict:
     return {
+        "selection": NO_COMPLETE,
         **{name: np.nan for name in searched},
         "val_acc_mean": np.nan,
         "test_acc_mean": np.nan,
@@ -135,4 +161,5 @@ def _output_columns(frame: pd.DataFrame, searched: list[str]) -> list[str]:
     cell = [name for name in CELL_FIELDS if name in frame.columns and name not in searched]
     means = [f"{metric}_mean" for metric in MEAN_METRICS if metric in frame.columns]
     stats = ["val_acc_mean", "test_acc_mean", "test_acc_std", "n_seeds", "expected_seeds", "missing_seeds"]
-    return ["cell_key", *cell, *searched, *stats, "seeds", "n_candidates", *means]
+    counts = ["seeds", "n_candidates", "n_configurations"]
+    return ["cell_key", *cell, "selection", *searched, *stats, *counts, *means]

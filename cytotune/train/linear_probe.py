@@ -83,11 +83,12 @@ def run_probe_sweep(
     labels = datas[0].label_tensor().to(device)
     num_classes = len(manifest.classes)
 
+    last_step = _schedule(cfg).total_steps(len(datas[0].train))
+
     def on_eval(k: int, step: int, train_loss: float, val_acc: float, best_val_acc: float) -> None:
         if report is not None:
-            report(
-                k, {"step": step, "train_loss": train_loss, "val_acc": val_acc, "best_val_acc": best_val_acc}
-            )
+            metrics = {"step": step, "last_step": last_step, "train_loss": train_loss, "val_acc": val_acc}
+            report(k, {**metrics, "best_val_acc": best_val_acc})
 
     def stacked(role: str) -> torch.Tensor:
         return torch.stack([torch.from_numpy(getattr(d, role)) for d in datas]).to(device)

@@ -198,6 +198,7 @@ class LoraRun:
                 if report is not None:
                     metrics = {
                         "step": self.step,
+                        "last_step": self.total_steps,
                         "train_loss": float(np.mean(losses)),
                         "val_acc": val_acc,
                         "best_val_acc": self.best.value,
