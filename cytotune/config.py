@@ -43,7 +43,13 @@ class LoraSettings(Frozen):
 
 
 class TrainSettings(Frozen):
-    """Optimisation and evaluation settings shared by both trainers (PROTOCOL.md code defaults)."""
+    """Optimisation and evaluation settings shared by both trainers (search_spaces/README.md gives each
+    default's source).
+
+    validation: "full" validates every trial on the whole validation split; "fewshot" validates a few-shot
+    trial on min(shots, 4) images per class of the validation split, seeded and nested like its train shots
+    (the authors' code, Experiment 2); trials without shots always use the whole validation split.
+    """
 
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(256, ge=1)
@@ -58,7 +64,7 @@ class TrainSettings(Frozen):
     max_steps: int | None = Field(None, ge=1)
     image_cache_size: int = Field(256, ge=8)
     augment: bool = True  # LoRA training batches: random resized crop + flip; False: the evaluation view
-    val_mode: Literal["full", "paper"] = "full"
+    validation: Literal["full", "fewshot"] = "full"
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 

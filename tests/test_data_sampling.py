@@ -118,17 +118,21 @@ def test_few_shot_sets_start_the_fraction_order():
     assert set(few_shot_indices(FRAME, 3, 7).tolist()) <= set(fraction_indices(FRAME, 0.2, 7).tolist())
 
 
-def test_validation_full_and_paper_modes():
+def test_validation_full_and_fewshot_modes():
     full = validation_indices(FRAME)
     assert set(full) == set(np.flatnonzero(FRAME["split"] == "val"))
     assert np.array_equal(validation_indices(FRAME, shots=2, seed=0, mode="full"), full)
-    assert np.array_equal(validation_indices(FRAME, shots=None, seed=0, mode="paper"), full)
+    assert np.array_equal(validation_indices(FRAME, shots=None, seed=0, mode="fewshot"), full)
     for shots, expected in ((1, 1), (2, 2), (4, 4), (16, 4)):
-        rows = validation_indices(FRAME, shots=shots, seed=3, mode="paper")
+        rows = validation_indices(FRAME, shots=shots, seed=3, mode="fewshot")
         assert (FRAME.iloc[rows]["split"] == "val").all()
         counts = per_class(FRAME, rows)
         assert counts == {0: expected, 1: min(expected, 3), 2: expected}
-    assert set(validation_indices(FRAME, 1, 3, "paper")) <= set(validation_indices(FRAME, 2, 3, "paper"))
+    assert set(validation_indices(FRAME, 1, 3, "fewshot")) <= set(validation_indices(FRAME, 2, 3, "fewshot"))
+    draws = {tuple(validation_indices(FRAME, 2, seed, "fewshot")) for seed in range(6)}
+    assert len(draws) > 1  # seeded: other seeds draw other validation images
+    again = validation_indices(FRAME, 2, 3, "fewshot")
+    assert np.array_equal(validation_indices(FRAME, 2, 3, "fewshot"), again)
     with pytest.raises(CytotuneError, match="validation mode"):
         validation_indices(FRAME, 1, 0, mode="half")
 
@@ -139,7 +143,7 @@ def test_train_val_test_rows_are_disjoint_and_cover_the_frame():
     assert len(train) + len(val) + len(test) == len(FRAME)
     for seed in range(5):
         assert not set(few_shot_indices(FRAME, 5, seed)) & (set(val) | set(test))
-        assert not set(validation_indices(FRAME, 4, seed, "paper")) & set(train)
+        assert not set(validation_indices(FRAME, 4, seed, "fewshot")) & set(train)
 
 
 def test_split_counts_keep_every_split_when_possible():

@@ -13,7 +13,8 @@ import pandas as pd
 
 from cytotune.errors import CytotuneError
 
-PAPER_VALIDATION_SHOTS = 4
+FEWSHOT_VALIDATION_PER_CLASS = 4  # min(shots, 4) val images per class: the authors' code
+VALIDATION_MODES = ("full", "fewshot")
 
 
 def _rows(frame: pd.DataFrame, split: str) -> np.ndarray:
@@ -84,12 +85,15 @@ def fraction_indices(frame: pd.DataFrame, fraction: float, seed: int) -> np.ndar
 def validation_indices(
     frame: pd.DataFrame, shots: int | None = None, seed: int = 0, mode: str = "full"
 ) -> np.ndarray:
-    """Validation rows: the whole val split ("full"), or min(shots, 4) per class, seeded ("paper", as the
-    paper's code did for few-shot cells; without shots it is the whole val split)."""
-    if mode not in ("full", "paper"):
-        raise CytotuneError(f"validation mode {mode!r} is invalid: expected 'full' or 'paper'")
+    """Validation rows: the whole val split ("full"), or, for a few-shot trial, min(shots, 4) val rows per
+    class ("fewshot", the authors' code), seeded and nested in shots like few_shot_indices; without shots
+    "fewshot" is the whole val split too. A class with fewer val rows than asked contributes all it has (the
+    authors' code drew such a class with replacement, repeating images)."""
+    if mode not in VALIDATION_MODES:
+        expected = " or ".join(repr(m) for m in VALIDATION_MODES)
+        raise CytotuneError(f"validation mode {mode!r} is invalid: expected {expected}")
     if mode == "full" or shots is None:
         return _rows(frame, "val")
-    per_class = min(int(shots), PAPER_VALIDATION_SHOTS)
+    per_class = min(int(shots), FEWSHOT_VALIDATION_PER_CLASS)
     chosen = [order[:per_class] for order in _class_orders(frame, "val", seed, stream=1).values()]
     return np.sort(np.concatenate(chosen)) if chosen else np.empty(0, dtype=np.int64)

@@ -61,7 +61,7 @@ def trial_rows(cfg: TrialConfig, manifest: Manifest) -> TrialData:
         train = fraction_indices(frame, cfg.fraction, cfg.seed)
     else:
         train = train_indices(frame)
-    val = validation_indices(frame, shots=cfg.shots, seed=cfg.seed, mode=cfg.train.val_mode)
+    val = validation_indices(frame, shots=cfg.shots, seed=cfg.seed, mode=cfg.train.validation)
     test = test_indices(frame)
     for role, rows in (("train", train), ("validation", val), ("test", test)):
         if len(rows) == 0:
