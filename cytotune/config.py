@@ -58,7 +58,7 @@ class TrainSettings(Frozen):
     min_lr: float = Field(1e-6, ge=0)
     base_steps: int = Field(50, ge=0)
     steps_per_shot: int = Field(100, ge=1)
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(100, ge=1)
     probe_epochs: int = Field(100, ge=1)
     eval_every: int = Field(50, ge=1)
     max_steps: int | None = Field(None, ge=1)
