@@ -49,6 +49,8 @@ class TrainSettings(Frozen):
     validation: "full" validates every trial on the whole validation split; "fewshot" validates a few-shot
     trial on min(shots, 4) images per class of the validation split, seeded and nested like its train shots
     (the authors' code, Experiment 2); trials without shots always use the whole validation split.
+    short_class: a class with fewer train images than the shots is an "error" naming it, or ("repeat") its
+    images are repeated up to the shots (the authors' code drew such a class with replacement).
     """
 
     batch_size: int = Field(32, ge=1)
@@ -65,6 +67,7 @@ class TrainSettings(Frozen):
     image_cache_size: int = Field(256, ge=8)
     augment: bool = True  # LoRA training batches: random resized crop + flip; False: the evaluation view
     validation: Literal["full", "fewshot"] = "full"
+    short_class: Literal["error", "repeat"] = "error"
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 

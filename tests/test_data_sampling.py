@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -90,6 +92,25 @@ def test_more_shots_than_a_class_has_names_the_class_and_count():
         few_shot_indices(FRAME, 18, 0)
     with pytest.raises(CytotuneError, match="shots=0"):
         few_shot_indices(FRAME, 0, 0)
+
+
+def test_repeat_cycles_a_short_class_and_stays_nested():
+    """40 shots: class a (30 train rows) takes every row once and 10 twice; b (17) every row twice and 6 three
+    times; c (60) 40 distinct rows. Counts by hand: 40 = 30 + 10 = 2 x 17 + 6."""
+    rows = few_shot_indices(FRAME, 40, 2, repeat=True)
+    assert (FRAME.iloc[rows]["split"] == "train").all()
+    labels = FRAME["label"].to_numpy()[rows]
+    expected = {0: (30, {1: 20, 2: 10}), 1: (17, {2: 11, 3: 6}), 2: (40, {1: 40})}
+    for label, (distinct, multiplicities) in expected.items():
+        counts = Counter(rows[labels == label].tolist())
+        assert len(counts) == distinct and dict(Counter(counts.values())) == multiplicities
+    # nested in shots, with multiplicity; without a short class, the same rows as without repeat
+    smaller = Counter(few_shot_indices(FRAME, 20, 2, repeat=True).tolist())
+    larger = Counter(rows.tolist())
+    assert all(count <= larger[row] for row, count in smaller.items())
+    assert np.array_equal(few_shot_indices(FRAME, 17, 2, repeat=True), few_shot_indices(FRAME, 17, 2))
+    with pytest.raises(CytotuneError, match="short_class: repeat"):
+        few_shot_indices(FRAME, 18, 2)
 
 
 def test_fraction_is_stratified_nested_and_train_only():

@@ -117,3 +117,42 @@ def test_a_class_with_fewer_images_than_the_shots_is_named(hicervix, tmp_path, m
     assert "\n" not in message
     assert "'HSIL-2' has 2 training images" in message and "shots=3" in message
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_repeat_option_draws_a_short_class_with_repeats(hicervix, tmp_path):
+    """`short_class: repeat`: HSIL-2's 2 training images fill its 3 shots, one of them twice."""
+    settings = {"max_steps": 2, "short_class": "repeat"}
+    cfg = trial(hicervix, tmp_path / "cache", 3, method="lora", shots=3, train=settings)
+    result = run_trial(cfg, out_dir=tmp_path / "out")
+    with result.artifacts["trial_manifest.csv"].open() as handle:
+        train = [row for row in csv.DictReader(handle) if row["role"] == "train"]
+    per_class = Counter(result.classes[int(row["label"])] for row in train)
+    assert per_class == dict.fromkeys(EXPECTED[3][0], 3)
+    hsil2 = Counter(row["path"] for row in train if result.classes[int(row["label"])] == "HSIL-2")
+    assert sorted(hsil2.values()) == [1, 2]
+
+
+def test_a_study_checks_the_shots_before_it_runs(hicervix, tmp_path, monkeypatch):
+    """`cytotune run` prepares the data first: too many shots for HSIL-2 stop it there, unless repeated."""
+    from cytotune.study.grid import expand_cells
+    from cytotune.study.prepare import prepare_data
+    from cytotune.study.spec import load_study
+
+    monkeypatch.setenv("CYTOTUNE_CACHE", str(tmp_path / "cache"))
+    text = f"""
+name: short
+backbones: [tiny_clip]
+datasets: [{{name: hicervix, root: {hicervix}, level: 3}}]
+train: {{image_cache_size: 32}}
+methods:
+  - {{method: lora, shots: [3], lr: 0.01}}
+"""
+    path = tmp_path / "short.yaml"
+    path.write_text(text)
+    spec = load_study(path)
+    named = r"3 shots per class, but class 'HSIL-2' of hicervix has 2 train images.*short_class: repeat"
+    with pytest.raises(CytotuneError, match=named):
+        prepare_data(spec, expand_cells(spec), features=False, say=lambda line: None)
+    path.write_text(text.replace("image_cache_size: 32", "image_cache_size: 32, short_class: repeat"))
+    spec = load_study(path)
+    prepare_data(spec, expand_cells(spec), features=False, say=lambda line: None)

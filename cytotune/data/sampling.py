@@ -54,19 +54,25 @@ def test_indices(frame: pd.DataFrame) -> np.ndarray:
 test_indices.__test__ = False  # a data function, not a pytest test, when test modules import it
 
 
-def few_shot_indices(frame: pd.DataFrame, shots: int, seed: int) -> np.ndarray:
-    """`shots` train rows per class, seeded and nested in shots (the 2-shot set contains the 1-shot set)."""
+def few_shot_indices(frame: pd.DataFrame, shots: int, seed: int, repeat: bool = False) -> np.ndarray:
+    """`shots` train rows per class, seeded and nested in shots (the 2-shot set contains the 1-shot set).
+
+    A class with fewer train rows than `shots` is an error naming it; with `repeat` its rows are taken in
+    their seeded order and cycled up to `shots` (each image as often as the others, +-1; the authors' code
+    drew such a class with replacement), so the result may hold a row more than once.
+    """
     if shots < 1:
         raise CytotuneError(f"shots={shots} is invalid: expected a whole number >= 1")
     chosen = []
     for label, order in _class_orders(frame, "train", seed, stream=0).items():
-        if len(order) < shots:
+        if len(order) < shots and not (repeat and len(order)):
             raise CytotuneError(
                 f"class {_class_name(frame, label)!r} has {len(order)} training images, "
                 f"fewer than shots={shots}: "
                 f"expected shots <= {len(order)}"
+                + ("" if repeat else " (or train.short_class: repeat to repeat its images)")
             )
-        chosen.append(order[:shots])
+        chosen.append(np.resize(order, shots))
     return np.sort(np.concatenate(chosen)) if chosen else np.empty(0, dtype=np.int64)
 
 

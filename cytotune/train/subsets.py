@@ -56,7 +56,7 @@ def trial_rows(cfg: TrialConfig, manifest: Manifest) -> TrialData:
     """The trial's rows of a manifest: shots per class, a fraction, or all the train split; val; test."""
     frame = manifest.frame
     if cfg.shots is not None:
-        train = few_shot_indices(frame, cfg.shots, cfg.seed)
+        train = few_shot_indices(frame, cfg.shots, cfg.seed, repeat=cfg.train.short_class == "repeat")
     elif cfg.fraction is not None:
         train = fraction_indices(frame, cfg.fraction, cfg.seed)
     else:
