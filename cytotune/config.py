@@ -43,7 +43,15 @@ class LoraSettings(Frozen):
 
 
 class TrainSettings(Frozen):
-    """Optimisation and evaluation settings shared by both trainers (PROTOCOL.md code defaults)."""
+    """Optimisation and evaluation settings shared by both trainers (search_spaces/README.md gives each
+    default's source).
+
+    validation: "full" validates every trial on the whole validation split; "fewshot" validates a few-shot
+    trial on min(shots, 4) images per class of the validation split, seeded and nested like its train shots
+    (the authors' code, Experiment 2); trials without shots always use the whole validation split.
+    short_class: a class with fewer train images than the shots is an "error" naming it, or ("repeat") its
+    images are repeated up to the shots (the authors' code drew such a class with replacement).
+    """
 
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(256, ge=1)
@@ -52,13 +60,14 @@ class TrainSettings(Frozen):
     min_lr: float = Field(1e-6, ge=0)
     base_steps: int = Field(50, ge=0)
     steps_per_shot: int = Field(100, ge=1)
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(100, ge=1)
     probe_epochs: int = Field(100, ge=1)
     eval_every: int = Field(50, ge=1)
     max_steps: int | None = Field(None, ge=1)
     image_cache_size: int = Field(256, ge=8)
     augment: bool = True  # LoRA training batches: random resized crop + flip; False: the evaluation view
-    val_mode: Literal["full", "paper"] = "full"
+    validation: Literal["full", "fewshot"] = "full"
+    short_class: Literal["error", "repeat"] = "error"
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -92,6 +94,25 @@ def test_more_shots_than_a_class_has_names_the_class_and_count():
         few_shot_indices(FRAME, 0, 0)
 
 
+def test_repeat_cycles_a_short_class_and_stays_nested():
+    """40 shots: class a (30 train rows) takes every row once and 10 twice; b (17) every row twice and 6 three
+    times; c (60) 40 distinct rows. Counts by hand: 40 = 30 + 10 = 2 x 17 + 6."""
+    rows = few_shot_indices(FRAME, 40, 2, repeat=True)
+    assert (FRAME.iloc[rows]["split"] == "train").all()
+    labels = FRAME["label"].to_numpy()[rows]
+    expected = {0: (30, {1: 20, 2: 10}), 1: (17, {2: 11, 3: 6}), 2: (40, {1: 40})}
+    for label, (distinct, multiplicities) in expected.items():
+        counts = Counter(rows[labels == label].tolist())
+        assert len(counts) == distinct and dict(Counter(counts.values())) == multiplicities
+    # nested in shots, with multiplicity; without a short class, the same rows as without repeat
+    smaller = Counter(few_shot_indices(FRAME, 20, 2, repeat=True).tolist())
+    larger = Counter(rows.tolist())
+    assert all(count <= larger[row] for row, count in smaller.items())
+    assert np.array_equal(few_shot_indices(FRAME, 17, 2, repeat=True), few_shot_indices(FRAME, 17, 2))
+    with pytest.raises(CytotuneError, match="short_class: repeat"):
+        few_shot_indices(FRAME, 18, 2)
+
+
 def test_fraction_is_stratified_nested_and_train_only():
     sizes = {0: 30, 1: 17, 2: 60}
     for seed in range(5):
@@ -118,17 +139,21 @@ def test_few_shot_sets_start_the_fraction_order():
     assert set(few_shot_indices(FRAME, 3, 7).tolist()) <= set(fraction_indices(FRAME, 0.2, 7).tolist())
 
 
-def test_validation_full_and_paper_modes():
+def test_validation_full_and_fewshot_modes():
     full = validation_indices(FRAME)
     assert set(full) == set(np.flatnonzero(FRAME["split"] == "val"))
     assert np.array_equal(validation_indices(FRAME, shots=2, seed=0, mode="full"), full)
-    assert np.array_equal(validation_indices(FRAME, shots=None, seed=0, mode="paper"), full)
+    assert np.array_equal(validation_indices(FRAME, shots=None, seed=0, mode="fewshot"), full)
     for shots, expected in ((1, 1), (2, 2), (4, 4), (16, 4)):
-        rows = validation_indices(FRAME, shots=shots, seed=3, mode="paper")
+        rows = validation_indices(FRAME, shots=shots, seed=3, mode="fewshot")
         assert (FRAME.iloc[rows]["split"] == "val").all()
         counts = per_class(FRAME, rows)
         assert counts == {0: expected, 1: min(expected, 3), 2: expected}
-    assert set(validation_indices(FRAME, 1, 3, "paper")) <= set(validation_indices(FRAME, 2, 3, "paper"))
+    assert set(validation_indices(FRAME, 1, 3, "fewshot")) <= set(validation_indices(FRAME, 2, 3, "fewshot"))
+    draws = {tuple(validation_indices(FRAME, 2, seed, "fewshot")) for seed in range(6)}
+    assert len(draws) > 1  # seeded: other seeds draw other validation images
+    again = validation_indices(FRAME, 2, 3, "fewshot")
+    assert np.array_equal(validation_indices(FRAME, 2, 3, "fewshot"), again)
     with pytest.raises(CytotuneError, match="validation mode"):
         validation_indices(FRAME, 1, 0, mode="half")
 
@@ -139,7 +164,7 @@ def test_train_val_test_rows_are_disjoint_and_cover_the_frame():
     assert len(train) + len(val) + len(test) == len(FRAME)
     for seed in range(5):
         assert not set(few_shot_indices(FRAME, 5, seed)) & (set(val) | set(test))
-        assert not set(validation_indices(FRAME, 4, seed, "paper")) & set(train)
+        assert not set(validation_indices(FRAME, 4, seed, "fewshot")) & set(train)
 
 
 def test_split_counts_keep_every_split_when_possible():

@@ -86,7 +86,14 @@ def test_spec_identifiers_and_hub_repos():
         "openai",
     )
     assert get_backbone_spec("clip_vit_l14").hub_repo == "timm/vit_large_patch14_clip_224.openai"
-    assert get_backbone_spec("vit_b16").hub_repo == "timm/vit_base_patch16_224.augreg2_in21k_ft_in1k"
+    # the authors' ViT: google/vit-base-patch16-224, Google's original in21k -> in1k weights (not augreg2)
+    vit = get_backbone_spec("vit_b16")
+    assert vit.identifier == "vit_base_patch16_224.orig_in21k_ft_in1k"
+    assert vit.pretrained == "orig_in21k_ft_in1k"
+    assert vit.hub_repo == "timm/vit_base_patch16_224.orig_in21k_ft_in1k"
+    # QUILT as the paper states it (ViT-B/16); the authors' code's B/32 stays registered
+    assert get_backbone_spec("quilt_b16").hub_repo == "wisdomik/QuiltNet-B-16"
+    assert get_backbone_spec("quilt_b32").hub_repo == "wisdomik/QuiltNet-B-32"
     assert get_backbone_spec("uni").hub_files == ("pytorch_model.bin",) and get_backbone_spec("uni").gated
 
 

@@ -270,7 +270,7 @@ def test_lora_few_shot_steps_follow_base_plus_per_shot(three_classes, cache_dir)
 
     cfg = config(three_classes, cache_dir, "lora", shots=4, train={"base_steps": 50, "steps_per_shot": 100})
     assert lora_steps(cfg, 16) == 450
-    assert lora_steps(cfg.model_copy(update={"shots": None, "fraction": 0.5}), 100) == 10 * 4
+    assert lora_steps(cfg.model_copy(update={"shots": None, "fraction": 0.5}), 100) == 100 * 4
     capped = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": 7})})
     assert lora_steps(capped, 16) == 7
 

@@ -13,7 +13,8 @@ import pandas as pd
 
 from cytotune.errors import CytotuneError
 
-PAPER_VALIDATION_SHOTS = 4
+FEWSHOT_VALIDATION_PER_CLASS = 4  # min(shots, 4) val images per class: the authors' code
+VALIDATION_MODES = ("full", "fewshot")
 
 
 def _rows(frame: pd.DataFrame, split: str) -> np.ndarray:
@@ -53,19 +54,25 @@ def test_indices(frame: pd.DataFrame) -> np.ndarray:
 test_indices.__test__ = False  # a data function, not a pytest test, when test modules import it
 
 
-def few_shot_indices(frame: pd.DataFrame, shots: int, seed: int) -> np.ndarray:
-    """`shots` train rows per class, seeded and nested in shots (the 2-shot set contains the 1-shot set)."""
+def few_shot_indices(frame: pd.DataFrame, shots: int, seed: int, repeat: bool = False) -> np.ndarray:
+    """`shots` train rows per class, seeded and nested in shots (the 2-shot set contains the 1-shot set).
+
+    A class with fewer train rows than `shots` is an error naming it; with `repeat` its rows are taken in
+    their seeded order and cycled up to `shots` (each image as often as the others, +-1; the authors' code
+    drew such a class with replacement), so the result may hold a row more than once.
+    """
     if shots < 1:
         raise CytotuneError(f"shots={shots} is invalid: expected a whole number >= 1")
     chosen = []
     for label, order in _class_orders(frame, "train", seed, stream=0).items():
-        if len(order) < shots:
+        if len(order) < shots and not (repeat and len(order)):
             raise CytotuneError(
                 f"class {_class_name(frame, label)!r} has {len(order)} training images, "
                 f"fewer than shots={shots}: "
                 f"expected shots <= {len(order)}"
+                + ("" if repeat else " (or train.short_class: repeat to repeat its images)")
             )
-        chosen.append(order[:shots])
+        chosen.append(np.resize(order, shots))
     return np.sort(np.concatenate(chosen)) if chosen else np.empty(0, dtype=np.int64)
 
 
@@ -84,12 +91,15 @@ def fraction_indices(frame: pd.DataFrame, fraction: float, seed: int) -> np.ndar
 def validation_indices(
     frame: pd.DataFrame, shots: int | None = None, seed: int = 0, mode: str = "full"
 ) -> np.ndarray:
-    """Validation rows: the whole val split ("full"), or min(shots, 4) per class, seeded ("paper", as the
-    paper's code did for few-shot cells; without shots it is the whole val split)."""
-    if mode not in ("full", "paper"):
-        raise CytotuneError(f"validation mode {mode!r} is invalid: expected 'full' or 'paper'")
+    """Validation rows: the whole val split ("full"), or, for a few-shot trial, min(shots, 4) val rows per
+    class ("fewshot", the authors' code), seeded and nested in shots like few_shot_indices; without shots
+    "fewshot" is the whole val split too. A class with fewer val rows than asked contributes all it has (the
+    authors' code drew such a class with replacement, repeating images)."""
+    if mode not in VALIDATION_MODES:
+        expected = " or ".join(repr(m) for m in VALIDATION_MODES)
+        raise CytotuneError(f"validation mode {mode!r} is invalid: expected {expected}")
     if mode == "full" or shots is None:
         return _rows(frame, "val")
-    per_class = min(int(shots), PAPER_VALIDATION_SHOTS)
+    per_class = min(int(shots), FEWSHOT_VALIDATION_PER_CLASS)
     chosen = [order[:per_class] for order in _class_orders(frame, "val", seed, stream=1).values()]
     return np.sort(np.concatenate(chosen)) if chosen else np.empty(0, dtype=np.int64)

@@ -17,7 +17,7 @@ RANDOM_SUFFIX = "@random"
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """What a backbone is and how to feed it (see PROTOCOL.md, Backbones).
+    """What a backbone is and how to feed it (search_spaces/README.md, Backbones).
 
     feature: "image_embedding" is the CLIP-family image embedding after projection, "pre_logits" the timm
     pre-logits CLS token; neither is L2-normalised. Weights come from the Hugging Face hub cache

@@ -1,4 +1,10 @@
-"""The registered backbones (PROTOCOL.md, Backbones): one spec and one architecture builder each.
+"""The registered backbones (search_spaces/README.md, Backbones): one spec and one architecture builder each.
+
+Weights as the paper's authors used them: vit_b16 is Google's original ViT-B/16 (ImageNet-21k, then 1k), the
+weights of `google/vit-base-patch16-224` that the authors' code loaded through HF transformers, in timm as
+`vit_base_patch16_224.orig_in21k_ft_in1k` (not timm's default augreg2 recipe). QUILT is ViT-B/16 in the
+paper's text and ViT-B/32 in the authors' code: the studies ship quilt_b16 (what the paper states);
+quilt_b32 is registered too, to reproduce the code.
 
 Values come from each model's own pretrained config: open_clip's pretrained table for the OpenAI CLIP tags,
 timm's pretrained cfg for vit_b16, the `open_clip_config.json` of the QuiltNet and BiomedCLIP hub repos, and
@@ -71,7 +77,7 @@ def _openai_clip_spec(name: str, model: str, width: int, layers: int, descriptio
     )
 
 
-_VIT_B16_TIMM = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
+_VIT_B16_TIMM = "vit_base_patch16_224.orig_in21k_ft_in1k"  # = google/vit-base-patch16-224
 _VIT_B16_CFG = timm.models.get_pretrained_cfg(_VIT_B16_TIMM)
 
 
@@ -102,7 +108,7 @@ def clip_vit_l14() -> nn.Module:
         layers=12,
         hub_repo="wisdomik/QuiltNet-B-16",
         hub_files=HUB_REPO_FILES,
-        description="QuiltNet ViT-B/16 (histopathology CLIP)",
+        description="QuiltNet ViT-B/16 (histopathology CLIP; the paper's text)",
     )
 )
 def quilt_b16() -> nn.Module:
@@ -125,7 +131,7 @@ def quilt_b16() -> nn.Module:
         layers=12,
         hub_repo="wisdomik/QuiltNet-B-32",
         hub_files=HUB_REPO_FILES,
-        description="QuiltNet ViT-B/32 (the paper's code used this one)",
+        description="QuiltNet ViT-B/32 (the authors' code used this one)",
     )
 )
 def quilt_b32() -> nn.Module:
@@ -202,11 +208,11 @@ def uni() -> nn.Module:
         layers=12,
         hub_repo=_VIT_B16_CFG.hf_hub_id,
         hub_files=TIMM_FILES,
-        description="timm ViT-B/16, ImageNet-21k then 1k",
+        description="Google ViT-B/16, ImageNet-21k then 1k (google/vit-base-patch16-224)",
     )
 )
 def vit_b16() -> nn.Module:
-    """timm ViT-B/16 (augreg2 in21k -> in1k) without classifier: pre-logits CLS token."""
+    """Google's original ViT-B/16 (in21k -> in1k) in timm, without classifier: pre-logits CLS token."""
     return timm.create_model(_VIT_B16_TIMM, pretrained=False, num_classes=0)
 
 

@@ -1,4 +1,4 @@
-"""The paper's reference numbers (PROTOCOL.md) and display names of backbones and datasets."""
+"""The paper's reference numbers (search_spaces/README.md) and display names of backbones and datasets."""
 
 from __future__ import annotations
 

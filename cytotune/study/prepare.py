@@ -84,14 +84,16 @@ def _check_shots(spec: StudySpec, cell: CellPlan, manifest) -> None:
     shots = cell.base.get("shots")
     if shots is None:
         return
+    repeat = cell.base["train"]["short_class"] == "repeat"
     train = manifest.frame[manifest.frame["split"] == "train"]
     counts = train["class_name"].value_counts()
     smallest = min(manifest.classes, key=lambda c: int(counts.get(c, 0)))
     have = int(counts.get(smallest, 0))
-    if shots > have:
+    if shots > have and not (repeat and have):
         raise CytotuneError(
             f"{spec.where()}: methods[{cell.block_index}].shots: {shots} shots per class, but class "
             f"{smallest!r} of {cell.base['dataset']} has {have} train images; expected at most {have}"
+            + ("" if repeat else " (or train.short_class: repeat to repeat its images)")
         )
 
 

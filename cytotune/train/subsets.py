@@ -56,12 +56,12 @@ def trial_rows(cfg: TrialConfig, manifest: Manifest) -> TrialData:
     """The trial's rows of a manifest: shots per class, a fraction, or all the train split; val; test."""
     frame = manifest.frame
     if cfg.shots is not None:
-        train = few_shot_indices(frame, cfg.shots, cfg.seed)
+        train = few_shot_indices(frame, cfg.shots, cfg.seed, repeat=cfg.train.short_class == "repeat")
     elif cfg.fraction is not None:
         train = fraction_indices(frame, cfg.fraction, cfg.seed)
     else:
         train = train_indices(frame)
-    val = validation_indices(frame, shots=cfg.shots, seed=cfg.seed, mode=cfg.train.val_mode)
+    val = validation_indices(frame, shots=cfg.shots, seed=cfg.seed, mode=cfg.train.validation)
     test = test_indices(frame)
     for role, rows in (("train", train), ("validation", val), ("test", test)):
         if len(rows) == 0:
