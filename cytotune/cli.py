@@ -189,7 +189,9 @@ def train(
 def run_command(
     space: Annotated[Path, typer.Argument(metavar="SPACE.yaml", help="The study YAML (see search_spaces/).")],
     address: Annotated[str | None, typer.Option(help="Ray: auto or HOST:PORT (default: local).")] = None,
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: YAML's).")] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI [$MLFLOW_TRACKING_URI, the YAML's, ./mlflow.db].")
+    ] = None,
     storage: Annotated[str | None, typer.Option(help="Ray storage folder (default: the YAML's).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue a stopped study; skip finished trials.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print cells, trials, resources, fit; run nothing.")] = False,
@@ -208,7 +210,9 @@ def run_command(
     if dry_run:
         typer.echo(describe_plan(plan_only(spec, address=address)))
         return
-    tracking = study_callback(spec, tracking_uri, resume=resume, address=address)
+    tracking = study_callback(
+        spec, announce_tracking(tracking_uri, spec.tracking_uri), resume=resume, address=address
+    )
     outcome = run_study(
         spec,
         address=address,
@@ -242,7 +246,7 @@ def demo_command(
     from cytotune.tracking import best_configs
     from cytotune.tracking.callback import study_callback
 
-    tracking = study_callback(demo_spec(out))
+    tracking = study_callback(demo_spec(out), announce_tracking(None))
     outcome = run_demo(out, callbacks=[tracking])
     counts = outcome.counts()
     typer.echo(
@@ -258,7 +262,18 @@ def demo_command(
 
 # --- tracking and reports -------------------------------------------------------------------------
 
-TRACKING_HELP = "MLflow tracking URI: http://HOST:PORT or sqlite:///PATH.db (default: ./mlflow.db)."
+TRACKING_HELP = (
+    "MLflow tracking URI: http://HOST:PORT or sqlite:///PATH.db [$MLFLOW_TRACKING_URI, ./mlflow.db]."
+)
+
+
+def announce_tracking(given: str | None, study: str | None = None) -> str:
+    """The tracking URI by the one rule (flag, $MLFLOW_TRACKING_URI, YAML, ./mlflow.db), said on stderr."""
+    from cytotune.tracking.uri import choose_tracking_uri
+
+    choice = choose_tracking_uri(given, study)
+    typer.echo(choice.line(), err=True)
+    return choice.uri
 
 
 @app.command("best")
@@ -274,10 +289,10 @@ def best_command(
     """Per cell, the searched values with the best mean validation accuracy over seeds, and their test
     accuracy (mean +- std, seeds); cells short of seeds are flagged."""
     from cytotune.report.tables import best_text
-    from cytotune.tracking import best_configs, check_tracking, resolve_tracking_uri
+    from cytotune.tracking import best_configs, check_tracking
     from cytotune.tracking.rerun import write_rerun
 
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = announce_tracking(tracking_uri)
     check_tracking(uri, must_exist=True)
     best = best_configs(experiment, uri, where)
     typer.echo(best_text(best, best.attrs["searched"], output_format), nl=False)
@@ -299,9 +314,9 @@ def report_command(
     data fraction, trainable parameters vs accuracy), and log them to the study's latest launch run."""
     from cytotune.report import build_report
     from cytotune.report.paper import parse_reference
-    from cytotune.tracking import check_tracking, resolve_tracking_uri
+    from cytotune.tracking import check_tracking
 
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = announce_tracking(tracking_uri)
     check_tracking(uri, must_exist=True)
     report = build_report(experiment, uri, out, reference=parse_reference(reference))
     for path in report.files:
