@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 from cytotune.config import default_cache_dir
@@ -40,8 +41,12 @@ def _manifest_key(cell: CellPlan) -> tuple:
     return (base["layout"], str(base["root"]), base["level"], tuple(base["split"]), base["split_seed"])
 
 
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 def prepare_data(
-    spec: StudySpec, cells: list[CellPlan], *, features: bool, say: Callable[[str], None] = print
+    spec: StudySpec, cells: list[CellPlan], *, features: bool, say: Callable[[str], None] = _to_stderr
 ) -> None:
     """Prepare each dataset's manifest and image cache once, check shots against the smallest train class,
     and (with `features`) compute each linear-probe backbone's feature cache once."""
