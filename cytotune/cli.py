@@ -27,10 +27,39 @@ app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """cytotune: hyperparameter studies adapting vision foundation models to cytology. Results go to stdout,
+    progress and logs to stderr."""
+
+
 @app.command()
 def version() -> None:
     """Print the cytotune version."""
     typer.echo(__version__)
+
+
+def echo_json(data: object) -> None:
+    """Machine-readable output of a command (`--json`) on stdout."""
+    import json
+
+    typer.echo(json.dumps(data, indent=1, default=str))
+
+
+def say(message: str) -> None:
+    """Progress of a command, on stderr."""
+    typer.echo(message, err=True)
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -90,10 +119,17 @@ def data_info(
     split: str = typer.Option("0.7,0.1,0.2", "--split", help="train,val,test fractions."),
     split_seed: int = typer.Option(0, "--split-seed", help="Seed of the split."),
     cache_dir: str = typer.Option(None, "--cache-dir", metavar="PATH", help="Cache [$CYTOTUNE_CACHE]."),
+    json_output: bool = typer.Option(False, "--json", help="Print the facts as JSON."),
 ) -> None:
     """Show what is in a dataset folder, and its manifest and image caches if prepared."""
-    from cytotune.data.summary import dataset_info, parse_split
+    from cytotune.data.summary import dataset_facts, dataset_info, parse_split
 
+    if json_output:
+        facts = dataset_facts(
+            dataset, root, level=level, split=parse_split(split), split_seed=split_seed, cache_dir=cache_dir
+        )
+        echo_json(facts)
+        return
     text = dataset_info(
         dataset, root, level=level, split=parse_split(split), split_seed=split_seed, cache_dir=cache_dir
     )
@@ -104,10 +140,16 @@ def data_info(
 
 
 @app.command()
-def backbones() -> None:
+def backbones(
+    json_output: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+) -> None:
     """List the backbone registry: library, identifier, input size, feature width, where weights stand."""
     from cytotune.models import backbone_rows, format_backbone_table
+    from cytotune.models.table import backbone_records
 
+    if json_output:
+        echo_json(backbone_records())
+        return
     typer.echo(format_backbone_table(backbone_rows()))
 
 
@@ -189,7 +231,9 @@ def train(
 def run_command(
     space: Annotated[Path, typer.Argument(metavar="SPACE.yaml", help="The study YAML (see search_spaces/).")],
     address: Annotated[str | None, typer.Option(help="Ray: auto or HOST:PORT (default: local).")] = None,
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: YAML's).")] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI [$MLFLOW_TRACKING_URI, the YAML's, ./mlflow.db].")
+    ] = None,
     storage: Annotated[str | None, typer.Option(help="Ray storage folder (default: the YAML's).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue a stopped study; skip finished trials.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print cells, trials, resources, fit; run nothing.")] = False,
@@ -197,18 +241,28 @@ def run_command(
     reuse_actors: Annotated[
         bool, typer.Option(help="Run a trial in a finished trial's Ray actor (its node) when one is free.")
     ] = True,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the final summary (with --dry-run: the plan) as JSON.")
+    ] = False,
 ) -> None:
     """Run a study: every trial of SPACE.yaml on Ray Tune, early stopping and search per cell."""
     from cytotune.study.runner import describe_plan, run_study
     from cytotune.study.runner import dry_run as plan_only
     from cytotune.study.spec import load_study
+    from cytotune.study.summary import outcome_dict, plan_dict
     from cytotune.tracking.callback import study_callback
 
     spec = load_study(space)
     if dry_run:
-        typer.echo(describe_plan(plan_only(spec, address=address)))
+        plan = plan_only(spec, address=address)
+        if json_output:
+            echo_json(plan_dict(plan))
+        else:
+            typer.echo(describe_plan(plan))
         return
-    tracking = study_callback(spec, tracking_uri, resume=resume, address=address)
+    tracking = study_callback(
+        spec, announce_tracking(tracking_uri, spec.tracking_uri), resume=resume, address=address
+    )
     outcome = run_study(
         spec,
         address=address,
@@ -218,17 +272,21 @@ def run_command(
         max_concurrent=max_concurrent,
         callbacks=[tracking],
         reuse_actors=reuse_actors,
+        say=say,
     )
+    if json_output:
+        echo_json(outcome_dict(outcome, tracking.tracking_uri))
+    tell = say if json_output else typer.echo
     counts = outcome.counts()
-    typer.echo(
+    tell(
         f"study {outcome.name}: {len(outcome.trials)} trials ({counts['finished']} finished, "
         f"{counts['stopped']} stopped early, {counts['failed']} failed) in {outcome.wall_s:.0f} s; "
         f"Ray results in {outcome.path}"
     )
-    typer.echo(f"MLflow: experiment {outcome.name} at {tracking.tracking_uri} (see `cytotune best`)")
+    tell(f"MLflow: experiment {outcome.name} at {tracking.tracking_uri} (see `cytotune best`)")
     if outcome.interrupted:
         again = f"cytotune run {space}" + (f" --storage {storage}" if storage else "") + " --resume"
-        typer.echo(f"interrupted before every trial ended; continue with: {again}")
+        say(f"interrupted before every trial ended; continue with: {again}")
 
 
 @app.command("demo")
@@ -242,8 +300,8 @@ def demo_command(
     from cytotune.tracking import best_configs
     from cytotune.tracking.callback import study_callback
 
-    tracking = study_callback(demo_spec(out))
-    outcome = run_demo(out, callbacks=[tracking])
+    tracking = study_callback(demo_spec(out), announce_tracking(None))
+    outcome = run_demo(out, callbacks=[tracking], say=say)
     counts = outcome.counts()
     typer.echo(
         f"demo: {len(outcome.trials)} trials ({counts['finished']} finished, {counts['stopped']} stopped "
@@ -258,7 +316,18 @@ def demo_command(
 
 # --- tracking and reports -------------------------------------------------------------------------
 
-TRACKING_HELP = "MLflow tracking URI: http://HOST:PORT or sqlite:///PATH.db (default: ./mlflow.db)."
+TRACKING_HELP = (
+    "MLflow tracking URI: http://HOST:PORT or sqlite:///PATH.db [$MLFLOW_TRACKING_URI, ./mlflow.db]."
+)
+
+
+def announce_tracking(given: str | None, study: str | None = None) -> str:
+    """The tracking URI by the one rule (flag, $MLFLOW_TRACKING_URI, YAML, ./mlflow.db), said on stderr."""
+    from cytotune.tracking.uri import choose_tracking_uri
+
+    choice = choose_tracking_uri(given, study)
+    typer.echo(choice.line(), err=True)
+    return choice.uri
 
 
 @app.command("best")
@@ -274,10 +343,10 @@ def best_command(
     """Per cell, the searched values with the best mean validation accuracy over seeds, and their test
     accuracy (mean +- std, seeds); cells short of seeds are flagged."""
     from cytotune.report.tables import best_text
-    from cytotune.tracking import best_configs, check_tracking, resolve_tracking_uri
+    from cytotune.tracking import best_configs, check_tracking
     from cytotune.tracking.rerun import write_rerun
 
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = announce_tracking(tracking_uri)
     check_tracking(uri, must_exist=True)
     best = best_configs(experiment, uri, where)
     typer.echo(best_text(best, best.attrs["searched"], output_format), nl=False)
@@ -299,9 +368,9 @@ def report_command(
     data fraction, trainable parameters vs accuracy), and log them to the study's latest launch run."""
     from cytotune.report import build_report
     from cytotune.report.paper import parse_reference
-    from cytotune.tracking import check_tracking, resolve_tracking_uri
+    from cytotune.tracking import check_tracking
 
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = announce_tracking(tracking_uri)
     check_tracking(uri, must_exist=True)
     report = build_report(experiment, uri, out, reference=parse_reference(reference))
     for path in report.files:

@@ -77,7 +77,8 @@ class TrialConfig(Frozen):
     method: Literal["linear_probe", "lora"]
     backbone: str
     weights: Path | None = None
-    dataset: str
+    dataset: str  # the dataset's name (its identity in keys, params and reports)
+    layout: str | None = None  # the registered layout the root follows; None: the name is the layout
     root: Path
     level: Literal[1, 2, 3] = 3
     split: tuple[float, float, float] = (0.7, 0.1, 0.2)
@@ -89,6 +90,11 @@ class TrialConfig(Frozen):
     lora: LoraSettings = LoraSettings()
     train: TrainSettings = TrainSettings()
     cache_dir: Path = Field(default_factory=default_cache_dir)
+
+    @property
+    def dataset_layout(self) -> str:
+        """The registered layout (loader) that lists the root."""
+        return self.layout or self.dataset
 
     @model_validator(mode="after")
     def _one_data_budget(self) -> TrialConfig:

@@ -73,3 +73,47 @@ def dataset_info(
     caches = sorted((cache_base / "images").glob(f"{name}-{manifest.digest[:16]}-*.u8"))
     lines += [f"image cache: {path}" for path in caches] or ["image cache: none yet"]
     return "\n".join(lines)
+
+
+def dataset_facts(
+    name: str,
+    root: Path,
+    *,
+    level: int = 3,
+    split: Sequence[float] = (0.7, 0.1, 0.2),
+    split_seed: int = 0,
+    cache_dir: Path | None = None,
+) -> dict:
+    """`dataset_info` as plain data (`data info --json`): images found per class, and the manifest (images per
+    class and split, digest) and image caches when prepared (null and [] otherwise)."""
+    spec = get_dataset(name)
+    listing = scan_dataset(name, root, level=level)
+    found = listing.frame["class_name"].value_counts().reindex(list(listing.classes), fill_value=0)
+    facts = {
+        "dataset": name,
+        "root": str(Path(root).resolve()),
+        "layout": spec.layout,
+        "level": level if spec.uses_level else None,
+        "classes": {class_name: int(count) for class_name, count in found.items()},
+        "missing": len(listing.missing),
+        "notes": list(listing.notes),
+        "manifest": None,
+        "image_caches": [],
+    }
+    manifest = find_manifest(name, root, level=level, split=split, split_seed=split_seed, cache_dir=cache_dir)
+    if manifest is None:
+        return facts
+    counts = manifest.counts()
+    facts["manifest"] = {
+        "path": str(manifest.path),
+        "digest": manifest.digest,
+        "images": len(manifest),
+        "split": "official" if manifest.split is None else list(manifest.split),
+        "split_seed": None if manifest.split is None else manifest.split_seed,
+        "counts": {c: {k: int(v) for k, v in row.items()} for c, row in counts.iterrows()},
+        "dropped": list(manifest.dropped),
+    }
+    cache_base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    caches = sorted((cache_base / "images").glob(f"{name}-{manifest.digest[:16]}-*.u8"))
+    facts["image_caches"] = [str(path) for path in caches]
+    return facts

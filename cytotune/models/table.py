@@ -28,6 +28,31 @@ def backbone_rows() -> list[dict[str, str]]:
     return rows
 
 
+def backbone_records() -> list[dict]:
+    """One record per registered backbone with typed values (what `cytotune backbones --json` prints)."""
+    out = []
+    for name in list_backbones():
+        spec = get_backbone_spec(name)
+        out.append(
+            {
+                "name": spec.name,
+                "library": spec.library,
+                "identifier": spec.identifier,
+                "pretrained": spec.pretrained,
+                "input_size": spec.input_size,
+                "mean": list(spec.mean),
+                "std": list(spec.std),
+                "feature": spec.feature,
+                "feature_dim": spec.feature_dim,
+                "hub_repo": spec.hub_repo,
+                "gated": spec.gated,
+                "test_size": spec.test_size,
+                "weights": weights_status(spec),
+            }
+        )
+    return out
+
+
 def format_backbone_table(rows: list[dict[str, str]]) -> str:
     """Rows as a left-aligned text table with a header line."""
     widths = {column: max(len(column), *(len(row[column]) for row in rows)) for column in COLUMNS}

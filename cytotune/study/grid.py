@@ -195,6 +195,7 @@ def expand_cells(spec: StudySpec) -> list[CellPlan]:
                             "backbone": backbone,
                             "weights": spec.weights.get(backbone),
                             "dataset": dataset.dataset,
+                            "layout": dataset.registered_layout,
                             "root": dataset.root,
                             "level": dataset.level,
                             "split": dataset.split,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 from cytotune.config import default_cache_dir
@@ -25,20 +26,27 @@ def check_registries(spec: StudySpec) -> None:
                 raise CytotuneError(f"{spec.where()}: {scope}backbones[{j}]: {err}") from err
         scope = f"methods[{index}]." if block.datasets is not None else ""
         for j, entry in enumerate(block.datasets or spec.datasets or ()):
-            if entry.dataset not in datasets:
+            if entry.registered_layout not in datasets:
+                field = "layout" if entry.layout is not None else "name"
+                known = ", ".join(sorted(datasets))
                 raise CytotuneError(
-                    f"{spec.where()}: {scope}datasets[{j}].name: unknown dataset {entry.dataset!r}; "
-                    f"expected one of: {', '.join(sorted(datasets))}"
+                    f"{spec.where()}: {scope}datasets[{j}].{field}: unknown layout "
+                    f"{entry.registered_layout!r}; expected one of: {known} (a dataset of your own: "
+                    "`layout: folder` and any `name`)"
                 )
 
 
 def _manifest_key(cell: CellPlan) -> tuple:
     base = cell.base
-    return (base["dataset"], str(base["root"]), base["level"], tuple(base["split"]), base["split_seed"])
+    return (base["layout"], str(base["root"]), base["level"], tuple(base["split"]), base["split_seed"])
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def prepare_data(
-    spec: StudySpec, cells: list[CellPlan], *, features: bool, say: Callable[[str], None] = print
+    spec: StudySpec, cells: list[CellPlan], *, features: bool, say: Callable[[str], None] = _to_stderr
 ) -> None:
     """Prepare each dataset's manifest and image cache once, check shots against the smallest train class,
     and (with `features`) compute each linear-probe backbone's feature cache once."""
@@ -52,9 +60,9 @@ def prepare_data(
         key = _manifest_key(cell)
         cache_dir = default_cache_dir()
         if key not in manifests:
-            say(f"preparing {base['dataset']} at {base['root']}")
+            say(f"preparing {base['dataset']} ({base['layout']} layout) at {base['root']}")
             manifests[key] = prepare_dataset(
-                base["dataset"],
+                base["layout"],
                 base["root"],
                 level=base["level"],
                 split=tuple(base["split"]),

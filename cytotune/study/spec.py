@@ -81,10 +81,12 @@ class OptunaDimension(Frozen):
 
 
 class DatasetEntry(Frozen):
-    """A dataset axis value: registry name (default: the root folder's name), root, label level, split."""
+    """A dataset axis value: its name (its identity in cell keys, MLflow params and reports; default: the
+    root folder's name), the registered layout its root follows (default: the name), root, level, split."""
 
     root: Path
-    name: str | None = None
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    layout: str | None = None
     level: Literal[1, 2, 3] = 3
     split: tuple[float, float, float] = (0.7, 0.1, 0.2)
     split_seed: int = 0
@@ -98,13 +100,36 @@ class DatasetEntry(Frozen):
 
     @property
     def dataset(self) -> str:
-        """The registry name of the dataset."""
+        """The dataset's name."""
         return self.name or self.root.name
+
+    @property
+    def registered_layout(self) -> str:
+        """The registered layout (loader) that lists the root: `layout`, else the name."""
+        return self.layout or self.dataset
 
     @property
     def label(self) -> str:
         """The dataset as it appears in cell keys: the name, with the level when it is not 3."""
         return self.dataset if self.level == 3 else f"{self.dataset}-level{self.level}"
+
+    def identity(self) -> tuple:
+        """What a name stands for within a study: layout, root, split and split seed (levels may differ)."""
+        return (self.registered_layout, self.root, self.split, self.split_seed)
+
+
+def _distinct_datasets(entries: tuple[DatasetEntry, ...] | None) -> tuple[DatasetEntry, ...] | None:
+    """Entries of one datasets list: no two with the same name (at the same level)."""
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(entries or ()):
+        if entry.label in seen:
+            level = "" if entry.level == 3 else f" at level {entry.level}"
+            raise ValueError(
+                f"name {entry.dataset!r}{level} is given twice ([{seen[entry.label]}] and [{index}]); "
+                "expected a distinct `name` for each dataset (the layout goes in `layout`)"
+            )
+        seen[entry.label] = index
+    return entries
 
 
 class LoraGrid(Frozen):
@@ -218,6 +243,8 @@ class MethodBlock(Frozen):
     asha: AshaSettings | None = None
     resources: TrialResources = TrialResources()
 
+    _datasets = field_validator("datasets", mode="after")(_distinct_datasets)
+
     @field_validator("shots", mode="before")
     @classmethod
     def _shots(cls, v: object) -> tuple | None:
@@ -326,6 +353,23 @@ class StudySpec(Frozen):
                     raise ValueError(f"methods[{i}].{axis}: missing; expected it here or at top level")
         return self
 
+    _datasets = field_validator("datasets", mode="after")(_distinct_datasets)
+
+    @model_validator(mode="after")
+    def _one_dataset_per_name(self) -> StudySpec:
+        """A name stands for one dataset in the whole study (blocks may list it again, at other levels)."""
+        first: dict[str, tuple[str, DatasetEntry]] = {}
+        scopes = [("", self.datasets)] + [(f"methods[{i}].", b.datasets) for i, b in enumerate(self.methods)]
+        for scope, entries in scopes:
+            for j, entry in enumerate(entries or ()):
+                where, seen = first.setdefault(entry.dataset, (f"{scope}datasets[{j}]", entry))
+                if seen.identity() != entry.identity():
+                    raise ValueError(
+                        f"{scope}datasets[{j}]: name {entry.dataset!r} is also {where} with another "
+                        f"{_difference(seen, entry)}; expected one dataset per name"
+                    )
+        return self
+
     @property
     def source(self) -> Path | None:
         """The YAML file this study was loaded from (None when built in code)."""
@@ -340,6 +384,12 @@ class StudySpec(Frozen):
         merged = self.train.model_dump(include=self.train.model_fields_set)
         merged.update(block.train.model_dump(include=block.train.model_fields_set))
         return TrainSettings(**merged)
+
+
+def _difference(a: DatasetEntry, b: DatasetEntry) -> str:
+    fields = ("registered_layout", "root", "split", "split_seed")
+    differing = [f for f in fields if getattr(a, f) != getattr(b, f)]
+    return ", ".join(f.replace("registered_", "") for f in differing)
 
 
 def _loc(loc: tuple) -> str:

@@ -2,11 +2,17 @@
 
 from cytotune.tracking.runs import best_configs, expected_seeds, latest_launch, parse_where, runs_frame
 from cytotune.tracking.selection import select_best
-from cytotune.tracking.uri import check_tracking, default_tracking_uri, resolve_tracking_uri
+from cytotune.tracking.uri import (
+    check_tracking,
+    choose_tracking_uri,
+    default_tracking_uri,
+    resolve_tracking_uri,
+)
 
 __all__ = [
     "best_configs",
     "check_tracking",
+    "choose_tracking_uri",
     "default_tracking_uri",
     "expected_seeds",
     "latest_launch",

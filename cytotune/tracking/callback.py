@@ -19,7 +19,7 @@ from cytotune.report.confusion import confusion_figure
 from cytotune.study.grid import count_trials, expand_cells
 from cytotune.study.spec import StudySpec
 from cytotune.tracking import layout
-from cytotune.tracking.uri import artifact_location, resolve_tracking_uri
+from cytotune.tracking.uri import artifact_location, choose_tracking_uri, resolve_tracking_uri
 
 _BATCH = 100
 
@@ -304,12 +304,12 @@ class MlflowCallback(Callback):
 def study_callback(
     spec: StudySpec, tracking_uri: str | None = None, *, resume: bool = False, address: str | None = None
 ) -> MlflowCallback:
-    """The MLflow callback of a launch: tracking at `tracking_uri`, else the YAML's, else ./mlflow.db."""
+    """The MLflow callback of a launch, tracking where `choose_tracking_uri` says (flag, env, YAML)."""
     if spec.source is not None and Path(spec.source).is_file():
         text = Path(spec.source).read_text()
     else:
         text = yaml.safe_dump(spec.model_dump(mode="json", exclude_unset=True), sort_keys=False)
-    uri = resolve_tracking_uri(tracking_uri or spec.tracking_uri)
+    uri = choose_tracking_uri(tracking_uri, spec.tracking_uri).uri
     total = count_trials(expand_cells(spec))
     return MlflowCallback(
         spec.name, uri, study_yaml=text, resume=resume, ray_address=address, expected_trials=total

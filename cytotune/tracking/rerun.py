@@ -90,6 +90,7 @@ def _block(config: TrialConfig, label: str, seeds: list[int], resources: dict[st
     block["datasets"] = [
         {
             "name": config.dataset,
+            "layout": config.dataset_layout,
             "root": data["root"],
             "level": config.level,
             "split": list(config.split),

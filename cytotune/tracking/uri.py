@@ -1,4 +1,4 @@
-"""Where runs are tracked: the embedded SQLite default, and a reachability check before anything starts."""
+"""Where runs are tracked: one rule (flag, environment, YAML, ./mlflow.db), checked before anything starts."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import json
 import os
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 from cytotune.errors import CytotuneError
 
 CHECK_TIMEOUT_S = 5.0
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
 
 
 def default_tracking_uri(directory: Path | None = None) -> str:
@@ -20,9 +22,31 @@ def default_tracking_uri(directory: Path | None = None) -> str:
     return f"sqlite:///{(directory or Path.cwd()).resolve() / 'mlflow.db'}"
 
 
+@dataclass(frozen=True)
+class TrackingChoice:
+    """The tracking URI a command uses and where it came from."""
+
+    uri: str
+    source: str
+
+    def line(self) -> str:
+        """How commands announce it at start (on stderr)."""
+        return f"MLflow tracking: {self.uri} (from {self.source})"
+
+
+def choose_tracking_uri(given: str | None = None, study: str | None = None) -> TrackingChoice:
+    """The one rule of every command, the notebook and infra: `--tracking-uri` (`given`), else
+    $MLFLOW_TRACKING_URI, else the study YAML's `tracking_uri`, else ./mlflow.db."""
+    env = os.environ.get(TRACKING_ENV)
+    for uri, source in ((given, "--tracking-uri"), (env, f"${TRACKING_ENV}"), (study, "the study YAML")):
+        if uri:
+            return TrackingChoice(uri, source)
+    return TrackingChoice(default_tracking_uri(), "the default ./mlflow.db")
+
+
 def resolve_tracking_uri(uri: str | None) -> str:
-    """The given tracking URI, or the embedded default when None."""
-    return uri or default_tracking_uri()
+    """The given tracking URI, else $MLFLOW_TRACKING_URI, else the embedded default."""
+    return choose_tracking_uri(uri).uri
 
 
 def artifact_location(uri: str, experiment: str) -> str | None:

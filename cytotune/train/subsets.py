@@ -43,7 +43,7 @@ class TrialData:
 def trial_manifest(cfg: TrialConfig) -> Manifest:
     """The prepared manifest of the trial's dataset (built once, then read back)."""
     return prepare_dataset(
-        cfg.dataset,
+        cfg.dataset_layout,
         cfg.root,
         level=cfg.level,
         split=cfg.split,
