@@ -191,44 +191,84 @@ def run_command(
     address: Annotated[str | None, typer.Option(help="Ray: auto or HOST:PORT (default: local).")] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: YAML's).")] = None,
     storage: Annotated[str | None, typer.Option(help="Ray storage folder (default: the YAML's).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue a stopped study; skip finished trials.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue a stopped study with its launch's tracking and storage.")
+    ] = False,
     dry_run: Annotated[bool, typer.Option(help="Print cells, trials, resources, fit; run nothing.")] = False,
     max_concurrent: Annotated[int | None, typer.Option(help="At most this many trials at once.")] = None,
     reuse_actors: Annotated[
         bool, typer.Option(help="Run a trial in a finished trial's Ray actor (its node) when one is free.")
     ] = True,
+    connect_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the Ray cluster at --address to answer.")
+    ] = 30.0,
 ) -> None:
-    """Run a study: every trial of SPACE.yaml on Ray Tune, early stopping and search per cell."""
-    from cytotune.study.runner import describe_plan, run_study
-    from cytotune.study.runner import dry_run as plan_only
-    from cytotune.study.spec import load_study
-    from cytotune.tracking.callback import study_callback
+    """Run a study: every trial of SPACE.yaml on Ray Tune, early stopping and search per cell.
 
-    spec = load_study(space)
-    if dry_run:
-        typer.echo(describe_plan(plan_only(spec, address=address)))
-        return
-    tracking = study_callback(spec, tracking_uri, resume=resume, address=address)
-    outcome = run_study(
-        spec,
-        address=address,
-        tracking_uri=tracking.tracking_uri,
-        storage=storage,
-        resume=resume,
-        max_concurrent=max_concurrent,
-        callbacks=[tracking],
-        reuse_actors=reuse_actors,
-    )
+    Exit status: 0 every trial finished or was stopped early; 1 a trial failed after its retries; 2 bad
+    input, nothing started; 130 (SIGINT) or 143 (SIGTERM) stopped, continue with --resume.
+    """
+    from cytotune.study.signals import StopSignals, StudyInterrupted
+
+    tracking = None
+    with StopSignals() as signals:
+        try:
+            from cytotune.study.launch import resume_tracking_uri
+            from cytotune.study.runner import describe_plan, experiment_path, run_study
+            from cytotune.study.runner import dry_run as plan_only
+            from cytotune.study.spec import load_study
+            from cytotune.tracking.callback import study_callback
+
+            spec = load_study(space)
+            if dry_run:
+                typer.echo(describe_plan(plan_only(spec, address=address, connect_timeout_s=connect_timeout)))
+                return
+            path = experiment_path(spec, storage)
+            if resume:
+                tracking_uri = resume_tracking_uri(spec, path, tracking_uri)
+            tracking = study_callback(spec, tracking_uri, resume=resume, address=address)
+            outcome = run_study(
+                spec,
+                address=address,
+                tracking_uri=tracking.tracking_uri,
+                storage=storage,
+                resume=resume,
+                max_concurrent=max_concurrent,
+                callbacks=[tracking],
+                reuse_actors=reuse_actors,
+                connect_timeout_s=connect_timeout,
+                signals=signals,
+            )
+            tracking.close(interrupted=outcome.interrupted)
+            typer.echo(_study_summary(outcome, tracking.tracking_uri))
+            again = f"cytotune run {space.resolve()} --storage {outcome.path.parent} --resume"
+            if outcome.interrupted:
+                typer.echo(f"interrupted before every trial ended; continue with: {again}")
+            code = signals.exit_code or (1 if outcome.failed() or outcome.interrupted else 0)
+        except StudyInterrupted as stop:
+            if tracking is not None:
+                tracking.close(interrupted=True)
+            typer.echo(f"cytotune: {stop}; nothing was left running", err=True)
+            code = 128 + stop.signum
+        except BaseException:
+            if tracking is not None:
+                tracking.close(interrupted=True)
+            raise
+    if code:
+        raise typer.Exit(code)
+
+
+def _study_summary(outcome, tracking_uri: str) -> str:
     counts = outcome.counts()
-    typer.echo(
+    lines = [
         f"study {outcome.name}: {len(outcome.trials)} trials ({counts['finished']} finished, "
         f"{counts['stopped']} stopped early, {counts['failed']} failed) in {outcome.wall_s:.0f} s; "
-        f"Ray results in {outcome.path}"
-    )
-    typer.echo(f"MLflow: experiment {outcome.name} at {tracking.tracking_uri} (see `cytotune best`)")
-    if outcome.interrupted:
-        again = f"cytotune run {space}" + (f" --storage {storage}" if storage else "") + " --resume"
-        typer.echo(f"interrupted before every trial ended; continue with: {again}")
+        f"Ray results in {outcome.path}",
+        f"MLflow: experiment {outcome.name} at {tracking_uri} (see `cytotune best`)",
+    ]
+    if outcome.failed():
+        lines.append(f"failed trials (error.txt in their MLflow runs): {', '.join(outcome.failed())}")
+    return "\n".join(lines)
 
 
 @app.command("demo")
