@@ -337,7 +337,6 @@ def _launch_checks(spec: StudySpec, path: Path, resume: bool, tracking_uri: str 
         raise CytotuneError(f"{path}: no study to resume there; expected the storage of an earlier run")
     if record is not None:
         check_resumable(spec, record, path)
-        resume_tracking_uri(spec, path, tracking_uri)
     return _restorable(path)
 
 
@@ -379,9 +378,11 @@ def run_study(
         _require_fit(plan_study(spec, local_nodes(cpus, gpus), "this machine"))
     check_registries(spec)
     path = experiment_path(spec, storage)
+    record = read_record(path) if resume else None
+    if record is not None:
+        check_resumable(spec, record, path)
+        tracking_uri = resume_tracking_uri(spec, path, tracking_uri)
     tracking_uri = tracking_uri or spec.tracking_uri
-    if resume and tracking_uri is None:
-        tracking_uri = resume_tracking_uri(spec, path, None)
     if tracking_uri:
         check_tracking(tracking_uri)
     n_trials = count_trials(expand_cells(spec))
