@@ -241,9 +241,8 @@ def run_command(
             )
             tracking.close(interrupted=outcome.interrupted)
             typer.echo(_study_summary(outcome, tracking.tracking_uri))
-            again = f"cytotune run {space.resolve()} --storage {outcome.path.parent} --resume"
             if outcome.interrupted:
-                typer.echo(f"interrupted before every trial ended; continue with: {again}")
+                typer.echo(_resume_line(outcome, space.resolve()))
             code = signals.exit_code or (1 if outcome.failed() or outcome.interrupted else 0)
         except StudyInterrupted as stop:
             if tracking is not None:
@@ -256,6 +255,18 @@ def run_command(
             raise
     if code:
         raise typer.Exit(code)
+
+
+def _resume_line(outcome, space: Path) -> str:
+    import signal
+
+    from cytotune.study.launch import RECORD_FILE
+
+    how = "interrupted" if outcome.stop_signal is None else f"stopped by {signal.Signals(outcome.stop_signal).name}"
+    if not (outcome.path / RECORD_FILE).is_file():
+        return f"{how} before the study was launched; start it with: cytotune run {space}"
+    again = f"cytotune run {space} --storage {outcome.path.parent} --resume"
+    return f"{how} before every trial ended; continue with: {again}"
 
 
 def _study_summary(outcome, tracking_uri: str) -> str:

@@ -1,8 +1,8 @@
-"""Fault injection into `cytotune run`: a tiny study launched in its own process group, a signal sent to the
+"""Fault injection into `cytotune run`: a tiny study launched in a session of its own, a signal sent to the
 driver when a phase begins, then the printed `--resume` from another directory; what is left is counted
-(exit codes, trials, MLflow runs, duplicates, runs left RUNNING, processes left in the launch's group).
-Everything started is stopped by its process group. Run as a script for the whole matrix as a table:
-`python tests/fault_matrix.py [SIGNAL:PHASE ...]`."""
+(exit codes, trials, MLflow runs, duplicates, runs left RUNNING, processes left in the launch's session, over
+the driver's process group and those Ray's workers make in it). Everything started is stopped by process
+group, never machine-wide. As a script it prints the matrix: `python tests/fault_matrix.py [SIG:PHASE]`."""
 
 from __future__ import annotations
 
@@ -50,18 +50,19 @@ def tiny_study(folder: Path) -> Path:
 
 @dataclass
 class Launch:
-    """A finished `cytotune run`: exit status, its output lines, the processes its group left."""
+    """A finished `cytotune run`: exit status, its output lines, the processes its session left."""
 
     returncode: int
     lines: list[str]
     seconds: float
-    left_in_group: int
+    left_in_session: int
     signal_at: str | None = None
     stop_s: float | None = None
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live processes (not zombies) of the process group `pgid`."""
+def session_members(sid: int) -> list[int]:
+    """Live processes (not zombies) of the session `sid`: the launch's process group and the groups Ray's
+    workers make for themselves inside it."""
     out = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -71,7 +72,7 @@ def group_members(pgid: int) -> list[int]:
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
+        if int(fields[3]) == sid and fields[0] != "Z":
             out.append(int(entry))
     return out
 
@@ -86,8 +87,8 @@ def launch(
     settle_s: float = 10.0,
     timeout_s: float = 400.0,
 ) -> Launch:
-    """Run `cytotune ARGS` in a new process group; send `signum` to the driver when `phase` begins; wait
-    for the group to empty (at most `settle_s` after the driver ends), count who is left, kill the group."""
+    """Run `cytotune ARGS` in a new session; send `signum` to the driver when `phase` begins; wait for the
+    session to empty (at most `settle_s` after the driver ends), count who is left, kill them by group."""
     start = time.monotonic()
     driver = subprocess.Popen(
         [*CYTOTUNE, *args],
@@ -122,18 +123,26 @@ def launch(
                 sent, signal_at = time.monotonic(), line
         driver.wait(timeout=max(1.0, timeout_s - (time.monotonic() - start)))
         ended = time.monotonic()
-        while group_members(driver.pid) and time.monotonic() - ended < settle_s:
+        while session_members(driver.pid) and time.monotonic() - ended < settle_s:
             time.sleep(0.5)
-        left = len(group_members(driver.pid))
+        left = len(session_members(driver.pid))
     finally:
-        try:
-            os.killpg(driver.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        for group in {driver.pid, *(_group(pid) for pid in session_members(driver.pid))} - {None}:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         if driver.poll() is None:
             driver.wait(timeout=30)
     stop_s = None if sent is None else ended - sent
     return Launch(driver.returncode, lines, time.monotonic() - start, left, signal_at, stop_s)
+
+
+def _group(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
 
 
 @dataclass
@@ -156,14 +165,14 @@ class Case:
         first = self.interrupted
         return (
             f"| {self.signal} | {self.phase} | {first.returncode} | "
-            f"{'-' if first.stop_s is None else f'{first.stop_s:.1f}'} | {first.left_in_group} | "
+            f"{'-' if first.stop_s is None else f'{first.stop_s:.1f}'} | {first.left_in_session} | "
             f"{self.resumed.returncode} | {self.trials} | {self.trial_runs} | {self.duplicates} | "
-            f"{self.running_runs} | {self.resumed.left_in_group} | {','.join(self.launch_statuses)} |"
+            f"{self.running_runs} | {self.resumed.left_in_session} | {','.join(self.launch_statuses)} |"
         )
 
 
 HEADER = (
-    "| signal | phase | exit | stop s | left in group | resume exit | trials | trial runs | duplicates | "
+    "| signal | phase | exit | stop s | left in session | resume exit | trials | trial runs | duplicates | "
     "RUNNING runs | left after resume | launch runs |\n|" + "---|" * 12
 )
 
