@@ -262,7 +262,8 @@ def _resume_line(outcome, space: Path) -> str:
 
     from cytotune.study.launch import RECORD_FILE
 
-    how = "interrupted" if outcome.stop_signal is None else f"stopped by {signal.Signals(outcome.stop_signal).name}"
+    stop = outcome.stop_signal
+    how = "interrupted" if stop is None else f"stopped by {signal.Signals(stop).name}"
     if not (outcome.path / RECORD_FILE).is_file():
         return f"{how} before the study was launched; start it with: cytotune run {space}"
     again = f"cytotune run {space} --storage {outcome.path.parent} --resume"
