@@ -235,58 +235,107 @@ def run_command(
         str | None, typer.Option(help="MLflow tracking URI [$MLFLOW_TRACKING_URI, the YAML's, ./mlflow.db].")
     ] = None,
     storage: Annotated[str | None, typer.Option(help="Ray storage folder (default: the YAML's).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue a stopped study; skip finished trials.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue a stopped study with its launch's tracking and storage.")
+    ] = False,
     dry_run: Annotated[bool, typer.Option(help="Print cells, trials, resources, fit; run nothing.")] = False,
     max_concurrent: Annotated[int | None, typer.Option(help="At most this many trials at once.")] = None,
     reuse_actors: Annotated[
         bool, typer.Option(help="Run a trial in a finished trial's Ray actor (its node) when one is free.")
     ] = True,
+    connect_timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the Ray cluster at --address to answer.")
+    ] = 30.0,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the final summary (with --dry-run: the plan) as JSON.")
     ] = False,
 ) -> None:
-    """Run a study: every trial of SPACE.yaml on Ray Tune, early stopping and search per cell."""
-    from cytotune.study.runner import describe_plan, run_study
-    from cytotune.study.runner import dry_run as plan_only
-    from cytotune.study.spec import load_study
-    from cytotune.study.summary import outcome_dict, plan_dict
-    from cytotune.tracking.callback import study_callback
+    """Run a study: every trial of SPACE.yaml on Ray Tune, early stopping and search per cell.
 
-    spec = load_study(space)
-    if dry_run:
-        plan = plan_only(spec, address=address)
-        if json_output:
-            echo_json(plan_dict(plan))
-        else:
-            typer.echo(describe_plan(plan))
-        return
-    tracking = study_callback(
-        spec, announce_tracking(tracking_uri, spec.tracking_uri), resume=resume, address=address
-    )
-    outcome = run_study(
-        spec,
-        address=address,
-        tracking_uri=tracking.tracking_uri,
-        storage=storage,
-        resume=resume,
-        max_concurrent=max_concurrent,
-        callbacks=[tracking],
-        reuse_actors=reuse_actors,
-        say=say,
-    )
-    if json_output:
-        echo_json(outcome_dict(outcome, tracking.tracking_uri))
-    tell = say if json_output else typer.echo
+    Exit status: 0 every trial finished or was stopped early; 1 a trial failed after its retries; 2 bad
+    input, nothing started; 130 (SIGINT) or 143 (SIGTERM) stopped, continue with --resume.
+    """
+    from cytotune.study.signals import StopSignals, StudyInterrupted
+
+    tracking = None
+    with StopSignals() as signals:
+        try:
+            from cytotune.study.launch import resume_tracking_uri
+            from cytotune.study.runner import describe_plan, experiment_path, run_study
+            from cytotune.study.runner import dry_run as plan_only
+            from cytotune.study.spec import load_study
+            from cytotune.study.summary import outcome_dict, plan_dict
+            from cytotune.tracking.callback import study_callback
+
+            spec = load_study(space)
+            if dry_run:
+                plan = plan_only(spec, address=address, connect_timeout_s=connect_timeout)
+                if json_output:
+                    echo_json(plan_dict(plan))
+                else:
+                    typer.echo(describe_plan(plan))
+                return
+            path = experiment_path(spec, storage)
+            launch = resume_tracking_uri(spec, path, tracking_uri) if resume else None
+            uri = announce_tracking(tracking_uri, spec.tracking_uri, launch=launch)
+            tracking = study_callback(spec, uri, resume=resume, address=address)
+            outcome = run_study(
+                spec,
+                address=address,
+                tracking_uri=tracking.tracking_uri,
+                storage=storage,
+                resume=resume,
+                max_concurrent=max_concurrent,
+                callbacks=[tracking],
+                reuse_actors=reuse_actors,
+                connect_timeout_s=connect_timeout,
+                signals=signals,
+                say=say,
+            )
+            tracking.close(interrupted=outcome.interrupted)
+            if json_output:
+                echo_json(outcome_dict(outcome, tracking.tracking_uri))
+            (say if json_output else typer.echo)(_study_summary(outcome, tracking.tracking_uri))
+            if outcome.interrupted:
+                say(_resume_line(outcome, space.resolve()))
+            code = signals.exit_code or (1 if outcome.failed() or outcome.interrupted else 0)
+        except StudyInterrupted as stop:
+            if tracking is not None:
+                tracking.close(interrupted=True)
+            typer.echo(f"cytotune: {stop}; nothing was left running", err=True)
+            code = 128 + stop.signum
+        except BaseException:
+            if tracking is not None:
+                tracking.close(interrupted=True)
+            raise
+    if code:
+        raise typer.Exit(code)
+
+
+def _resume_line(outcome, space: Path) -> str:
+    import signal
+
+    from cytotune.study.launch import RECORD_FILE
+
+    stop = outcome.stop_signal
+    how = "interrupted" if stop is None else f"stopped by {signal.Signals(stop).name}"
+    if not (outcome.path / RECORD_FILE).is_file():
+        return f"{how} before the study was launched; start it with: cytotune run {space}"
+    again = f"cytotune run {space} --storage {outcome.path.parent} --resume"
+    return f"{how} before every trial ended; continue with: {again}"
+
+
+def _study_summary(outcome, tracking_uri: str) -> str:
     counts = outcome.counts()
-    tell(
+    lines = [
         f"study {outcome.name}: {len(outcome.trials)} trials ({counts['finished']} finished, "
         f"{counts['stopped']} stopped early, {counts['failed']} failed) in {outcome.wall_s:.0f} s; "
-        f"Ray results in {outcome.path}"
-    )
-    tell(f"MLflow: experiment {outcome.name} at {tracking.tracking_uri} (see `cytotune best`)")
-    if outcome.interrupted:
-        again = f"cytotune run {space}" + (f" --storage {storage}" if storage else "") + " --resume"
-        say(f"interrupted before every trial ended; continue with: {again}")
+        f"Ray results in {outcome.path}",
+        f"MLflow: experiment {outcome.name} at {tracking_uri} (see `cytotune best`)",
+    ]
+    if outcome.failed():
+        lines.append(f"failed trials (error.txt in their MLflow runs): {', '.join(outcome.failed())}")
+    return "\n".join(lines)
 
 
 @app.command("demo")
@@ -321,11 +370,15 @@ TRACKING_HELP = (
 )
 
 
-def announce_tracking(given: str | None, study: str | None = None) -> str:
-    """The tracking URI by the one rule (flag, $MLFLOW_TRACKING_URI, YAML, ./mlflow.db), said on stderr."""
-    from cytotune.tracking.uri import choose_tracking_uri
+def announce_tracking(given: str | None, study: str | None = None, launch: str | None = None) -> str:
+    """The tracking URI by the one rule (flag, $MLFLOW_TRACKING_URI, YAML, ./mlflow.db), said on stderr;
+    a resumed study's `launch` URI (recorded in its storage) comes first."""
+    from cytotune.tracking.uri import TrackingChoice, choose_tracking_uri
 
-    choice = choose_tracking_uri(given, study)
+    if launch and launch != given:
+        choice = TrackingChoice(launch, "the launch being resumed")
+    else:
+        choice = choose_tracking_uri(given, study)
     typer.echo(choice.line(), err=True)
     return choice.uri
 

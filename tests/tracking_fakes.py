@@ -165,7 +165,8 @@ def check_layout(
     assert len(parents) == 1 and len(children) == len(study_plans)
     parent = parents[0]
     text = study_yaml.read_text()
-    assert parent.info.status == "FINISHED"
+    any_failed = any(outcome(plan) == "failed" for plan in study_plans)
+    assert parent.info.status == ("FAILED" if any_failed else "FINISHED")  # a trial failed for good
     assert parent.data.tags[layout.STUDY] == study
     assert parent.data.tags[layout.YAML_SHA256] == layout.sha256_text(text)
     assert parent.data.tags[layout.VERSION]

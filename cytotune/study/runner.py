@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import signal
+import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,10 +18,22 @@ import pandas as pd
 
 from cytotune.errors import CytotuneError
 from cytotune.study.grid import CellPlan, count_trials, expand_cells
+from cytotune.study.launch import (
+    OWN_FILES,
+    LaunchRecord,
+    check_resumable,
+    launch_lock,
+    read_record,
+    resume_tracking_uri,
+    study_fields,
+    write_record,
+)
 from cytotune.study.resources import Fit, fit_cells, local_nodes
+from cytotune.study.signals import StopSignals, StudyInterrupted
 from cytotune.study.spec import StudySpec
 
 OPTUNA_JOURNAL = "optuna.journal"
+CONNECT_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +78,7 @@ class StudyOutcome:
     notes: list[str] = field(default_factory=list)
     tracking_uri: str | None = None
     interrupted: bool = False
+    stop_signal: int | None = None
 
     def counts(self) -> dict[str, int]:
         """Trials per status."""
@@ -69,6 +86,10 @@ class StudyOutcome:
         for trial in self.trials:
             out[trial.status] = out.get(trial.status, 0) + 1
         return out
+
+    def failed(self) -> list[str]:
+        """Keys of the trials that failed after their retries."""
+        return [t.trial_key for t in self.trials if t.status == "failed"]
 
     def frame(self) -> pd.DataFrame:
         """One row per trial: keys, status, the flattened trial config, searched values and final metrics."""
@@ -104,32 +125,77 @@ def _machine() -> tuple[int, int]:
     return os.cpu_count() or 1, torch.cuda.device_count()
 
 
+def wait_for_cluster(address: str, timeout_s: float) -> None:
+    """Wait up to `timeout_s` for something to listen at the Ray address HOST:PORT (ray://HOST:PORT too);
+    else one line. 'auto' and 'local' are left to Ray."""
+    target = address.removeprefix("ray://")
+    if address in ("auto", "local") or ":" not in target:
+        return
+    host, _, port = target.rpartition(":")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with socket.create_connection((host, int(port)), timeout=max(0.1, min(left, 2.0))):
+                return
+        except ValueError as err:
+            raise CytotuneError(f"--address {address}: expected HOST:PORT or auto") from err
+        except OSError as err:
+            if left <= 0:
+                raise CytotuneError(
+                    f"--address {address}: no Ray cluster answered within {timeout_s:g} s ({err}); expected "
+                    "a running cluster at that address (or a longer --connect-timeout)"
+                ) from None
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+
 @contextmanager
-def ray_session(address: str | None) -> Iterator[str]:
-    """Use the connected Ray, connect to `address`, or start a local Ray sized to this machine."""
+def ray_session(
+    address: str | None,
+    *,
+    signals: StopSignals | None = None,
+    connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    say: Callable[[str], None] = lambda _: None,
+) -> Iterator[str]:
+    """Use the connected Ray, connect to `address` (waiting at most `connect_timeout_s` for it to answer),
+    or start a local Ray sized to this machine; shut down what was started, whatever happens."""
     import ray
 
     if ray.is_initialized():
         yield "the connected Ray cluster"
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-        where = f"Ray cluster at {address}"
-    else:
-        cpus, gpus = _machine()
-        ray.init(
-            address="local",
-            num_cpus=cpus,
-            num_gpus=gpus,
-            include_dashboard=False,
-            object_store_memory=100 * 1024**2,
-            log_to_driver=False,
-        )
-        where = f"local Ray ({cpus} CPU, {gpus} GPU)"
     try:
+        if address:
+            say(f"connecting to the Ray cluster at {address}")
+            wait_for_cluster(address, connect_timeout_s)
+            ray.init(address=address, log_to_driver=False)
+            where = f"Ray cluster at {address}"
+        else:
+            cpus, gpus = _machine()
+            say(f"starting a local Ray ({cpus} CPU, {gpus} GPU)")
+            try:
+                ray.init(
+                    address="local",
+                    num_cpus=cpus,
+                    num_gpus=gpus,
+                    include_dashboard=False,
+                    object_store_memory=100 * 1024**2,
+                    log_to_driver=False,
+                )
+            except SystemExit as err:
+                # Ray's own SIGTERM handler, in place while it starts, stopped its processes and exits
+                if signals is None or not signals.active:
+                    raise
+                raise StudyInterrupted(signals.received or signal.SIGTERM) from err
+            where = f"local Ray ({cpus} CPU, {gpus} GPU)"
+        if signals is not None:
+            signals.install()
+            signals.raise_if_received()
         yield where
     finally:
+        if signals is not None:
+            signals.install()
         ray.shutdown()
 
 
@@ -145,7 +211,9 @@ def plan_study(spec: StudySpec, nodes: list[dict[str, float]], cluster: str) -> 
     return StudyPlan(spec, cells, nodes, cluster, fit_cells(cells, nodes, spec.where()))
 
 
-def dry_run(spec: StudySpec, *, address: str | None = None) -> StudyPlan:
+def dry_run(
+    spec: StudySpec, *, address: str | None = None, connect_timeout_s: float = CONNECT_TIMEOUT_S
+) -> StudyPlan:
     """Plan the study against the cluster at `address` (or this machine) without running anything."""
     from cytotune.study.prepare import check_registries
 
@@ -153,7 +221,7 @@ def dry_run(spec: StudySpec, *, address: str | None = None) -> StudyPlan:
     if address is None:
         cpus, gpus = _machine()
         return plan_study(spec, local_nodes(cpus, gpus), f"this machine ({cpus} CPU, {gpus} GPU)")
-    with ray_session(address) as where:
+    with ray_session(address, connect_timeout_s=connect_timeout_s) as where:
         return plan_study(spec, _live_nodes(), where)
 
 
@@ -220,6 +288,58 @@ def _require_fit(plan: StudyPlan) -> StudyPlan:
     return plan
 
 
+def _restorable(path: Path) -> bool:
+    """Whether Ray Tune saved the experiment at `path` with at least one trial (a launch stopped before its
+    first trial leaves a Tuner that cannot be restored)."""
+    from ray import tune
+
+    if not tune.Tuner.can_restore(str(path)):
+        return False
+    states = sorted(path.glob("experiment_state-*.json"))
+    try:
+        return bool(states) and bool(json.loads(states[-1].read_text()).get("trial_data"))
+    except (OSError, ValueError):
+        return False
+
+
+def _clear_ray_state(path: Path) -> None:
+    """Remove what Ray Tune left at `path`, keeping the launch's own files (lock, holder, record)."""
+    for entry in path.iterdir():
+        if entry.name in OWN_FILES:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _new_folders(path: Path) -> Path | None:
+    """The outermost folder of `path` that does not exist yet (removed again if the launch is refused)."""
+    top = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return top
+        top = folder
+    return top
+
+
+def _launch_checks(spec: StudySpec, path: Path, resume: bool, tracking_uri: str | None) -> bool:
+    """Check a launch against the study's storage; return whether Ray's saved experiment is restored."""
+    record = read_record(path)
+    if not resume:
+        if record is not None or (path / "tuner.pkl").exists():
+            raise CytotuneError(
+                f"{path}: study {spec.name} was launched there before; expected --resume to continue it, "
+                "or another --storage or study name"
+            )
+        return False
+    if record is None and not (path / "tuner.pkl").exists():
+        raise CytotuneError(f"{path}: no study to resume there; expected the storage of an earlier run")
+    if record is not None:
+        check_resumable(spec, record, path)
+    return _restorable(path)
+
+
 def run_study(
     spec: StudySpec,
     *,
@@ -230,83 +350,130 @@ def run_study(
     max_concurrent: int | None = None,
     callbacks: Sequence[Any] = (),
     reuse_actors: bool = True,
+    connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    signals: StopSignals | None = None,
     say: Callable[[str], None] = print,
 ) -> StudyOutcome:
     """Run (or with `resume`, continue) a study on Ray Tune and return each trial's outcome.
 
-    Checks the backbones, datasets and the cluster's resources first; prepares manifests, image caches and
-    (on a local Ray) probe features once; then runs one Tuner with per-cell ASHA, the per-cell searcher,
-    per-method resources and FailureConfig(max_failures). `callbacks` are Ray Tune callbacks (e.g. MLflow).
-    `tracking_uri` (else the YAML's) is checked to be usable before anything starts.
+    Checks the backbones, datasets and the cluster's resources first; takes the study's launch lock (one
+    launch at a time) and records the launch (study, tracking URI, storage) in its storage folder; prepares
+    manifests, image caches and (on a local Ray) probe features once; then runs one Tuner with per-cell ASHA,
+    the per-cell searcher, per-method resources and FailureConfig(max_failures). `callbacks` are Ray Tune
+    callbacks (e.g. MLflow). `tracking_uri` (else the YAML's) is checked to be usable before anything starts.
+    A resume is refused when the study changed since its launch, and starts the study afresh when its launch
+    was stopped before Tune saved a trial. SIGINT and SIGTERM stop the study cleanly at any moment: the
+    outcome says which signal came (`stop_signal`) and that the study was interrupted. `signals`: handlers
+    the caller installed already (else run_study installs its own for the call).
     """
-    from ray import tune
-
-    from cytotune.study.prepare import check_registries, prepare_data
-    from cytotune.study.progress import ProgressLine
-    from cytotune.study.scheduler import SeedGroupedASHA
-    from cytotune.study.search import CellSearcher
-    from cytotune.study.trainable import study_trainable_with_resources
-
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own tables off: ProgressLine reports
     import ray
+
+    from cytotune.study.prepare import check_registries, prepare_data
+    from cytotune.tracking.uri import check_tracking, resolve_tracking_uri
 
     if address is None and not ray.is_initialized():
         cpus, gpus = _machine()
         _require_fit(plan_study(spec, local_nodes(cpus, gpus), "this machine"))
     check_registries(spec)
+    path = experiment_path(spec, storage)
+    record = read_record(path) if resume else None
+    if record is not None:
+        check_resumable(spec, record, path)
+        tracking_uri = resume_tracking_uri(spec, path, tracking_uri)
     tracking_uri = tracking_uri or spec.tracking_uri
     if tracking_uri:
-        from cytotune.tracking.uri import check_tracking
-
         check_tracking(tracking_uri)
-    path = experiment_path(spec, storage)
-    if resume and not tune.Tuner.can_restore(str(path)):
-        raise CytotuneError(f"{path}: no study to resume there; expected the storage of an earlier run")
-    if not resume and (path / "tuner.pkl").exists():
-        raise CytotuneError(
-            f"{path}: a study of this name is already there; expected --resume or another --storage"
-        )
+    n_trials = count_trials(expand_cells(spec))
     start = time.perf_counter()
-    with ray_session(address) as where:
-        plan = _require_fit(plan_study(spec, _live_nodes(), where))
-        for note in plan.fit.notes:
-            say(note)
-        cells = plan.fit.cells
-        prepare_data(spec, cells, features=address is None, say=say)
-        progress = ProgressLine(plan.n_trials)
-        trainable = study_trainable_with_resources()
-        if resume:
-            tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
-            tuner._local_tuner._run_config.callbacks = [*callbacks, progress]
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    search_alg=CellSearcher(cells, path / OPTUNA_JOURNAL),
-                    scheduler=SeedGroupedASHA.for_cells(cells),
-                    num_samples=plan.n_trials,
-                    max_concurrent_trials=max_concurrent,
-                    reuse_actors=reuse_actors,
-                    trial_dirname_creator=_trial_dirname,
-                ),
-                run_config=tune.RunConfig(
-                    name=spec.name,
-                    storage_path=str(path.parent),
-                    failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                    callbacks=[*callbacks, progress],
-                    verbose=0,
-                ),
-            )
-        tuner.fit()
-    trials = _outcomes(path)
+    new_folder = _new_folders(path)
+    plan = None
+    owned = signals is None
+    signals = signals or StopSignals()
+    with signals if owned else nullcontext(signals):
+        try:
+            with launch_lock(path, spec.name):
+                restore = _launch_checks(spec, path, resume, tracking_uri)
+                if resume and not restore:
+                    _clear_ray_state(path)
+                record = LaunchRecord(
+                    study=study_fields(spec),
+                    tracking_uri=resolve_tracking_uri(tracking_uri),
+                    storage=str(path.parent),
+                    source=str(spec.source) if spec.source else None,
+                )
+                write_record(path, record)
+                with ray_session(
+                    address, signals=signals, connect_timeout_s=connect_timeout_s, say=say
+                ) as where:
+                    plan = _require_fit(plan_study(spec, _live_nodes(), where))
+                    for note in plan.fit.notes:
+                        say(note)
+                    prepare_data(spec, plan.fit.cells, features=address is None, say=say)
+                    tuner = _tuner(spec, plan, path, restore, max_concurrent, callbacks, reuse_actors)
+                    say(f"running {plan.n_trials} trials on Ray Tune" + (" (resumed)" if resume else ""))
+                    with signals.tune_phase():
+                        tuner.fit()
+        except CytotuneError:
+            if new_folder is not None and not (path / "tuner.pkl").exists():
+                shutil.rmtree(new_folder, ignore_errors=True)  # a refused launch leaves nothing behind
+            raise
+        except StudyInterrupted:
+            pass
+    trials = _outcomes(path) if _restorable(path) else []
     return StudyOutcome(
         name=spec.name,
         path=path,
         trials=trials,
         wall_s=time.perf_counter() - start,
-        notes=list(plan.fit.notes),
+        notes=list(plan.fit.notes) if plan is not None else [],
         tracking_uri=tracking_uri,
-        interrupted=len(trials) < plan.n_trials or any(t.status == "unfinished" for t in trials),
+        interrupted=len(trials) < n_trials or any(t.status == "unfinished" for t in trials),
+        stop_signal=signals.received,
+    )
+
+
+def _tuner(
+    spec: StudySpec,
+    plan: StudyPlan,
+    path: Path,
+    restore: bool,
+    max_concurrent: int | None,
+    callbacks: Sequence[Any],
+    reuse_actors: bool,
+):
+    """The study's Tuner: restored from `path`, or new over every trial of the plan."""
+    from ray import tune
+
+    from cytotune.study.progress import ProgressLine
+    from cytotune.study.scheduler import SeedGroupedASHA
+    from cytotune.study.search import CellSearcher
+    from cytotune.study.trainable import study_trainable_with_resources
+
+    cells = plan.fit.cells
+    progress = ProgressLine(plan.n_trials)
+    trainable = study_trainable_with_resources()
+    if restore:
+        tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
+        tuner._local_tuner._run_config.callbacks = [*callbacks, progress]
+        return tuner
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=CellSearcher(cells, path / OPTUNA_JOURNAL),
+            scheduler=SeedGroupedASHA.for_cells(cells),
+            num_samples=plan.n_trials,
+            max_concurrent_trials=max_concurrent,
+            reuse_actors=reuse_actors,
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=spec.name,
+            storage_path=str(path.parent),
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=[*callbacks, progress],
+            verbose=0,
+        ),
     )

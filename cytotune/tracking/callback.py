@@ -33,7 +33,8 @@ class MlflowCallback(Callback):
     stopped, failed), per-evaluation metrics by step, final metrics and, for finished trials, the files of the
     final checkpoint plus the confusion matrix as PNG. ASHA-stopped trials end KILLED with status "stopped".
     An interrupted launch ends KILLED, and so do the runs of its unfinished trials (status still "running");
-    runs a dead driver left RUNNING end KILLED when the study is launched again.
+    a launch in which a trial failed for good ends FAILED; runs a dead driver left RUNNING end KILLED when the
+    study is launched again.
     With `resume`, a trial continues the child run holding its trial key (tagged with every launch id), so a
     resumed study never makes a second run for a trial. `expected_trials` (the study's trial count) tells an
     interrupted launch from a finished one.
@@ -63,6 +64,8 @@ class MlflowCallback(Callback):
         self._previous: dict[str, list[Any]] = {}
         self._claimed: set[str] = set()
         self._ended: set[str] = set()
+        self._failed: set[str] = set()
+        self._closed = False
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (Ray keeps the run config) without the MLflow client, which is made again when needed."""
@@ -146,6 +149,7 @@ class MlflowCallback(Callback):
         self.client.set_tag(run_id, layout.ERROR, layout.clip_tag(text))
         self.client.log_text(run_id, text, "error.txt")
         self._end(trial, layout.FAILED)
+        self._failed.add(run_id)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """End the launch: KILLED when interrupted (a trial left open, or fewer trials ended than the study
@@ -156,14 +160,15 @@ class MlflowCallback(Callback):
 
     def close(self, interrupted: bool = False) -> None:
         """End the launch's open trial runs KILLED and its parent run KILLED (interrupted, or a trial run was
-        open) or FINISHED."""
+        open), FAILED (a trial failed) or FINISHED. Only the first call ends the launch."""
         left_open = [run_id for run_id in self._runs.values() if run_id not in self._ended]
         for run_id in left_open:
             self.client.set_terminated(run_id, status="KILLED")
             self._ended.add(run_id)
-        if self.parent_run_id is not None:
-            status = "KILLED" if interrupted or left_open else "FINISHED"
+        if self.parent_run_id is not None and not self._closed:
+            status = "KILLED" if interrupted or left_open else "FAILED" if self._failed else "FINISHED"
             self.client.set_terminated(self.parent_run_id, status=status)
+            self._closed = True
 
     def _experiment_id(self) -> str:
         experiment = self.client.get_experiment_by_name(self.study)
