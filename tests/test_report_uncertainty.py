@@ -144,3 +144,48 @@ def test_chosen_trials_are_read_pooled_and_compared():
     results["v2"] = {"test_acc": 0.75}
     assert vit not in collect_chosen(rows, results.get).correct
     assert paired_comparisons(best, ChosenTrials()).empty
+
+
+def test_report_and_best_json_carry_intervals_comparisons_and_reliability(tmp_path, mlflow_sqlite_uri):
+    import json
+
+    from tracking_fakes import plans, run_fake_study, write_study
+    from typer.testing import CliRunner
+
+    from cytotune.cli import app
+    from cytotune.report import build_report
+    from cytotune.tracking.callback import MlflowCallback
+
+    uri, name = mlflow_sqlite_uri, "uncertain"
+    yaml_path = write_study(tmp_path, name)
+    run_fake_study(
+        MlflowCallback(name, uri, study_yaml=yaml_path.read_text()), plans(yaml_path), tmp_path / "c"
+    )
+    report = build_report(name, uri, tmp_path / "report")
+    names = {p.name for p in report.files}
+    assert {
+        "uncertainty.csv",
+        "comparisons.csv",
+        "forest_comparisons.png",
+        "reliability_synthetic.png",
+    } <= names
+    table = pd.read_csv(tmp_path / "report" / "uncertainty.csv", dtype=str)
+    probe = table[table["cell"] == "linear_probe/tiny_clip/synthetic/full"].iloc[0]
+    assert (probe["test acc %"], probe["ECE %"], probe["seeds"]) == ("49.25", "25.75", "2")
+    comparisons = pd.read_csv(tmp_path / "report" / "comparisons.csv")
+    assert comparisons[["kind", "a", "b"]].values.tolist() == [
+        ["lora vs full-data probe", "lora/tiny_clip/synthetic/shots=2/rank=2,targets=qv", probe["cell"]]
+    ]
+    assert comparisons["difference"].iloc[0] == pytest.approx(99 / 200 - (99 + 98) / 400)
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "## Paired comparisons" in text and "test acc 95% CI" in text
+
+    result = CliRunner().invoke(
+        app, ["best", "--experiment", name, "--tracking-uri", uri, "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = {row["cell_key"]: row for row in json.loads(result.stdout)}
+    lora = rows["lora/tiny_clip/synthetic/shots=2/rank=2,targets=qv"]
+    assert lora["test_acc_ci_low"] <= lora["test_acc_mean"] <= lora["test_acc_ci_high"]
+    assert lora["comparisons"][0]["b"] == probe["cell"] and 0 < lora["comparisons"][0]["p_value"] <= 1
+    assert rows[probe["cell"]]["test_nll_mean"] == pytest.approx(1 - 0.4925)

@@ -60,8 +60,62 @@ def best_display(best: pd.DataFrame, searched: Sequence[str]) -> pd.DataFrame:
                 "note": note,
             }
         )
+        if "test_acc_ci_low" in best.columns:
+            rows[-1][CI_COLUMN] = interval_text(row["test_acc_ci_low"], row["test_acc_ci_high"])
     columns = ["cell", "chosen", "val acc %", "test acc % (mean ± std)", "seeds", "note"]
+    if "test_acc_ci_low" in best.columns:
+        columns.insert(4, CI_COLUMN)
     return pd.DataFrame(rows, columns=columns)
+
+
+CI_COLUMN = "test acc 95% CI"
+
+
+def interval_text(low: float, high: float, scale: float = 100, digits: int = 2) -> str:
+    """An interval as "[low, high]" (scaled, e.g. to %), "–" when unknown."""
+    if _nan(float(low)) or _nan(float(high)):
+        return "–"
+    return f"[{scale * low:.{digits}f}, {scale * high:.{digits}f}]"
+
+
+def uncertainty_display(best: pd.DataFrame) -> pd.DataFrame:
+    """Per cell with a chosen configuration: test accuracy (%), its bootstrap interval over seeds and test
+    images, mean test NLL and ECE (%) over seeds, seeds and test images."""
+    rows = []
+    for _, row in best[best["n_seeds"] > 0].iterrows():
+        images = row.get("n_test_images", math.nan)
+        rows.append(
+            {
+                "cell": row["cell_key"],
+                "test acc %": percent(row["test_acc_mean"]),
+                CI_COLUMN: interval_text(row["test_acc_ci_low"], row["test_acc_ci_high"]),
+                "NLL": "–" if _nan(float(row["test_nll_mean"])) else f"{row['test_nll_mean']:.3f}",
+                "ECE %": percent(row["test_ece_mean"]),
+                "seeds": int(row["n_seeds"]),
+                "test images": "–" if _nan(float(images)) else int(images),
+            }
+        )
+    columns = ["cell", "test acc %", CI_COLUMN, "NLL", "ECE %", "seeds", "test images"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def comparison_display(comparisons: pd.DataFrame) -> pd.DataFrame:
+    """Paired comparisons for people: kind, cells a and b, their accuracies, difference a - b (points)
+    with its interval, and the p-value."""
+    rows = [
+        {
+            "kind": row["kind"],
+            "a": row["a"],
+            "b": row["b"],
+            "a %": percent(row["a_acc"]),
+            "b %": percent(row["b_acc"]),
+            "a - b (points)": f"{100 * row['difference']:+.2f}",
+            "95% CI": interval_text(row["ci_low"], row["ci_high"]),
+            "p": f"{row['p_value']:.3g}",
+        }
+        for _, row in comparisons.iterrows()
+    ]
+    return pd.DataFrame(rows, columns=["kind", "a", "b", "a %", "b %", "a - b (points)", "95% CI", "p"])
 
 
 def best_text(best: pd.DataFrame, searched: Sequence[str], fmt: str = "table") -> str:
