@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from cytotune.config import FEATURE_METHODS
 from cytotune.errors import CytotuneError
 from cytotune.report.paper import (
     BACKBONE_LABELS,
@@ -154,11 +155,12 @@ def plain(frame: pd.DataFrame) -> str:
 
 
 def linear_probe_table(best: pd.DataFrame) -> pd.DataFrame:
-    """Table 1 in long form: per linear-probe cell on the full train split, the selected test accuracy (%)
-    mean and std over seeds, seeds, the chosen lr, and the paper's value where the cell matches."""
+    """Table 1 in long form: per cell on the full train split of a method on the cached features (linear
+    probe, knn, simpleshot), the selected test accuracy (%) mean and std over seeds, seeds, the chosen lr,
+    and the paper's value where a linear-probe cell matches."""
     if best.empty or "method" not in best.columns:
         return pd.DataFrame(columns=_TABLE1_COLUMNS)
-    probe = best[best["method"] == "linear_probe"]
+    probe = best[best["method"].isin(FEATURE_METHODS)]
     for budget in ("shots", "fraction"):
         if budget in probe.columns:
             probe = probe[probe[budget].isna()]
@@ -166,6 +168,7 @@ def linear_probe_table(best: pd.DataFrame) -> pd.DataFrame:
     for _, row in probe.iterrows():
         level = int(row["level"]) if "level" in row and not _nan(row["level"]) else None
         paper = paper_linear_probe(row["backbone"], row["dataset"], level)
+        paper = paper if row["method"] == "linear_probe" else None
         mean = 100 * row["test_acc_mean"]
         rows.append(
             {
@@ -251,6 +254,11 @@ def _footnote(table: pd.DataFrame) -> str:
         "\nLinear probe, test accuracy (%) of the learning rate chosen on validation, mean ± std over seeds; "
         "test accuracy at each trial's best-validation checkpoint (the paper's code took the last iteration)."
     )
+    if (table["block"] != "linear_probe").any():
+        note += (
+            " Columns with a block name in parentheses (knn, simpleshot, ...) are that block on the same "
+            "cached features (knn: k chosen on validation)."
+        )
     if table["missing_seeds"].any():
         note += f" {MISSING_MARK} fewer seeds than planned."
     return note + "\n"
