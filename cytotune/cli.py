@@ -394,7 +394,8 @@ def best_command(
     ] = None,
 ) -> None:
     """Per cell, the searched values with the best mean validation accuracy over seeds, and their test
-    accuracy (mean +- std, seeds); cells short of seeds are flagged."""
+    accuracy (mean +- std, seeds); cells short of seeds are flagged. JSON adds bootstrap intervals, test NLL
+    and ECE, and each cell's paired comparisons."""
     from cytotune.report.tables import best_text
     from cytotune.tracking import best_configs, check_tracking
     from cytotune.tracking.rerun import write_rerun
@@ -402,6 +403,10 @@ def best_command(
     uri = announce_tracking(tracking_uri)
     check_tracking(uri, must_exist=True)
     best = best_configs(experiment, uri, where)
+    if output_format == "json":
+        from cytotune.report.uncertainty import study_uncertainty
+
+        best = study_uncertainty(experiment, uri, best, where)[0]
     typer.echo(best_text(best, best.attrs["searched"], output_format), nl=False)
     if config_out is not None:
         path = write_rerun(experiment, config_out, uri, where)

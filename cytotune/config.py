@@ -14,6 +14,9 @@ from pydantic import (
 )
 
 LoraTarget = Literal["q", "k", "v", "o"]
+Method = Literal["linear_probe", "lora", "knn", "simpleshot"]
+TRAINED_METHODS = ("linear_probe", "lora")  # methods that train with a learning rate
+FEATURE_METHODS = ("linear_probe", "knn", "simpleshot")  # methods on the cached probe features
 
 
 def default_cache_dir() -> Path:
@@ -74,7 +77,7 @@ class TrainSettings(Frozen):
 class TrialConfig(Frozen):
     """Everything one trial needs; trainers take this and nothing from Ray or MLflow."""
 
-    method: Literal["linear_probe", "lora"]
+    method: Method
     backbone: str
     weights: Path | None = None
     dataset: str  # the dataset's name (its identity in keys, params and reports)
@@ -85,7 +88,8 @@ class TrialConfig(Frozen):
     split_seed: int = 0
     shots: int | None = Field(None, ge=1)
     fraction: float | None = Field(None, gt=0, le=1)
-    lr: float = Field(gt=0)
+    lr: float | None = Field(None, gt=0)
+    k: int | None = Field(None, ge=1)
     seed: int = 0
     lora: LoraSettings = LoraSettings()
     train: TrainSettings = TrainSettings()
@@ -100,4 +104,9 @@ class TrialConfig(Frozen):
     def _one_data_budget(self) -> TrialConfig:
         if self.shots is not None and self.fraction is not None:
             raise ValueError("give shots or fraction, not both")
+        trained = self.method in TRAINED_METHODS
+        if trained != (self.lr is not None):
+            raise ValueError(f"{self.method}: expected {'an lr' if trained else 'no lr (it does not train)'}")
+        if (self.method == "knn") != (self.k is not None):
+            raise ValueError(f"{self.method}: expected {'k' if self.method == 'knn' else 'no k (knn only)'}")
         return self

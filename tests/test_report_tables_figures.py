@@ -128,3 +128,45 @@ def test_figures_are_written(best, tmp_path):
     assert shots_figure(probe_only, tmp_path / "none.png") is None
     assert fraction_figure(probe_only, tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+
+
+def with_baselines(best: pd.DataFrame) -> pd.DataFrame:
+    rows = [
+        cell("knn", "clip_vit_b16", "bcfc", "full", 0.91, params=0.0),
+        cell("simpleshot", "clip_vit_b16", "bcfc", "full", 0.89, params=0.0),
+        *(
+            cell("knn", "clip_vit_b16", "bcfc", f"shots={k}", 0.6 + 0.05 * i, params=0.0, shots=k)
+            for i, k in enumerate((1, 2, 4))
+        ),
+    ]
+    for row in rows:
+        row["lr"] = np.nan
+    return pd.concat([best, pd.DataFrame(rows)], ignore_index=True)
+
+
+def test_table1_puts_full_data_baselines_beside_the_probe_without_paper_values(best):
+    table = linear_probe_table(with_baselines(best))
+    knn = table[table["block"] == "knn"]
+    assert len(knn) == 1 and pd.isna(knn.iloc[0]["paper"]) and knn.iloc[0]["test_acc"] == pytest.approx(91.0)
+    text = table1_markdown(table)
+    header = text.splitlines()[0]
+    assert "| CLIP | CLIP (knn) | CLIP (simpleshot) |" not in header  # the probe columns come first
+    assert "CLIP (knn)" in header and "CLIP (simpleshot)" in header
+    assert "| 91.00 ± 1.00 |" in text and "block name in parentheses" in text
+
+
+def test_figure1_draws_few_shot_baselines_and_full_data_baselines(best, tmp_path, monkeypatch):
+    from cytotune.report import figures
+
+    drawn = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.setdefault("fig", fig) and path)
+    shots_figure(with_baselines(best), tmp_path / "f.png")
+    labels = {text.get_text() for legend in drawn["fig"].legends for text in legend.get_texts()}
+    assert {
+        "CLIP + LoRA",
+        "CLIP + kNN",
+        "CLIP linear probe",
+        "CLIP kNN (full)",
+        "CLIP SimpleShot (full)",
+    } <= labels
+    assert "dotted: kNN" in drawn["fig"]._suptitle.get_text()

@@ -82,7 +82,7 @@ def test_bad_lora_rank_names_file_field_and_expectation(tmp_path):
         ),
         (
             ("method: lora", "method: lorra"),
-            "methods[0].method: expected 'linear_probe' or 'lora'",
+            "methods[0].method: expected 'linear_probe', 'lora', 'knn' or 'simpleshot'",
         ),
         (
             ("    shots: [1, 2]", "    shots: [1]\n    colour: red"),
@@ -148,3 +148,49 @@ def test_optuna_dimension_validation():
     assert OptunaDimension(optuna="int", low=1, high=8).high == 8
     with pytest.raises(ValueError, match="choices"):
         OptunaDimension(optuna="categorical", low=1, high=2)
+
+
+BASELINES = """
+name: b
+backbones: [tiny_clip]
+datasets: [{name: synthetic, root: data/synth}]
+methods:
+  - method: knn
+    shots: [1, 4]
+    search: {k: [1, 5, 20]}
+  - method: simpleshot
+"""
+
+
+def test_baseline_blocks_search_k_and_need_no_lr(tmp_path):
+    from cytotune.study.grid import expand_cells, expand_trials
+
+    spec = load_study(write(tmp_path, BASELINES))
+    cells = expand_cells(spec)
+    assert [c.cell_key for c in cells] == [
+        "knn/tiny_clip/synthetic/shots=1",
+        "knn/tiny_clip/synthetic/shots=4",
+        "simpleshot/tiny_clip/synthetic/full",
+    ]
+    trials = expand_trials(spec)
+    assert len(trials) == 2 * 3 * 3 + 3
+    knn = trials[0]
+    assert knn.trial_key == "knn/tiny_clip/synthetic/shots=1/k=1/seed=1"
+    assert (knn.config.k, knn.config.lr, knn.searched) == (1, None, {"k": 1})
+    assert trials[-1].config.k is None and trials[-1].config.lr is None
+
+
+@pytest.mark.parametrize(
+    "block,message",
+    [
+        ("  - method: knn\n", "methods[0]: expected `k` or a search over k"),
+        ("  - {method: knn, k: 3, search: {k: [1, 2]}}\n", "methods[0]: k is both fixed and searched"),
+        ("  - {method: simpleshot, lr: 0.1}\n", "methods[0]: lr: simpleshot does not use it"),
+        ("  - {method: knn, k: 3, search: {lr: [0.1]}}\n", "methods[0]: lr: knn does not use it"),
+        ("  - {method: linear_probe, lr: 0.1, k: 3}\n", "k: linear_probe does not use it (knn only)"),
+        ("  - {method: knn, search: {k: [0, 2]}}\n", "methods[0].search: k: "),
+    ],
+)
+def test_baseline_fields_misused_give_one_line(tmp_path, block, message):
+    head = "name: b\nbackbones: [tiny_clip]\ndatasets: [{name: s, root: d}]\nmethods:\n"
+    assert message in error_of(tmp_path, head + block)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from ray.tune import Checkpoint
 
 from cytotune.study.grid import TrialPlan, expand_trials
@@ -105,9 +106,8 @@ def end(callback, plan: TrialPlan, trial: FakeTrial, outcome: str, workdir: Path
         (folder / "trial_manifest.csv").write_text("row,split\n0,train\n1,val\n2,test\n")
         metrics = final_metrics(plan)
         confusion = [[5, 1, 0], [0, 4, 2], [1, 0, 6]]
-        (folder / "result.json").write_text(
-            json.dumps({**metrics, "classes": CLASSES, "confusion_matrix": confusion})
-        )
+        result = {**metrics, "classes": CLASSES, "confusion_matrix": confusion, **test_images(plan)}
+        (folder / "result.json").write_text(json.dumps(result))
         if plan.config.method == "lora":
             (folder / "adapter").mkdir()
             (folder / "adapter" / "adapter_config.json").write_text('{"rank": 2}')
@@ -119,6 +119,20 @@ def end(callback, plan: TrialPlan, trial: FakeTrial, outcome: str, workdir: Path
     callback.on_trial_complete(0, [], trial)
 
 
+TEST_IMAGES = 200
+
+
+def test_images(plan: TrialPlan) -> dict:
+    """Per-image test results of a finished trial: test_acc(plan) of TEST_IMAGES right (which ones drawn
+    by seed) and reliability bins with all of them at confidence 0.75 (an ECE of |test_acc - 0.75|)."""
+    hits = round(test_acc(plan) * TEST_IMAGES)
+    correct = np.zeros(TEST_IMAGES, bool)
+    correct[np.random.default_rng(plan.config.seed).permutation(TEST_IMAGES)[:hits]] = True
+    bins = {name: [0.0] * 15 for name in ("count", "confidence", "correct")}
+    bins["count"][11], bins["confidence"][11], bins["correct"][11] = TEST_IMAGES, 0.75 * TEST_IMAGES, hits
+    return {"test_correct": "".join("1" if c else "0" for c in correct), "test_reliability": bins}
+
+
 def final_metrics(plan: TrialPlan) -> dict[str, float]:
     """The final metrics a finished trial reports."""
     lora = plan.config.method == "lora"
@@ -128,6 +142,8 @@ def final_metrics(plan: TrialPlan) -> dict[str, float]:
         "test_acc": test_acc(plan),
         "test_balanced_acc": test_acc(plan) - 0.01,
         "test_macro_f1": test_acc(plan) - 0.02,
+        "test_nll": 1.0 - test_acc(plan),
+        "test_ece": abs(test_acc(plan) - 0.75),
         "trainable_params": 1000.0 if lora else 200.0,
         "total_params": 50000.0,
         "images_per_s": 100.0,

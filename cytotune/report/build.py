@@ -10,7 +10,17 @@ from mlflow import MlflowClient
 
 from cytotune.report.figures import fraction_figure, params_figure, shots_figure
 from cytotune.report.paper import REFERENCE_ACCURACY, REFERENCE_LABEL
-from cytotune.report.tables import best_text, linear_probe_table, table1_latex, table1_markdown
+from cytotune.report.tables import (
+    best_text,
+    comparison_display,
+    linear_probe_table,
+    markdown,
+    table1_latex,
+    table1_markdown,
+    uncertainty_display,
+)
+from cytotune.report.uncertainty import ChosenTrials, study_uncertainty
+from cytotune.report.uncertainty_figures import forest_figure, reliability_figure
 from cytotune.tracking.runs import best_configs, latest_launch
 from cytotune.tracking.uri import resolve_tracking_uri
 
@@ -39,7 +49,7 @@ def build_report(
     launch = latest_launch(experiment, uri)
     out = Path(out_dir or Path("reports") / experiment)
     out.mkdir(parents=True, exist_ok=True)
-    best = best_configs(experiment, uri)
+    best, comparisons, chosen = study_uncertainty(experiment, uri, best_configs(experiment, uri))
     searched = best.attrs["searched"]
     files = [_write(out / "best_configs.csv", best_text(best, searched, "csv"))]
     files.append(_write(out / "best_configs.md", best_text(best, searched, "markdown")))
@@ -63,11 +73,48 @@ def build_report(
         if path is not None:
             files.append(path)
             sections.append(f"## {title}\n\n![{title}]({path.name})\n")
+    sections += _uncertainty_sections(out, best, comparisons, chosen, files)
     files.append(_write(out / "report.md", "\n".join(sections)))
     client = MlflowClient(uri)
     for path in files:
         client.log_artifact(launch.info.run_id, str(path), REPORT_ARTIFACTS)
     return Report(out, files, launch.info.run_id, best)
+
+
+def _uncertainty_sections(
+    out: Path, best: pd.DataFrame, comparisons: pd.DataFrame, chosen: ChosenTrials, files: list[Path]
+) -> list[str]:
+    """The uncertainty part of report.md (intervals, paired comparisons, reliability), its files appended
+    to `files`; nothing when no trial holds per-image results."""
+    if not chosen.correct:
+        return []
+    table = uncertainty_display(best)
+    files.append(_write(out / "uncertainty.csv", table.to_csv(index=False)))
+    sections = [
+        "## Uncertainty: bootstrap intervals and calibration\n",
+        "Test accuracy of the chosen configuration with a 95% bootstrap interval (resampling test images "
+        "and seeds), mean test negative log-likelihood and expected calibration error (15 bins) over seeds."
+        "\n",
+        markdown(table),
+    ]
+    if not comparisons.empty:
+        files.append(_write(out / "comparisons.csv", comparisons.to_csv(index=False)))
+        sections += [
+            "## Paired comparisons\n",
+            "Differences of test accuracy on the same test images, 95% paired bootstrap interval and "
+            "two-sided p-value (bootstrap resamples images, and seeds; cells on one seed list are paired "
+            "by seed).\n",
+            markdown(comparison_display(comparisons)),
+        ]
+        forest = forest_figure(comparisons, out / "forest_comparisons.png")
+        files.append(forest)
+        sections.append(f"![Paired comparisons]({forest.name})\n")
+    for dataset in sorted(best["dataset"].dropna().unique()):
+        path = reliability_figure(best, chosen.reliability, dataset, out / f"reliability_{dataset}.png")
+        if path is not None:
+            files.append(path)
+            sections.append(f"## Reliability: {dataset}\n\n![Reliability {dataset}]({path.name})\n")
+    return sections
 
 
 def _write(path: Path, text: str) -> Path:

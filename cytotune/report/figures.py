@@ -16,6 +16,9 @@ COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 LINESTYLES = ("-", "-.", ":", (0, (5, 1)))
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 HOLLOW_NOTE = "hollow markers: fewer seeds than planned"
+METHOD_LABELS = {"lora": "LoRA", "linear_probe": "linear probe", "knn": "kNN", "simpleshot": "SimpleShot"}
+METHOD_MARKERS = {"lora": "o", "linear_probe": "D", "knn": "s", "simpleshot": "^"}
+FULL_DATA_DASHES = {"linear_probe": (0, (6, 3)), "knn": (0, (1, 2)), "simpleshot": (0, (5, 2, 1, 2))}
 
 
 def _chosen(best: pd.DataFrame) -> pd.DataFrame:
@@ -34,16 +37,21 @@ def _order(names, known) -> list[str]:
 def _setting(cell_key: str, budget_part: int = 3) -> str:
     """What a cell adds beyond method, backbone, dataset and budget: its block name and LoRA settings."""
     parts = cell_key.split("/")
-    block = parts[0] if parts[0] not in ("lora", "linear_probe") else ""
+    block = parts[0] if parts[0] not in METHOD_LABELS else ""
     extra = "/".join(parts[budget_part + 1 :])
     return ", ".join(p for p in (block, extra) if p)
 
 
-def _band(ax, x, mean, std, colour, label, missing, linestyle="-") -> None:
+def _band(ax, x, mean, std, colour, label, missing, linestyle="-", marker="o") -> None:
     ax.plot(x, mean, color=colour, linestyle=linestyle, linewidth=1.8, label=label)
     for xi, yi, hollow in zip(x, mean, missing, strict=True):
         ax.plot(
-            [xi], [yi], marker="o", markersize=6, color=colour, markerfacecolor="white" if hollow else colour
+            [xi],
+            [yi],
+            marker=marker,
+            markersize=6,
+            color=colour,
+            markerfacecolor="white" if hollow else colour,
         )
     low, high = mean - np.nan_to_num(std), mean + np.nan_to_num(std)
     ax.fill_between(x, low, high, color=colour, alpha=0.18, linewidth=0)
@@ -62,17 +70,18 @@ def _grid(n: int) -> tuple[int, int]:
 
 
 def shots_figure(best: pd.DataFrame, path: Path) -> Path | None:
-    """Figure 1: test accuracy (%) vs shots per class, a panel per dataset, a line per backbone (LoRA) with a
-    band of ± std over seeds, the backbone's full-data linear probe as a dashed horizontal line. None when the
-    results have no few-shot cell."""
+    """Figure 1: test accuracy (%) vs shots per class, a panel per dataset, a line per backbone and few-shot
+    method (LoRA, and any probe, knn or simpleshot few-shot cells; marker by method) with a band of ± std over
+    seeds; the backbone's full-data linear probe as a dashed horizontal line, full-data knn dotted and
+    simpleshot dash-dotted. None when the results have no few-shot cell."""
     chosen = _chosen(best)
     if chosen.empty:
         return None
-    shots = chosen[_column(chosen, "shots").notna() & (chosen["method"] == "lora")]
+    shots = chosen[_column(chosen, "shots").notna()]
     if shots.empty:
         return None
     probe = chosen[
-        (chosen["method"] == "linear_probe")
+        chosen["method"].isin(list(FULL_DATA_DASHES))
         & _column(chosen, "shots").isna()
         & _column(chosen, "fraction").isna()
     ]
@@ -87,9 +96,12 @@ def shots_figure(best: pd.DataFrame, path: Path) -> Path | None:
     handles: dict[tuple[int, int, str], Line2D] = {}
     for ax, dataset in zip(axes, datasets, strict=False):
         here = shots[shots["dataset"] == dataset].assign(_setting=lambda f: f["cell_key"].map(_setting))
-        for (backbone, setting), line in here.groupby(["backbone", "_setting"], sort=False):
+        for (backbone, method, setting), line in here.groupby(["backbone", "method", "_setting"], sort=False):
             line = line.sort_values("shots")
-            label = backbone_label(backbone) + " + LoRA" + (f" ({setting})" if len(settings) > 1 else "")
+            name = METHOD_LABELS.get(method, method)
+            several = shots[shots["method"] == method]["cell_key"].map(_setting).nunique() > 1
+            label = f"{backbone_label(backbone)} + {name}" + (f" ({setting})" if several else "")
+            marker = METHOD_MARKERS.get(method, "o")
             _band(
                 ax,
                 line["shots"].to_numpy(float),
@@ -99,18 +111,24 @@ def shots_figure(best: pd.DataFrame, path: Path) -> Path | None:
                 label,
                 line["missing_seeds"].to_numpy(bool),
                 style[setting],
+                marker,
             )
             key = (backbones.index(backbone), 0, label)
-            handles[key] = Line2D([], [], color=colour[backbone], linestyle=style[setting], marker="o")
+            handles[key] = Line2D([], [], color=colour[backbone], linestyle=style[setting], marker=marker)
         lines = probe[probe["dataset"] == dataset]
         level = (100 * lines["test_acc_mean"]).round(2)
         for (_, row), y in zip(lines.iterrows(), level, strict=True):
-            label = f"{backbone_label(row['backbone'])} linear probe"
+            name = METHOD_LABELS[row["method"]]
+            label = f"{backbone_label(row['backbone'])} {name}" + (
+                " (full)" if row["method"] != "linear_probe" else ""
+            )
             index = backbones.index(row["backbone"])
             equal = list(lines.index[level == y])  # equal lines get interleaved dashes, so each stays visible
-            dashes = (6 * equal.index(row.name), (6, 6 * len(equal) - 6)) if len(equal) > 1 else (0, (6, 3))
+            own = FULL_DATA_DASHES[row["method"]]
+            dashes = (6 * equal.index(row.name), (6, 6 * len(equal) - 6)) if len(equal) > 1 else own
             ax.axhline(y, color=colour[row["backbone"]], linestyle=dashes, linewidth=1.4)
-            handles[(index, 1, label)] = Line2D([], [], color=colour[row["backbone"]], linestyle="--")
+            order = 1 + list(FULL_DATA_DASHES).index(row["method"])
+            handles[(index, order, label)] = Line2D([], [], color=colour[row["backbone"]], linestyle=own)
         ticks = sorted(here["shots"].unique())
         ax.set_xscale("log", base=2)
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
@@ -122,8 +140,12 @@ def shots_figure(best: pd.DataFrame, path: Path) -> Path | None:
     for ax in axes[len(datasets) :]:
         ax.set_visible(False)
     title = "Figure 1. Few-shot LoRA: test accuracy vs shots per class (mean ± std over seeds)"
-    title += "\ndashed: linear probe on the full train split" + (
-        f"; {HOLLOW_NOTE}" if shots["missing_seeds"].any() else ""
+    full = [style for method, style in FULL_STYLE_NAMES.items() if (probe["method"] == method).any()]
+    title += (
+        "\n"
+        + ", ".join(full or ["no full-data baseline"])
+        + " on the full train split"
+        + (f"; {HOLLOW_NOTE}" if shots["missing_seeds"].any() else "")
     )
     fig.suptitle(title, fontsize=12)
     ordered = dict(sorted(handles.items(), key=lambda item: item[0][:2]))
@@ -138,6 +160,13 @@ def shots_figure(best: pd.DataFrame, path: Path) -> Path | None:
         frameon=False,
     )
     return _save(fig, path)
+
+
+FULL_STYLE_NAMES = {
+    "linear_probe": "dashed: linear probe",
+    "knn": "dotted: kNN",
+    "simpleshot": "dash-dot: SimpleShot",
+}
 
 
 def _legend(fig: Figure, handles: dict[str, Line2D], hollow: bool) -> None:
@@ -175,7 +204,7 @@ def fraction_figure(
     groups = list(frac.groupby(["backbone", "dataset", "method", "_setting"], sort=True))
     for i, ((backbone, dataset, method, setting), line) in enumerate(groups):
         line = line.sort_values("fraction")
-        method_label = "LoRA" if method == "lora" else "linear probe"
+        method_label = METHOD_LABELS.get(method, method)
         label = f"{backbone_label(backbone)} + {method_label} on {dataset_label(dataset)}"
         label += f" ({setting})" if setting else ""
         colour = COLOURS[i % len(COLOURS)]
@@ -255,7 +284,7 @@ def params_figure(best: pd.DataFrame, path: Path) -> Path | None:
         _budget=[_budget(row) for _, row in points.iterrows()],
     )
     largest = points.sort_values("_budget").groupby(["dataset", "method", "backbone", "_setting"]).tail(1)
-    methods = _order(largest["method"], ("linear_probe", "lora"))
+    methods = _order(largest["method"], ("linear_probe", "lora", "knn", "simpleshot"))
     datasets = _order(largest["dataset"], DATASET_LABELS)
     rows, cols = _grid(len(datasets))
     fig = Figure(figsize=(max(8.0, 5.6 * cols), 4.2 * rows + 1.0), layout="constrained")
@@ -271,7 +300,7 @@ def params_figure(best: pd.DataFrame, path: Path) -> Path | None:
             std = 0.0 if pd.isna(row["test_acc_std"]) else 100 * row["test_acc_std"]
             ax.errorbar([x], [y], yerr=[std], fmt="o", color=colour, markersize=7, capsize=3)
             labels.setdefault((x, round(y, 1), row["_budget"][2]), []).append(backbone_label(row["backbone"]))
-            label = {"lora": "LoRA", "linear_probe": "linear probe"}.get(row["method"], row["method"])
+            label = METHOD_LABELS.get(row["method"], row["method"])
             handles[(methods.index(row["method"]), label)] = Line2D([], [], color=colour, marker="o", ls="")
         ax.set_xscale("log")
         ax.margins(x=0.25, y=0.15)

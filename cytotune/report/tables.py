@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from cytotune.config import FEATURE_METHODS
 from cytotune.errors import CytotuneError
 from cytotune.report.paper import (
     BACKBONE_LABELS,
@@ -61,7 +62,11 @@ def best_display(best: pd.DataFrame, searched: Sequence[str]) -> pd.DataFrame:
                 "note": _best_note(row, chosen),
             }
         )
+        if "test_acc_ci_low" in best.columns:
+            rows[-1][CI_COLUMN] = interval_text(row["test_acc_ci_low"], row["test_acc_ci_high"])
     columns = ["cell", "chosen", "val acc %", "test acc % (mean ± std)", "seeds", "note"]
+    if "test_acc_ci_low" in best.columns:
+        columns.insert(4, CI_COLUMN)
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -72,6 +77,56 @@ def _best_note(row: pd.Series, chosen: bool) -> str:
     if tried is None or _nan(tried):
         return ""
     return f"{int(row['n_candidates'])} of {int(tried)} configurations finished every seed"
+
+
+CI_COLUMN = "test acc 95% CI"
+
+
+def interval_text(low: float, high: float, scale: float = 100, digits: int = 2) -> str:
+    """An interval as "[low, high]" (scaled, e.g. to %), "–" when unknown."""
+    if _nan(float(low)) or _nan(float(high)):
+        return "–"
+    return f"[{scale * low:.{digits}f}, {scale * high:.{digits}f}]"
+
+
+def uncertainty_display(best: pd.DataFrame) -> pd.DataFrame:
+    """Per cell with a chosen configuration: test accuracy (%), its bootstrap interval over seeds and test
+    images, mean test NLL and ECE (%) over seeds, seeds and test images."""
+    rows = []
+    for _, row in best[best["n_seeds"] > 0].iterrows():
+        images = row.get("n_test_images", math.nan)
+        rows.append(
+            {
+                "cell": row["cell_key"],
+                "test acc %": percent(row["test_acc_mean"]),
+                CI_COLUMN: interval_text(row["test_acc_ci_low"], row["test_acc_ci_high"]),
+                "NLL": "–" if _nan(float(row["test_nll_mean"])) else f"{row['test_nll_mean']:.3f}",
+                "ECE %": percent(row["test_ece_mean"]),
+                "seeds": int(row["n_seeds"]),
+                "test images": "–" if _nan(float(images)) else int(images),
+            }
+        )
+    columns = ["cell", "test acc %", CI_COLUMN, "NLL", "ECE %", "seeds", "test images"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def comparison_display(comparisons: pd.DataFrame) -> pd.DataFrame:
+    """Paired comparisons for people: kind, cells a and b, their accuracies, difference a - b (points)
+    with its interval, and the p-value."""
+    rows = [
+        {
+            "kind": row["kind"],
+            "a": row["a"],
+            "b": row["b"],
+            "a %": percent(row["a_acc"]),
+            "b %": percent(row["b_acc"]),
+            "a - b (points)": f"{100 * row['difference']:+.2f}",
+            "95% CI": interval_text(row["ci_low"], row["ci_high"]),
+            "p": f"{row['p_value']:.3g}",
+        }
+        for _, row in comparisons.iterrows()
+    ]
+    return pd.DataFrame(rows, columns=["kind", "a", "b", "a %", "b %", "a - b (points)", "95% CI", "p"])
 
 
 def best_text(best: pd.DataFrame, searched: Sequence[str], fmt: str = "table") -> str:
@@ -110,11 +165,12 @@ def plain(frame: pd.DataFrame) -> str:
 
 
 def linear_probe_table(best: pd.DataFrame) -> pd.DataFrame:
-    """Table 1 in long form: per linear-probe cell on the full train split, the selected test accuracy (%)
-    mean and std over seeds, seeds, the chosen lr, and the paper's value where the cell matches."""
+    """Table 1 in long form: per cell on the full train split of a method on the cached features (linear
+    probe, knn, simpleshot), the selected test accuracy (%) mean and std over seeds, seeds, the chosen lr,
+    and the paper's value where a linear-probe cell matches."""
     if best.empty or "method" not in best.columns:
         return pd.DataFrame(columns=_TABLE1_COLUMNS)
-    probe = best[best["method"] == "linear_probe"]
+    probe = best[best["method"].isin(FEATURE_METHODS)]
     for budget in ("shots", "fraction"):
         if budget in probe.columns:
             probe = probe[probe[budget].isna()]
@@ -122,6 +178,7 @@ def linear_probe_table(best: pd.DataFrame) -> pd.DataFrame:
     for _, row in probe.iterrows():
         level = int(row["level"]) if "level" in row and not _nan(row["level"]) else None
         paper = paper_linear_probe(row["backbone"], row["dataset"], level)
+        paper = paper if row["method"] == "linear_probe" else None
         mean = 100 * row["test_acc_mean"]
         rows.append(
             {
@@ -207,6 +264,11 @@ def _footnote(table: pd.DataFrame) -> str:
         "\nLinear probe, test accuracy (%) of the learning rate chosen on validation, mean ± std over seeds; "
         "test accuracy at each trial's best-validation checkpoint (the paper's code took the last iteration)."
     )
+    if (table["block"] != "linear_probe").any():
+        note += (
+            " Columns with a block name in parentheses (knn, simpleshot, ...) are that block on the same "
+            "cached features (knn: k chosen on validation)."
+        )
     if table["missing_seeds"].any():
         note += f" {MISSING_MARK} fewer seeds than planned."
     return note + "\n"

@@ -201,6 +201,7 @@ def expand_cells(spec: StudySpec) -> list[CellPlan]:
                             "split": dataset.split,
                             "split_seed": dataset.split_seed,
                             "lr": block.lr,
+                            "k": block.k,
                             "lora": {**_fixed_lora(block), **lora},
                             "train": train.model_dump(),
                             **budget_fields,

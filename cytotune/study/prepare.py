@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from cytotune.config import default_cache_dir
+from cytotune.config import FEATURE_METHODS, default_cache_dir
 from cytotune.errors import CytotuneError
 from cytotune.study.grid import CellPlan
 from cytotune.study.spec import StudySpec
@@ -83,7 +83,7 @@ def prepare_data(
             base["train"]["device"],
             cell.resources["GPU"],
         )
-        if features and base["method"] == "linear_probe" and probe not in probes:
+        if features and base["method"] in FEATURE_METHODS and probe not in probes:
             probes.add(probe)
             _probe_features(cell, manifest, cache_dir, say)
 

@@ -21,7 +21,15 @@ from pydantic import (
     model_validator,
 )
 
-from cytotune.config import Frozen, LoraSettings, LoraTarget, TrainSettings, TrialConfig
+from cytotune.config import (
+    TRAINED_METHODS,
+    Frozen,
+    LoraSettings,
+    LoraTarget,
+    Method,
+    TrainSettings,
+    TrialConfig,
+)
 from cytotune.errors import CytotuneError
 
 SEARCHABLE_LORA = ("rank", "alpha", "dropout", "targets", "scaling")
@@ -227,7 +235,7 @@ class TrialResources(Frozen):
 class MethodBlock(Frozen):
     """One method of a study with its grid axes (overriding the study's), searched fields and settings."""
 
-    method: Literal["linear_probe", "lora"]
+    method: Method
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
     backbones: tuple[str, ...] | None = Field(None, min_length=1)
     datasets: tuple[DatasetEntry, ...] | None = Field(None, min_length=1)
@@ -235,6 +243,7 @@ class MethodBlock(Frozen):
     shots: tuple[int, ...] | None = None
     fractions: tuple[float, ...] | None = None
     lr: float | None = Field(None, gt=0)
+    k: int | None = Field(None, ge=1)
     search: dict[str, tuple[Any, ...] | OptunaDimension] = Field(default_factory=dict)
     samples: int | None = Field(None, ge=1)
     optuna: OptunaSettings = OptunaSettings()
@@ -287,14 +296,24 @@ class MethodBlock(Frozen):
         startup = self.optuna.startup
         if uses_optuna and startup is not None and startup > self.samples:
             raise ValueError(f"optuna.startup: expected at most samples ({self.samples}), got {startup}")
-        if self.lr is None and "lr" not in self.search:
-            raise ValueError("expected `lr` or a search over lr")
-        if self.lr is not None and "lr" in self.search:
-            raise ValueError("lr is both fixed and searched; expected one of them")
+        self._check_method_fields()
         for path in self.search:
             if path.startswith("lora.") and path[5:] in self.lora.model_fields_set:
                 raise ValueError(f"{path} is both in `search` and in `lora`; expected it in one of them")
         return self
+
+    def _check_method_fields(self) -> None:
+        """lr for the trained methods, k for knn, each fixed or searched, never both, never elsewhere."""
+        needs = {"lr": self.method in TRAINED_METHODS, "k": self.method == "knn"}
+        for name, needed in needs.items():
+            given, searched = getattr(self, name) is not None, name in self.search
+            if needed and not (given or searched):
+                raise ValueError(f"expected `{name}` or a search over {name}")
+            if given and searched:
+                raise ValueError(f"{name} is both fixed and searched; expected one of them")
+            if not needed and (given or searched):
+                users = "linear_probe and lora" if name == "lr" else "knn"
+                raise ValueError(f"{name}: {self.method} does not use it ({users} only); expected no {name}")
 
     @property
     def label(self) -> str:
@@ -324,9 +343,9 @@ def _check_searched_value(path: str, value: object) -> None:
 
 
 def searchable_fields() -> tuple[str, ...]:
-    """Dotted names of the TrialConfig fields a study may search: lr, lora.*, train.*."""
+    """Dotted names of the TrialConfig fields a study may search: lr, k (knn), lora.*, train.*."""
     train = (f"train.{f}" for f in TrainSettings.model_fields)
-    return ("lr", *(f"lora.{f}" for f in SEARCHABLE_LORA), *train)
+    return ("lr", "k", *(f"lora.{f}" for f in SEARCHABLE_LORA), *train)
 
 
 class StudySpec(Frozen):

@@ -102,7 +102,9 @@ def _block(config: TrialConfig, label: str, seeds: list[int], resources: dict[st
         block["shots"] = [config.shots]
     if config.fraction is not None:
         block["fractions"] = [config.fraction]
-    block["lr"] = config.lr
+    for name in ("lr", "k"):
+        if getattr(config, name) is not None:
+            block[name] = getattr(config, name)
     if config.method == "lora":
         block["lora"] = {key: value for key, value in data["lora"].items() if value is not None}
     block["train"] = data["train"]

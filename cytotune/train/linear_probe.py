@@ -14,9 +14,9 @@ import torch
 
 from cytotune.config import TrialConfig
 from cytotune.errors import CytotuneError
+from cytotune.train.calibration import evaluate_probabilities
 from cytotune.train.features import CachedFeatures, cached_features
 from cytotune.train.head import HeadSchedule, fit_linear_heads
-from cytotune.train.metrics import classification_metrics
 from cytotune.train.result import TrialResult
 from cytotune.train.runtime import PeakMemory, resolve_device
 from cytotune.train.subsets import TrialData, trial_manifest, trial_rows, write_trial_manifest
@@ -107,8 +107,9 @@ def run_probe_sweep(
     tests, artifacts = [], []
     for index, (data, fit) in enumerate(zip(datas, fits, strict=True)):
         test_rows = torch.from_numpy(data.test).to(device)
-        predictions = (features[test_rows] @ fit.weight.T + fit.bias).argmax(1).cpu().numpy()
-        tests.append(classification_metrics(data.labels(data.test), predictions, num_classes))
+        logits = features[test_rows] @ fit.weight.T + fit.bias
+        probabilities = torch.softmax(logits.double(), 1).cpu().numpy()
+        tests.append(evaluate_probabilities(data.labels(data.test), probabilities, num_classes))
         out_dir = out_dirs[index] if out_dirs is not None else None
         written = {}
         if out_dir is not None:
@@ -120,11 +121,7 @@ def run_probe_sweep(
         TrialResult(
             best_val_acc=fit.best_val_acc,
             best_step=fit.best_step,
-            test_acc=test.accuracy,
-            test_balanced_acc=test.balanced_accuracy,
-            test_macro_f1=test.macro_f1,
-            test_per_class_recall=test.per_class_recall,
-            confusion_matrix=test.confusion,
+            **TrialResult.test_fields(test),
             classes=list(manifest.classes),
             trainable_params=fit.weight.numel() + fit.bias.numel(),
             total_params=cached.backbone_params + fit.weight.numel() + fit.bias.numel(),

@@ -20,8 +20,8 @@ from cytotune.models.lora import add_lora, load_lora_state_dict, lora_state_dict
 from cytotune.models.params import count_parameters
 from cytotune.train.batches import BatchStream
 from cytotune.train.best import BestTracker
+from cytotune.train.calibration import evaluate_probabilities
 from cytotune.train.guard import ensure_finite_loss
-from cytotune.train.metrics import classification_metrics
 from cytotune.train.result import TrialResult
 from cytotune.train.runtime import PeakMemory, autocast, resolve_device, seed_everything
 from cytotune.train.schedule import warmup_cosine_lr
@@ -166,18 +166,23 @@ class LoraRun:
         return value
 
     @torch.inference_mode()
-    def predict(self, rows: np.ndarray) -> np.ndarray:
-        """Predicted classes of the given manifest rows (evaluation preprocessing, dropout off)."""
+    def logits(self, rows: np.ndarray) -> torch.Tensor:
+        """Class logits (float32, on the CPU) of the given manifest rows (evaluation preprocessing, dropout
+        off)."""
         self.backbone.eval()
         self.head.eval()
         out = []
         for lo in range(0, len(rows), self.cfg.train.eval_batch_size):
             batch = rows[lo : lo + self.cfg.train.eval_batch_size]
             x = eval_transform(self.eval_images.batch(batch).to(self.device), *self.view)
-            out.append(self.forward(x).argmax(1).cpu())
+            out.append(self.forward(x).float().cpu())
         self.backbone.train()
         self.head.train()
-        return torch.cat(out).numpy()
+        return torch.cat(out)
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        """Predicted classes of the given manifest rows."""
+        return self.logits(rows).argmax(1).numpy()
 
     def accuracy(self, rows: np.ndarray) -> float:
         """Top-1 accuracy on the given manifest rows."""
@@ -225,7 +230,8 @@ def run_lora(
         run.load_state_dict(resume)
     run.train(report)
     run.restore_best()
-    test = classification_metrics(data.labels(data.test), run.predict(data.test), len(data.manifest.classes))
+    probabilities = torch.softmax(run.logits(data.test).double(), 1).numpy()
+    test = evaluate_probabilities(data.labels(data.test), probabilities, len(data.manifest.classes))
     artifacts = {}
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -237,11 +243,7 @@ def run_lora(
     return TrialResult(
         best_val_acc=run.best.value,
         best_step=run.best.step,
-        test_acc=test.accuracy,
-        test_balanced_acc=test.balanced_accuracy,
-        test_macro_f1=test.macro_f1,
-        test_per_class_recall=test.per_class_recall,
-        confusion_matrix=test.confusion,
+        **TrialResult.test_fields(test),
         classes=list(data.manifest.classes),
         trainable_params=trainable,
         total_params=total,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from cytotune.train.calibration import TestEvaluation
 
 SCALAR_FIELDS = (
     "best_val_acc",
@@ -11,6 +14,8 @@ SCALAR_FIELDS = (
     "test_acc",
     "test_balanced_acc",
     "test_macro_f1",
+    "test_nll",
+    "test_ece",
     "trainable_params",
     "total_params",
     "images_per_s",
@@ -26,7 +31,9 @@ class TrialResult:
 
     images_per_s counts training examples per second of the training loop (cached feature vectors for the
     linear probe, augmented images for LoRA); peak_mem_mb is the CUDA peak on GPU or the process peak RSS on
-    CPU.
+    CPU. test_nll and test_ece are the test negative log-likelihood and expected calibration error;
+    test_correct holds "0"/"1" per test image in test-row order (reports bootstrap over it) and
+    test_reliability the confidence bins (see calibration.py).
     """
 
     best_val_acc: float
@@ -44,10 +51,29 @@ class TrialResult:
     wall_s: float
     steps: int
     artifacts: dict[str, Path] = field(default_factory=dict)
+    test_nll: float = math.nan
+    test_ece: float = math.nan
+    test_correct: str = ""
+    test_reliability: dict[str, list[float]] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
         """The scalar metrics, by name (what trackers log)."""
         return {name: float(getattr(self, name)) for name in SCALAR_FIELDS}
+
+    @staticmethod
+    def test_fields(test: TestEvaluation) -> dict:
+        """The keyword arguments of the test-set fields, from a test evaluation."""
+        return {
+            "test_acc": test.metrics.accuracy,
+            "test_balanced_acc": test.metrics.balanced_accuracy,
+            "test_macro_f1": test.metrics.macro_f1,
+            "test_per_class_recall": test.metrics.per_class_recall,
+            "confusion_matrix": test.metrics.confusion,
+            "test_nll": test.nll,
+            "test_ece": test.ece,
+            "test_correct": test.correct,
+            "test_reliability": test.reliability,
+        }
 
     def to_dict(self) -> dict:
         """Every field as plain JSON-able values (artifact paths as strings)."""

@@ -1,4 +1,4 @@
-"""run_trial: one trial of either method, from a plain TrialConfig (no Ray, no MLflow)."""
+"""run_trial: one trial of any method, from a plain TrialConfig (no Ray, no MLflow)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cytotune.config import TrialConfig
+from cytotune.train.baselines import run_baseline
 from cytotune.train.linear_probe import run_linear_probe
 from cytotune.train.lora_finetune import run_lora
 from cytotune.train.result import TrialResult
@@ -19,10 +20,13 @@ def run_trial(
 ) -> TrialResult:
     """Run one trial to the end and return its final metrics.
 
-    `report(metrics, state)` is called at each evaluation with step, train_loss, val_acc and best_val_acc;
-    `state` is None for the linear probe (it is cheap to rerun) and, for LoRA, a checkpoint that
-    `run_trial(cfg, resume=state)` continues exactly. Artifacts go to out_dir when given.
+    `report(metrics, state)` is called at each evaluation with step, train_loss, val_acc and best_val_acc
+    (once, without train_loss, for knn and simpleshot); `state` is None for the methods on cached features
+    (they are cheap to rerun) and, for LoRA, a checkpoint that `run_trial(cfg, resume=state)` continues
+    exactly. Artifacts go to out_dir when given.
     """
     if cfg.method == "linear_probe":
         return run_linear_probe(cfg, report=report, out_dir=out_dir)
+    if cfg.method in ("knn", "simpleshot"):
+        return run_baseline(cfg, report=report, out_dir=out_dir)
     return run_lora(cfg, report=report, resume=resume, out_dir=out_dir)
