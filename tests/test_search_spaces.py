@@ -29,6 +29,7 @@ def common_settings(trials) -> None:
         s = t.config.train
         assert (s.weight_decay, s.batch_size, s.min_lr, s.warmup_steps) == (1e-2, 32, 1e-6, 50)
         assert s.augment and s.max_steps is None and s.device == "auto"
+        assert s.short_class == "error"  # a class short of the shots stops the study, naming it
     assert {t.config.lr for t in trials} == LRS
     assert {t.config.seed for t in trials} == {1, 2, 3}
 
