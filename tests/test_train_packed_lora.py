@@ -46,11 +46,27 @@ def lora_config(root: Path, cache_dir: Path, backbone: str, lr: float, seed: int
     )
 
 
+# Test probabilities come from float32 logits that the grouped and the separate forward round differently
+# (~1e-7 relative); a saturated softmax (a large lr) turns that into up to ~1e-4 relative in NLL and ECE.
+# Predictions, accuracies and every other field are equal exactly.
+PROBABILISTIC = ("test_nll", "test_ece", "test_reliability")
+
+
 def untimed(result) -> dict:
     data = result.to_dict()
-    for key in TIMING:
+    for key in (*TIMING, *PROBABILISTIC):
         data.pop(key)
     return data
+
+
+def same(result, other) -> bool:
+    """Equal results: exactly, but for the test probabilities' rounding."""
+    a, b = result.to_dict(), other.to_dict()
+    close = all(a[key] == pytest.approx(b[key], rel=1e-3) for key in ("test_nll", "test_ece")) and all(
+        a["test_reliability"][bin_] == pytest.approx(values, rel=1e-3, abs=1e-6)
+        for bin_, values in b["test_reliability"].items()
+    )
+    return close and untimed(result) == untimed(other)
 
 
 def serialised(state: dict) -> dict:
@@ -85,7 +101,7 @@ def test_each_configuration_of_a_pack_trains_as_its_separate_trial(root, cache_d
         for packed, single in zip(packed_metrics, [m for m, _ in alone_reports], strict=True):
             assert packed["step"] == single["step"] and packed["val_acc"] == single["val_acc"]
             assert packed["train_loss"] == pytest.approx(single["train_loss"], rel=1e-5)
-        assert outcome.status == "finished" and untimed(outcome.result) == untimed(alone)
+        assert outcome.status == "finished" and same(outcome.result, alone)
         packed_best = reports[-1][1]["configs"][index]["best"]["state"]
         assert_close_states(packed_best, alone_reports[-1][1]["best"]["state"])
         _, head, meta = load_adapter(outcome.result.artifacts["adapter"])
@@ -129,7 +145,7 @@ def test_a_rung_stops_whole_configurations_by_their_seed_mean(stopped_pack):
         if outcome.status == "stopped":
             assert outcome.steps == 8 and outcome.result is None
         else:
-            assert untimed(outcome.result) == untimed(run_lora(cfg))
+            assert same(outcome.result, run_lora(cfg))
     later = sorted({index for metrics, _ in reports[2:] for index in metrics})
     assert later == [i for i, o in enumerate(outcomes) if o.status == "finished"]
 
@@ -153,7 +169,7 @@ def test_a_pack_resumed_from_a_checkpoint_equals_the_uninterrupted_pack(stopped_
                 before.best_val_acc,
             )
             if before.result is not None:
-                assert untimed(after.result) == untimed(before.result)
+                assert same(after.result, before.result)
 
 
 def test_a_diverging_configuration_fails_alone(root, cache_dir):
@@ -163,7 +179,7 @@ def test_a_diverging_configuration_fails_alone(root, cache_dir):
     failed, finished = run_lora_pack(cfgs)
     assert failed.status == "failed" and failed.result is None and failed.steps == 2
     assert "LoRA tiny_clip/synthetic lr=1e+20 seed=1: training loss is nan at step 2" in failed.error
-    assert finished.status == "finished" and untimed(finished.result) == untimed(run_lora(cfgs[1]))
+    assert finished.status == "finished" and same(finished.result, run_lora(cfgs[1]))
 
 
 def test_a_pack_takes_one_cell_and_rungs_at_evaluations(root, cache_dir):

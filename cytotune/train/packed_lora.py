@@ -30,10 +30,10 @@ from cytotune.models.grouped_lora import adapter_state_dict, add_grouped_lora, g
 from cytotune.models.lora import add_lora, load_lora_state_dict, lora_state_dict, save_adapter
 from cytotune.train.batches import BatchStream
 from cytotune.train.best import BestTracker
+from cytotune.train.calibration import evaluate_probabilities
 from cytotune.train.guard import ensure_finite_loss
 from cytotune.train.head import AdamW
 from cytotune.train.lora_finetune import _cpu_copy, lora_steps
-from cytotune.train.metrics import classification_metrics
 from cytotune.train.result import TrialResult
 from cytotune.train.runtime import PeakMemory, autocast, resolve_device, seed_everything
 from cytotune.train.schedule import warmup_cosine_table
@@ -245,10 +245,14 @@ class PackedLoraRun:
             self.drop(failed, "failed", errors)
         return values
 
-    @torch.inference_mode()
     def predict(self, rows: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Predicted classes of each active configuration on its rows (one array per configuration, all of one
-        length; evaluation preprocessing, dropout off)."""
+        """Predicted classes of each active configuration on its rows (one array per configuration)."""
+        return [logits.argmax(-1).numpy() for logits in self.logits(rows)]
+
+    @torch.inference_mode()
+    def logits(self, rows: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """Class logits (N, C) on the CPU of each active configuration on its rows (all of one length;
+        evaluation preprocessing, dropout off)."""
         self.backbone.eval()
         groups = len(self.active)
         chunk = max(1, self.cfgs[0].train.eval_batch_size // groups)
@@ -260,9 +264,9 @@ class PackedLoraRun:
                 x = x.repeat(groups, *[1] * (x.dim() - 1))
             else:
                 x = torch.cat([self._eval_view(r[lo : lo + chunk]) for r in rows])
-            out.append(self.forward(x).argmax(-1).cpu())
+            out.append(self.forward(x).float().cpu())
         self.backbone.train()
-        return list(torch.cat(out, 1).numpy())
+        return list(torch.cat(out, 1))
 
     def _eval_view(self, rows: np.ndarray) -> torch.Tensor:
         return eval_transform(self.eval_images.batch(rows).to(self.device), *self.view)
@@ -425,7 +429,7 @@ def run_lora_pack(
     finished = list(run.active)
     for position, index in enumerate(finished):
         run.load_trainable_state(position, run.best[index].state)
-    tests = dict(zip(finished, run.predict([run.datas[i].test for i in finished]), strict=True))
+    tests = dict(zip(finished, run.logits([run.datas[i].test for i in finished]), strict=True))
     artifacts = _export_adapters(run, out_dirs or [None] * len(cfgs))
     num_classes = len(run.datas[0].manifest.classes)
     trainable = sum(p[0].numel() for p in run.parameters()) if finished else 0
@@ -434,15 +438,12 @@ def run_lora_pack(
     images_per_s = run.examples_seen / max(run.train_seconds, 1e-9)
     for index in finished:
         data, tracker = run.datas[index], run.best[index]
-        test = classification_metrics(data.labels(data.test), tests[index], num_classes)
+        probabilities = torch.softmax(tests[index].double(), 1).numpy()
+        test = evaluate_probabilities(data.labels(data.test), probabilities, num_classes)
         result = TrialResult(
             best_val_acc=tracker.value,
             best_step=tracker.step,
-            test_acc=test.accuracy,
-            test_balanced_acc=test.balanced_accuracy,
-            test_macro_f1=test.macro_f1,
-            test_per_class_recall=test.per_class_recall,
-            confusion_matrix=test.confusion,
+            **TrialResult.test_fields(test),
             classes=list(data.manifest.classes),
             trainable_params=trainable,
             total_params=frozen + trainable,
