@@ -260,12 +260,12 @@ def run_command(
     tracking = None
     with StopSignals() as signals:
         try:
-            from cytotune.study.launch import resume_tracking_uri
+            from cytotune.study.grid import expand_cells
+            from cytotune.study.launch import resume_tracking_uri, study_callback
             from cytotune.study.runner import describe_plan, experiment_path, run_study
             from cytotune.study.runner import dry_run as plan_only
             from cytotune.study.spec import load_study
             from cytotune.study.summary import outcome_dict, plan_dict
-            from cytotune.tracking.callback import study_callback
 
             spec = load_study(space)
             if dry_run:
@@ -278,7 +278,7 @@ def run_command(
             path = experiment_path(spec, storage)
             launch = resume_tracking_uri(spec, path, tracking_uri) if resume else None
             uri = announce_tracking(tracking_uri, spec.tracking_uri, launch=launch)
-            tracking = study_callback(spec, uri, resume=resume, address=address)
+            tracking = study_callback(spec, expand_cells(spec), uri, resume=resume, address=address)
             outcome = run_study(
                 spec,
                 address=address,
@@ -346,10 +346,12 @@ def demo_command(
     validation-selected result per cell from MLflow and write the report."""
     from cytotune.report import best_text, build_report
     from cytotune.study.demo import demo_spec, run_demo
+    from cytotune.study.grid import expand_cells
+    from cytotune.study.launch import study_callback
     from cytotune.tracking import best_configs
-    from cytotune.tracking.callback import study_callback
 
-    tracking = study_callback(demo_spec(out), announce_tracking(None))
+    spec = demo_spec(out)
+    tracking = study_callback(spec, expand_cells(spec), announce_tracking(None))
     outcome = run_demo(out, callbacks=[tracking], say=say)
     counts = outcome.counts()
     typer.echo(

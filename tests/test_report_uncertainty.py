@@ -149,12 +149,11 @@ def test_chosen_trials_are_read_pooled_and_compared():
 def test_report_and_best_json_carry_intervals_comparisons_and_reliability(tmp_path, mlflow_sqlite_uri):
     import json
 
-    from tracking_fakes import default_outcome, plans, run_fake_study, write_study
+    from tracking_fakes import default_outcome, launch_callback, plans, run_fake_study, write_study
     from typer.testing import CliRunner
 
     from cytotune.cli import app
     from cytotune.report import build_report
-    from cytotune.tracking.callback import MlflowCallback
 
     uri, name = mlflow_sqlite_uri, "uncertain"
     yaml_path = write_study(tmp_path, name)
@@ -164,7 +163,7 @@ def test_report_and_best_json_carry_intervals_comparisons_and_reliability(tmp_pa
         return "finished" if lr_1e2 else default_outcome(plan)
 
     run_fake_study(
-        MlflowCallback(name, uri, study_yaml=yaml_path.read_text()),
+        launch_callback(yaml_path, uri),
         plans(yaml_path),
         tmp_path / "c",
         outcome=lora_complete,

@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from mlflow import MlflowClient
-from tracking_fakes import check_layout, default_outcome, plans, run_fake_study, write_study
+from tracking_fakes import check_layout, default_outcome, launch_callback, plans, run_fake_study, write_study
 
 from cytotune.errors import CytotuneError
 from cytotune.tracking import best_configs, layout, runs_frame, select_best
-from cytotune.tracking.callback import MlflowCallback
 from cytotune.tracking.uri import default_tracking_uri
 
 
@@ -22,7 +21,7 @@ def test_layout_queries_and_selection(tmp_path, mlflow_sqlite_uri):
     uri = mlflow_sqlite_uri
     yaml_path = write_study(tmp_path, "fake-layout")
     study_plans = plans(yaml_path)
-    callback = MlflowCallback("fake-layout", uri, study_yaml=yaml_path.read_text(), ray_address="local")
+    callback = launch_callback(yaml_path, uri, address="local")
     run_fake_study(callback, study_plans, tmp_path / "ckpt")
     check_layout(MlflowClient(uri), "fake-layout", yaml_path, study_plans)
 
@@ -47,18 +46,18 @@ def test_resume_after_an_interrupted_driver_continues_each_trials_run(tmp_path, 
     uri = mlflow_sqlite_uri
     yaml_path = write_study(tmp_path, "fake-resume")
     study_plans = plans(yaml_path)
-    text = yaml_path.read_text()
-    first = MlflowCallback("fake-resume", uri, study_yaml=text)
+    first = launch_callback(yaml_path, uri)
     run_fake_study(first, study_plans, tmp_path / "ckpt1", stop_after=5)
-    second = MlflowCallback("fake-resume", uri, study_yaml=text, resume=True)
+    second = launch_callback(yaml_path, uri, resume=True)
     second.setup()
     interrupted = study_plans[4]
-    from tracking_fakes import end, start
+    from tracking_fakes import FakeTrial, end, start
 
     for index, plan in enumerate(study_plans[4:], start=4):
         trial = start(second, plan, f"trial_{index:05d}" if plan is interrupted else f"again_{index:05d}")
         end(second, plan, trial, default_outcome(plan), tmp_path / "ckpt2")
-    second.on_experiment_end([])
+    # Ray's list at the end of a resumed run holds every trial of the study, the earlier launch's too.
+    second.on_experiment_end([FakeTrial(p.trial_key, {}, status="TERMINATED") for p in study_plans])
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("fake-resume").experiment_id
@@ -84,7 +83,7 @@ def test_a_new_launch_without_resume_makes_new_runs_and_queries_keep_the_latest(
     yaml_path = write_study(tmp_path, "fake-again")
     study_plans = plans(yaml_path)[:2]
     for attempt in range(2):
-        callback = MlflowCallback("fake-again", uri, study_yaml=yaml_path.read_text())
+        callback = launch_callback(yaml_path, uri)
         run_fake_study(callback, study_plans, tmp_path / f"ckpt{attempt}")
     frame = runs_frame("fake-again", uri)
     assert len(frame) == 2

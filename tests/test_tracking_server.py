@@ -14,14 +14,13 @@ import pytest
 from mlflow import MlflowClient
 from mlflow_servers import Server, create_database, drop_database, free_port, postgres_uri
 from ray.tune import Callback
-from tracking_fakes import check_layout, plans, run_fake_study, write_study
+from tracking_fakes import check_layout, launch_callback, plans, run_fake_study, write_study
 from typer.testing import CliRunner
 
 from cytotune.cli import app
 from cytotune.study.grid import expand_trials
 from cytotune.study.spec import load_study
 from cytotune.tracking import layout, runs_frame, select_best
-from cytotune.tracking.callback import MlflowCallback
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +55,7 @@ def test_layout_and_best_on_a_server(servers, backend, tmp_path):
     uri, name = servers[backend], f"layout-{backend}"
     yaml_path = write_study(tmp_path, name)
     study_plans = plans(yaml_path)
-    callback = MlflowCallback(name, uri, study_yaml=yaml_path.read_text(), ray_address="local")
+    callback = launch_callback(yaml_path, uri, address="local")
     run_fake_study(callback, study_plans, tmp_path / "ckpt")
     check_layout(MlflowClient(uri), name, yaml_path, study_plans)
 
@@ -84,9 +83,7 @@ def test_layout_and_best_on_a_server(servers, backend, tmp_path):
 def test_report_writes_and_logs_its_files(servers, tmp_path):
     uri, name = servers["postgres"], "report-postgres"
     yaml_path = write_study(tmp_path, name)
-    run_fake_study(
-        MlflowCallback(name, uri, study_yaml=yaml_path.read_text()), plans(yaml_path), tmp_path / "ckpt"
-    )
+    run_fake_study(launch_callback(yaml_path, uri), plans(yaml_path), tmp_path / "ckpt")
     out = tmp_path / "report"
     printed = cli("report", "--experiment", name, "--tracking-uri", uri, "--out", str(out))
     names = {

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 from ray.tune import Checkpoint
 
-from cytotune.study.grid import TrialPlan, expand_trials
+from cytotune.study.grid import TrialPlan, expand_cells, expand_trials
+from cytotune.study.launch import study_callback
 from cytotune.study.spec import load_study
 
 STUDY_YAML = """\
@@ -42,6 +43,7 @@ class FakeTrial:
     last_result: dict[str, Any] = field(default_factory=dict)
     checkpoint: Checkpoint | None = None
     error: str | None = None
+    status: str = "RUNNING"  # Ray's Trial.status: TERMINATED (finished or stopped) or ERROR once ended
 
     def get_error(self) -> str | None:
         return self.error
@@ -52,6 +54,12 @@ def write_study(folder: Path, name: str) -> Path:
     path = folder / f"{name}.yaml"
     path.write_text(STUDY_YAML.format(name=name))
     return path
+
+
+def launch_callback(study_yaml: Path, uri: str, **kwargs: Any):
+    """The MLflow callback of a launch of the study, made as `cytotune run` makes it."""
+    spec = load_study(study_yaml)
+    return study_callback(spec, expand_cells(spec), uri, **kwargs)
 
 
 def plans(study_yaml: Path) -> list[TrialPlan]:
@@ -159,12 +167,14 @@ def run_fake_study(
     """Drive the whole study through the callback; with `stop_after`, the driver dies after that many trials
     started (the last one mid-run, no experiment end), as an interrupted launch."""
     callback.setup()
+    trials = []
     for index, plan in enumerate(study_plans):
-        trial = start(callback, plan, f"trial_{index:05d}")
+        trials.append(start(callback, plan, f"trial_{index:05d}"))
         if stop_after is not None and index + 1 >= stop_after:
             return
-        end(callback, plan, trial, outcome(plan), workdir)
-    callback.on_experiment_end([])
+        end(callback, plan, trials[-1], outcome(plan), workdir)
+        trials[-1].status = "ERROR" if outcome(plan) == "failed" else "TERMINATED"
+    callback.on_experiment_end(trials)
 
 
 def check_layout(
@@ -188,6 +198,8 @@ def check_layout(
     assert parent.data.tags[layout.VERSION]
     assert parent.data.tags[layout.RAY_ADDRESS]
     assert Path(client.download_artifacts(parent.info.run_id, layout.STUDY_ARTIFACT)).read_text() == text
+    cells = json.loads(Path(client.download_artifacts(parent.info.run_id, layout.CELLS_ARTIFACT)).read_text())
+    assert cells == dict.fromkeys({p.cell_key for p in study_plans}, 2)  # seeds: [1, 2] in STUDY_YAML
     by_key = {r.data.tags[layout.TRIAL_KEY]: r for r in children}
     assert set(by_key) == {p.trial_key for p in study_plans}
     for plan in study_plans:

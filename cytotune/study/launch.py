@@ -12,12 +12,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import yaml
 from filelock import FileLock, Timeout
 
 from cytotune.errors import CytotuneError
+from cytotune.study.grid import CellPlan, count_trials
 from cytotune.study.spec import StudySpec
+
+if TYPE_CHECKING:
+    from cytotune.tracking.callback import MlflowCallback
 
 LOCK_FILE = "launch.lock"
 HOLDER_FILE = "launch.holder.json"
@@ -149,3 +154,30 @@ def _running_line(path: Path, study: str) -> str:
         else "holder unknown"
     )
     return f"{path}: study {study} is already running ({who}); expected one launch of a study at a time"
+
+
+def study_callback(
+    spec: StudySpec,
+    cells: list[CellPlan],
+    tracking_uri: str,
+    *,
+    resume: bool = False,
+    address: str | None = None,
+) -> MlflowCallback:
+    """The MLflow callback of a launch of `spec` (its planned `cells`), writing to `tracking_uri`: the YAML as
+    the user wrote it, the trial count and the seeds of each cell recorded on the launch run."""
+    from cytotune.tracking.callback import MlflowCallback
+
+    if spec.source is not None and Path(spec.source).is_file():
+        text = Path(spec.source).read_text()
+    else:
+        text = yaml.safe_dump(spec.model_dump(mode="json", exclude_unset=True), sort_keys=False)
+    return MlflowCallback(
+        spec.name,
+        tracking_uri,
+        study_yaml=text,
+        resume=resume,
+        ray_address=address,
+        expected_trials=count_trials(cells),
+        cell_seeds={cell.cell_key: len(cell.seeds) for cell in cells},
+    )

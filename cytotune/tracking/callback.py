@@ -9,17 +9,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from ray.tune import Callback
 
 from cytotune import __version__
-from cytotune.report.confusion import confusion_figure
-from cytotune.study.grid import count_trials, expand_cells
-from cytotune.study.spec import StudySpec
 from cytotune.tracking import layout
-from cytotune.tracking.uri import artifact_location, choose_tracking_uri, resolve_tracking_uri
+from cytotune.tracking.confusion import confusion_figure
+from cytotune.tracking.uri import artifact_location, resolve_tracking_uri
 
 _BATCH = 100
 
@@ -37,7 +34,8 @@ class MlflowCallback(Callback):
     study is launched again.
     With `resume`, a trial continues the child run holding its trial key (tagged with every launch id), so a
     resumed study never makes a second run for a trial. `expected_trials` (the study's trial count) tells an
-    interrupted launch from a finished one.
+    interrupted launch from a finished one; `cell_seeds` (seeds per cell key) is recorded on the launch run
+    (cells.json), so queries know every cell's seeds without parsing the YAML again.
     """
 
     def __init__(
@@ -49,9 +47,11 @@ class MlflowCallback(Callback):
         resume: bool = False,
         ray_address: str | None = None,
         expected_trials: int | None = None,
+        cell_seeds: dict[str, int] | None = None,
     ):
         self.study = study
         self.expected_trials = expected_trials
+        self.cell_seeds = cell_seeds
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.study_yaml = study_yaml
         self.resume = resume
@@ -108,6 +108,8 @@ class MlflowCallback(Callback):
         self.parent_run_id = run.info.run_id
         if self.study_yaml is not None:
             self.client.log_text(self.parent_run_id, self.study_yaml, layout.STUDY_ARTIFACT)
+        if self.cell_seeds is not None:
+            self.client.log_dict(self.parent_run_id, self.cell_seeds, layout.CELLS_ARTIFACT)
         return self.parent_run_id
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -304,21 +306,6 @@ class MlflowCallback(Callback):
                 result["confusion_matrix"], result["classes"], Path(tmp) / "confusion_matrix.png", title
             )
             self.client.log_artifact(run_id, str(path))
-
-
-def study_callback(
-    spec: StudySpec, tracking_uri: str | None = None, *, resume: bool = False, address: str | None = None
-) -> MlflowCallback:
-    """The MLflow callback of a launch, tracking where `choose_tracking_uri` says (flag, env, YAML)."""
-    if spec.source is not None and Path(spec.source).is_file():
-        text = Path(spec.source).read_text()
-    else:
-        text = yaml.safe_dump(spec.model_dump(mode="json", exclude_unset=True), sort_keys=False)
-    uri = choose_tracking_uri(tracking_uri, spec.tracking_uri).uri
-    total = count_trials(expand_cells(spec))
-    return MlflowCallback(
-        spec.name, uri, study_yaml=text, resume=resume, ray_address=address, expected_trials=total
-    )
 
 
 def _is_number(value: Any) -> bool:

@@ -40,6 +40,7 @@ RUN_STATUS = {FINISHED: "FINISHED", STOPPED: "KILLED", FAILED: "FAILED"}
 STEP_METRICS = ("train_loss", "val_acc", "best_val_acc")
 FINAL_METRICS = SCALAR_FIELDS
 STUDY_ARTIFACT = "study.yaml"
+CELLS_ARTIFACT = "cells.json"  # on the launch run: seeds per cell key
 TRIAL_ARTIFACT = "trial_config.json"
 TAG_LIMIT = 5000
 

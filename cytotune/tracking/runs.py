@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Mapping
@@ -182,15 +183,6 @@ def latest_launch(experiment: str, tracking_uri: str | None = None) -> Run:
     return launches[0]
 
 
-def launch_study_yaml(run: Run, tracking_uri: str | None = None) -> str | None:
-    """The study YAML logged on a launch run (None when it has none)."""
-    client = MlflowClient(resolve_tracking_uri(tracking_uri))
-    names = {item.path for item in client.list_artifacts(run.info.run_id)}
-    if layout.STUDY_ARTIFACT not in names:
-        return None
-    return read_artifact_text(client, run.info.run_id, layout.STUDY_ARTIFACT)
-
-
 def read_artifact_text(client: MlflowClient, run_id: str, path: str) -> str:
     """The text of a small artifact of a run (downloaded quietly to a temporary folder)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -199,23 +191,16 @@ def read_artifact_text(client: MlflowClient, run_id: str, path: str) -> str:
 
 
 def expected_seeds(experiment: str, tracking_uri: str | None = None) -> dict[str, int] | None:
-    """Seeds per cell key from the study YAML of the latest launch; None when it has no readable YAML."""
-    from cytotune.study.grid import expand_cells
-    from cytotune.study.spec import load_study
-
+    """Seeds per cell key as the latest launch recorded them (cells.json); None when it recorded none."""
     try:
-        text = launch_study_yaml(latest_launch(experiment, tracking_uri), tracking_uri)
+        run = latest_launch(experiment, tracking_uri)
     except CytotuneError:
         return None
-    if text is None:
+    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    if layout.CELLS_ARTIFACT not in {item.path for item in client.list_artifacts(run.info.run_id)}:
         return None
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / layout.STUDY_ARTIFACT
-        path.write_text(text)
-        try:
-            return {cell.cell_key: len(cell.seeds) for cell in expand_cells(load_study(path))}
-        except CytotuneError:
-            return None
+    text = read_artifact_text(client, run.info.run_id, layout.CELLS_ARTIFACT)
+    return {str(cell): int(seeds) for cell, seeds in json.loads(text).items()}
 
 
 def searched_fields(frame: pd.DataFrame) -> tuple[str, ...]:
