@@ -39,7 +39,7 @@ methods:
     lora: {{rank: 2, targets: [q, v]}}
     search:
       lr: [3.0e-4, 1.0e-3, 3.0e-3, 1.0e-2, 3.0e-2]
-    train: {{base_steps: 30, steps_per_shot: 10, eval_every: 10}}
+    train: {{base_steps: 30, steps_per_shot: 10, eval_every: 5}}
     asha: {{grace_period: {grace}, reduction_factor: {factor}, max_steps: 70}}
 """
 BENCH_IMAGES_PER_CLASS = 100
