@@ -208,7 +208,7 @@ def _footnote(table: pd.DataFrame) -> str:
         "test accuracy at each trial's best-validation checkpoint (the paper's code took the last iteration)."
     )
     if table["missing_seeds"].any():
-        note += f" {MISSING_MARK} fewer seeds than planned."
+        note += f" {MISSING_MARK} no configuration finished on every seed."
     return note + "\n"
 
 
