@@ -537,6 +537,56 @@ def bench_probe(
     typer.echo(f"(c)/(b) = {b.naive_over_sweep:.1f}x")
 
 
+@bench_app.command("asha")
+def bench_asha_command(
+    work_dir: Annotated[Path, typer.Option(help="Data, caches and recorded curves.")] = Path("asha_bench"),
+    curves: Annotated[
+        Path | None, typer.Option(help="Replay curves recorded earlier (WORK_DIR/curves.json) instead.")
+    ] = None,
+    orders: Annotated[int, typer.Option(min=1, help="Arrival orders replayed.")] = 6,
+    workers: Annotated[
+        list[int] | None, typer.Option(help="Trials running at a time in the replay (repeat for several).")
+    ] = None,
+    grace: Annotated[int, typer.Option(min=1, help="ASHA grace period (steps).")] = 10,
+    factor: Annotated[float, typer.Option(min=1.01, help="ASHA reduction factor.")] = 3.0,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's).")] = None,
+) -> None:
+    """The bench study (6 LoRA cells x 5 lr x 3 seeds) as a full grid and with seed-grouped early stopping:
+    training steps of each, and the share of cells choosing as the full grid does."""
+    import torch
+
+    from cytotune.study import asha_bench
+    from cytotune.study.grid import expand_cells
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    cells = expand_cells(asha_bench.bench_spec(work_dir, grace, factor))
+    if curves is None:
+        recorded = asha_bench.record_curves(cells, work_dir / "cache")
+        curves = asha_bench.save_curves(recorded, work_dir / "curves.json")
+    else:
+        recorded = asha_bench.load_curves(curves)
+    typer.echo(
+        f"asha benchmark: {len(cells)} cells, {len(recorded)} LoRA trials recorded as a full grid "
+        f"({curves}); early stopping (grace {grace}, factor {factor:g}) replayed offline through the "
+        f"scheduler's decision logic in {orders} arrival orders (order 0: grid order, equal speeds; others: "
+        "shuffled configurations, per-trial speeds)"
+    )
+    typer.echo("each order: steps with early stopping / full grid, share of cells choosing as the full grid")
+    typer.echo("(same configuration, or within the full grid's seed std of its test accuracy)")
+    for count in workers or [3, 6, 15, 30]:
+        rows = asha_bench.bench_asha(recorded, cells, orders, count)
+        ratio = sum(r.ratio for r in rows) / len(rows)
+        agreement = sum(r.agreement for r in rows) / len(rows)
+        each = "  ".join(f"{r.ratio:.2f}x/{100 * r.agreement:.0f}%" for r in rows)
+        typer.echo(
+            f"{count:3d} trials at a time: mean {ratio:.2f}x the steps (full grid: {rows[0].full_steps}) at "
+            f"{100 * agreement:.0f}% agreement | {each}"
+        )
+    typer.echo("target: <= 0.50x the steps at >= 90% agreement")
+
+
 @bench_app.command("gpu")
 def bench_gpu_command(
     out: Annotated[Path, typer.Option(help="JSON file of the figures (rewritten after each case).")] = Path(

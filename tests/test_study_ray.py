@@ -106,6 +106,13 @@ def test_demo_study_runs_on_tuner(cluster, demo_data, tmp_path):
     assert not outcome.interrupted
     table = outcome.best_per_cell()
     assert len(table) == 6 and table["test_acc_mean"].notna().all()
+    assert (table["selection"] == "chosen").all() and (table["n_seeds"] == 2).all()
+    # seed-grouped early stopping never stops a trial at its last step (the 4-shot cells end at 40, a rung)
+    for t in outcome.trials:
+        if t.status == "stopped":
+            assert t.trial["method"] == "lora" and t.metrics["step"] < t.metrics["last_step"]
+    four_shot = [t for t in outcome.trials if t.trial.get("shots") == 4 and t.status == "finished"]
+    assert four_shot and all(t.metrics["step"] == 40 for t in four_shot)
     lora = next(t for t in outcome.trials if t.status == "finished" and t.trial["method"] == "lora")
     files = {p.name for p in Path(lora.checkpoint).iterdir()}
     assert {"adapter", "result.json", "trial_manifest.csv"} <= files

@@ -151,3 +151,17 @@ def test_a_seed_starting_after_its_configuration_was_stopped_stops_at_its_first_
     assert rungs.result("A", 2, 10, 0.4)
     assert rungs.result("A", 3, 1, 0.9)  # e.g. a retried or late seed
     assert rungs.recorded[10] == {"B": 0.8, "A": 0.4} and rungs.stopped == {"A"}
+
+
+def test_a_configuration_that_passed_a_rung_early_is_stopped_when_better_ones_arrive():
+    # grid order from the worst lr up: asynchronous ASHA alone lets each arrival pass (each beats the others)
+    rungs = CellRungs(AshaSettings(grace_period=10, reduction_factor=3, max_steps=90), seeds=1)
+    assert not rungs.result("worst", 1, 10, 0.3)
+    assert not rungs.result("middle", 1, 10, 0.5)
+    # the rung's cutoff over [0.3, 0.5] at rf=3 is the 2/3 quantile, 0.4333: "worst" stops at its next report
+    assert rungs.result("worst", 1, 20, 0.9)
+    assert not rungs.result("best", 1, 10, 0.7)
+    # over [0.3, 0.5, 0.7] the cutoff is 0.5667: "middle" stops too, "best" goes on
+    assert rungs.result("middle", 1, 20, 0.6)
+    assert not rungs.result("best", 1, 20, 0.7)
+    assert rungs.stopped == {"worst", "middle"}

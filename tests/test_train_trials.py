@@ -245,6 +245,33 @@ def test_lora_reports_and_keeps_the_best_validation_state(lora_reference):
     assert result.test_acc == sum(result.confusion_matrix[i][i] for i in range(3)) / 24
 
 
+def test_lora_test_metrics_come_from_the_best_validation_step(three_classes, cache_dir, monkeypatch):
+    cfg = lora_config(three_classes, cache_dir, backbone="tiny_vit", lr=5e-2)
+    scripted = iter([0.5, 0.9, 0.3])  # val accuracy at steps 4, 8, 12: best at 8, the last step is worse
+    monkeypatch.setattr(LoraRun, "accuracy", lambda self, rows: next(scripted))
+    states = {}
+
+    def report(metrics, state):
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        states[metrics["step"]] = buffer.getvalue()
+
+    result = run_trial(cfg, report=report)
+    assert (result.best_step, result.best_val_acc, result.steps) == (8, 0.9, 12)
+
+    def test_predictions(step: int) -> tuple[np.ndarray, np.ndarray]:
+        run = LoraRun(cfg, trial_data(cfg), torch.device("cpu"))
+        run.load_state_dict(torch.load(io.BytesIO(states[step]), weights_only=False))
+        return run.predict(run.data.test), run.data.labels(run.data.test)
+
+    best, labels = test_predictions(8)
+    last, _ = test_predictions(12)
+    assert not np.array_equal(best, last)  # the weights of the last step predict differently
+    assert result.test_acc == pytest.approx(float((best == labels).mean()), abs=1e-12)
+    recall = [float((best[labels == c] == c).mean()) for c in range(3)]
+    assert result.test_per_class_recall == pytest.approx(recall, abs=1e-12)
+
+
 def test_lora_resumed_from_a_checkpoint_equals_the_uninterrupted_trial(lora_reference):
     cfg, reference, reports = lora_reference
     for index in (0, 1):

@@ -149,6 +149,23 @@ def test_linear_head_reaches_100_percent_on_separable_features():
     assert evaluations[-1][2] < evaluations[0][2]
 
 
+def test_linear_head_returns_the_best_validation_epoch_not_the_last():
+    # val labels rotated by one class: the better the head learns the train clusters, the worse val gets
+    features, labels = _split_data()
+    labels[80:] = (labels[80:] + 1) % 4
+    constant = dict(lr=1e-2, warmup_steps=0, min_lr=1e-2)  # so an e-epoch run is the first e epochs of more
+    evaluations = []
+    (fit,) = _fit(
+        features, labels, 80, [_schedule(**constant)], [0], on_eval=lambda *a: evaluations.append(a)
+    )
+    vals = [e[3] for e in evaluations]
+    best_epoch = vals.index(max(vals)) + 1
+    assert fit.best_val_acc == max(vals) > vals[-1] and best_epoch < 20
+    assert fit.best_step == 10 * best_epoch and fit.steps == 200
+    (upto_best,) = _fit(features, labels, 80, [_schedule(epochs=best_epoch, **constant)], [0])
+    assert torch.equal(fit.weight, upto_best.weight) and torch.equal(fit.bias, upto_best.bias)
+
+
 def test_linear_head_is_deterministic_and_seeded():
     features, labels = _split_data()
     schedule = _schedule(epochs=3)

@@ -270,7 +270,7 @@ def _footnote(table: pd.DataFrame) -> str:
             "cached features (knn: k chosen on validation)."
         )
     if table["missing_seeds"].any():
-        note += f" {MISSING_MARK} fewer seeds than planned."
+        note += f" {MISSING_MARK} no configuration finished on every seed."
     return note + "\n"
 
 

@@ -6,7 +6,11 @@ grace_period * reduction_factor**k <= max_steps. When every seed of a configurat
 value there is the val_acc of its first report at or past the rung), the configuration's mean over seeds is
 compared with the means the cell's other configurations recorded at that rung: below the (1 - 1/rf) quantile
 of those, the configuration is stopped, all its seeds together; with nothing recorded yet it continues (as
-in asynchronous ASHA). A seed that reaches a rung before its siblings keeps training until they arrive.
+in asynchronous ASHA). A configuration that went on from a rung is checked again at each later report against
+that rung's current cutoff over all configurations recorded there: one that passed only because it arrived
+early is stopped once enough better configurations have arrived, so the outcome depends less on the order in
+which configurations reach the rung. A seed that reaches a rung before its siblings keeps training until they
+arrive.
 A rung at or after a trial's last step decides nothing: a trial at its last step always completes.
 """
 
@@ -59,6 +63,8 @@ class CellRungs:
                 seen.setdefault(rung, {}).setdefault(seed, float(value))
         if configuration not in self.stopped:
             self._decide(configuration)
+        if configuration not in self.stopped:
+            self._recheck(configuration)
         return configuration in self.stopped and not at_end
 
     def _decide(self, configuration: str) -> None:
@@ -76,12 +82,27 @@ class CellRungs:
                 self.stopped.add(configuration)
                 return
 
+    def _recheck(self, configuration: str) -> None:
+        """Stop a configuration that passed a rung early but has since fallen below the rung's cutoff over
+        every configuration recorded there (itself included)."""
+        for rung in self.rungs:
+            recorded = self.recorded[rung]
+            if configuration in recorded and len(recorded) > 1:
+                cutoff = float(np.nanpercentile(list(recorded.values()), self._quantile))
+                if recorded[configuration] < cutoff:
+                    self.stopped.add(configuration)
+                    return
+
+    @property
+    def _quantile(self) -> float:
+        return (1 - 1 / self.asha.reduction_factor) * 100
+
     def cutoff(self, rung: float) -> float | None:
         """The mean a configuration needs at this rung to go on (None: nothing recorded there yet)."""
         recorded = list(self.recorded[rung].values())
         if not recorded:
             return None
-        return float(np.nanpercentile(recorded, (1 - 1 / self.asha.reduction_factor) * 100))
+        return float(np.nanpercentile(recorded, self._quantile))
 
     def lose_seed(self, configuration: str) -> None:
         """A seed of this configuration ended for good without finishing: the configuration can no longer be

@@ -1,15 +1,16 @@
 """Early stopping within each cell, seed-grouped: the Ray Tune side of `rungs.CellRungs`.
 
 Decisions are made per (cell, searched configuration) on the mean over seeds of val_acc at each rung, against
-the other configurations of the same cell only; all seeds of a configuration share one fate, so selection
-always compares configurations over the same seeds. How a seed waits: a seed that reaches a rung before its
-siblings keeps training (no pause, no checkpoint round trip) until the last sibling reaches the rung and the
-configuration is decided; a configuration stopped then stops each of its seeds at that seed's next report
-(a seed not yet started stops at its first). The study's searcher queues the seeds of a configuration one
-after another, so they usually run side by side and the wait is short. A seed that fails for good stops its
-siblings: the configuration can no longer finish on every seed. A trial's report at or after its last step
-(`last_step` in the report, or the final report) never stops it, so a trial whose last step is a rung
-completes. Rungs are kept in this object only: a resumed study starts them afresh.
+the other configurations of the same cell only (rules in `rungs.py`: ASHA's cutoff, checked again at later
+reports of a configuration that passed a rung early); all seeds of a configuration share one fate, so
+selection always compares configurations over the same seeds. How a seed waits: a seed that reaches a rung
+before its siblings keeps training (no pause, no checkpoint round trip) until the last sibling reaches the
+rung and the configuration is decided; a configuration stopped then stops each of its seeds at that seed's
+next report (a seed not yet started stops at its first). The study's searcher queues the seeds of a
+configuration one after another, so they usually run side by side and the wait is short. A seed that fails
+for good stops its siblings: the configuration can no longer finish on every seed. A trial's report at or
+after its last step (`last_step` in the report, or the final report) never stops it, so a trial whose last
+step is a rung completes. Rungs are kept in this object only: a resumed study starts them afresh.
 """
 
 from __future__ import annotations
