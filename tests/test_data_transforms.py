@@ -101,8 +101,10 @@ def test_crop_boxes_fall_back_to_torchvisions_center_crop(height, width):
 
 def test_train_transform_takes_images_of_different_sizes():
     mixed = [images(1, 50, 70, seed=1)[0], images(1, 143, 97, seed=2)[0], images(1, 20, 20, seed=3)[0]]
+    threads = torch.get_num_threads()
     out = train_transform(mixed, 24, MEAN, STD, torch.Generator().manual_seed(5))
     assert out.shape == (3, 3, 24, 24) and out.dtype == torch.float32
+    assert torch.get_num_threads() == threads  # one thread while resizing crop by crop, then restored
     again = train_transform(mixed, 24, MEAN, STD, torch.Generator().manual_seed(5))
     assert torch.equal(out, again)
     with pytest.raises(TypeError, match="uint8"):
