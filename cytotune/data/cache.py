@@ -4,6 +4,11 @@ Two views of every image: the training view keeps the aspect ratio with the shor
 side (never enlarged), images at their own sizes back to back (ragged); random resized crops are cut from it
 at train time. The evaluation view is what the model sees at evaluation, computed once from the original:
 shorter side resized to the input size, central square.
+
+The training view's side (train.image_cache_size, 256 by default: 1.14x a 224 px input) bounds the detail a
+crop keeps: detail finer than a pixel of the view is lost, and the smallest crops (8% of the area: about
+80 px of a 256 px side) are enlarged about 2.8x, where torchvision on a 2048x1536 original would shrink a
+~500 px crop. A larger side keeps more; the file grows with its square (a 2048x1536 image: 262 KB at 256).
 """
 
 from __future__ import annotations
