@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -37,11 +38,11 @@ def test_synth_prepare_info(tmp_path, isolated_cache):
     assert lines[header + 1].split() == ["class_0", "7", "1", "2", "10"]
     assert lines[header + 4].split() == ["total", "21", "3", "6", "30"]
     assert "image cache: 30 images at 24px, built in" in prepared
-    assert len(list((isolated_cache / "images").glob("synthetic-*-24.u8"))) == 1
+    assert len(list((isolated_cache / "images").glob("synthetic-*-train24-v2.u8"))) == 1
     again = invoke("data", "prepare", "synthetic", "--root", str(out), "--cache-size", "24")
     assert "24px, reused" in again
     info = invoke("data", "info", "synthetic", "--root", str(out))
-    assert "class_2: 10 images" in info and "digest" in info and "-24.u8" in info
+    assert "class_2: 10 images" in info and "digest" in info and "-train24-v2.u8" in info
 
 
 def test_prepare_options(tmp_path):
@@ -83,9 +84,13 @@ def test_bench_data_prints_both_times_and_the_ratio():
         "--repeats",
         "1",
     )
-    assert "PIL + torchvision per item" in output and "cache batch + eval_transform" in output
-    assert "eval cache batch + normalise" in output and "eval cache 24px built in" in output
-    assert "ratio: cache is" in output and "synthetic, 4 x 4 JPG images of 48px" in output
+    assert "eval:  PIL + torchvision per item" in output and "eval cache batch + eval_transform" in output
+    assert "train: PIL + torchvision per item" in output and "training view + train_transform" in output
+    assert (
+        "training view, shorter side 32px (built in" in output and "evaluation view 24px (built in" in output
+    )
+    assert re.search(r"ratio: eval \d+\.\dx, train \d+\.\dx faster than PIL", output)
+    assert "synthetic, 4 x 4 JPG images of 48px" in output
 
 
 def test_user_error_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):

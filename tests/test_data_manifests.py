@@ -263,20 +263,21 @@ def test_odd_image_modes_are_accepted(tmp_path):
     manifest = prepare_dataset("folder", root)
     assert len(manifest) == 12
     cache = open_image_cache(manifest, 16)
-    batch = cache.batch(np.arange(12))
-    assert batch.shape == (12, 3, 16, 16)
-    gray = batch[manifest.frame["class_name"].to_numpy() == "gray"]
-    assert (gray[:, 0] == gray[:, 1]).all() and (gray[:, 1] == gray[:, 2]).all()
+    images = cache.batch(np.arange(12))
+    assert [tuple(image.shape) for image in images] == [(3, 16, 21)] * 12  # 40x30 -> 21x16
+    gray = [x for x, name in zip(images, manifest.frame["class_name"], strict=True) if name == "gray"]
+    assert len(gray) == 3 and all((g[0] == g[1]).all() and (g[1] == g[2]).all() for g in gray)
 
 
 def test_sixteen_bit_values_are_scaled_not_clipped(tmp_path):
     from PIL import Image
 
-    from cytotune.data.images import load_resized
+    from cytotune.data.images import load_eval_view, load_train_view
 
     path = tmp_path / "deep.png"
-    Image.fromarray(np.full((8, 8), 32896, dtype=np.uint16)).save(path)  # 128 * 257
-    assert (load_resized(path, 8) == 128).all()
+    Image.fromarray(np.full((8, 12), 32896, dtype=np.uint16)).save(path)  # 128 * 257
+    assert load_train_view(path, 8).shape == (8, 12, 3) and (load_train_view(path, 8) == 128).all()
+    assert (load_eval_view(path, 8) == 128).all()
 
 
 def test_the_same_image_in_two_splits_names_both_paths(tmp_path):

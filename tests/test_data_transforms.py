@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torchvision.transforms import RandomResizedCrop
+from torchvision.transforms import InterpolationMode, RandomResizedCrop
+from torchvision.transforms import functional as TF
 
-from cytotune.data.transforms import eval_transform, random_resized_crop_boxes, train_transform
+from cytotune.data.transforms import eval_resize, eval_transform, random_resized_crop_boxes, train_transform
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
@@ -33,14 +33,13 @@ def test_eval_transform_normalises_and_resizes():
     assert torch.allclose(same_size, direct, atol=1e-6)
 
 
-def test_eval_transform_matches_float_bicubic_and_center_crops():
-    x = images(height=48, width=64)
-    out = eval_transform(x, 24, (0, 0, 0), (1, 1, 1)) * 255
-    reference = F.interpolate(x.float(), size=(24, 32), mode="bicubic", antialias=True).clamp(0, 255)[
-        ..., 4:28
-    ]
-    assert out.shape == (6, 3, 24, 24)
-    assert (out - reference).abs().mean() < 1.0
+@pytest.mark.parametrize("height, width", [(48, 64), (143, 97), (150, 201), (30, 30)])
+def test_eval_resize_is_torchvisions_resize_and_center_crop(height, width):
+    x = images(2, height, width)
+    expected = TF.center_crop(TF.resize(x, 24, InterpolationMode.BICUBIC, antialias=True), 24)
+    out = eval_resize(x, 24)
+    assert out.shape == expected.shape == (2, 3, 24, 24)
+    assert (out.float() - expected.float()).abs().mean() < 1.0
 
 
 def test_eval_transform_rejects_float_input():
@@ -58,7 +57,7 @@ def test_train_transform_is_seeded():
 
 
 def test_crop_boxes_follow_scale_and_ratio():
-    boxes = random_resized_crop_boxes(2000, 60, 80, torch.Generator().manual_seed(0))
+    boxes = random_resized_crop_boxes(torch.tensor([[60, 80]] * 2000), torch.Generator().manual_seed(0))
     top, left, height, width = boxes.T
     assert (
         (top >= 0).all() and (left >= 0).all() and (top + height <= 60).all() and (left + width <= 80).all()
@@ -73,6 +72,43 @@ def test_crop_boxes_follow_scale_and_ratio():
     ]
     reference_area = sum(h * w for _, _, h, w in reference) / (2000 * 60 * 80)
     assert math.isclose(area.mean().item(), reference_area, abs_tol=0.03)  # as torchvision draws them
+
+
+def test_crop_boxes_follow_each_images_own_size():
+    sizes = torch.tensor([[1536, 2048], [143, 97], [256, 341], [40, 40]] * 250)
+    boxes = random_resized_crop_boxes(sizes, torch.Generator().manual_seed(1))
+    top, left, height, width = boxes.T
+    assert (top >= 0).all() and (left >= 0).all()
+    assert (top + height <= sizes[:, 0]).all() and (left + width <= sizes[:, 1]).all()
+    area = (height * width).double() / sizes.prod(dim=1).double()
+    torch.manual_seed(0)
+    for k, (h, w) in enumerate(sizes[:4].tolist()):
+        blank = torch.empty(3, h, w)
+        reference = [RandomResizedCrop.get_params(blank, (0.08, 1.0), (3 / 4, 4 / 3)) for _ in range(1000)]
+        reference_area = sum(bh * bw for _, _, bh, bw in reference) / (1000 * h * w)
+        assert math.isclose(area[k::4].mean().item(), reference_area, abs_tol=0.04)  # each at its own size
+    assert (height[0::4] > 300).float().mean() > 0.9  # boxes of the large image are large, not 143 px
+
+
+@pytest.mark.parametrize("height, width", [(200, 10), (10, 200)])
+def test_crop_boxes_fall_back_to_torchvisions_center_crop(height, width):
+    """No try fits an image this narrow: torchvision's fallback (a center crop clamped to the ratio)."""
+    box = random_resized_crop_boxes(torch.tensor([[height, width]]), torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    expected = RandomResizedCrop.get_params(torch.zeros(3, height, width), (0.08, 1.0), (3 / 4, 4 / 3))
+    assert box[0].tolist() == list(expected)
+
+
+def test_train_transform_takes_images_of_different_sizes():
+    mixed = [images(1, 50, 70, seed=1)[0], images(1, 143, 97, seed=2)[0], images(1, 20, 20, seed=3)[0]]
+    threads = torch.get_num_threads()
+    out = train_transform(mixed, 24, MEAN, STD, torch.Generator().manual_seed(5))
+    assert out.shape == (3, 3, 24, 24) and out.dtype == torch.float32
+    assert torch.get_num_threads() == threads  # one thread while resizing crop by crop, then restored
+    again = train_transform(mixed, 24, MEAN, STD, torch.Generator().manual_seed(5))
+    assert torch.equal(out, again)
+    with pytest.raises(TypeError, match="uint8"):
+        train_transform([mixed[0].float()], 24, MEAN, STD, torch.Generator())
 
 
 def test_train_transform_flips_about_half():

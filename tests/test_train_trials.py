@@ -160,7 +160,6 @@ def test_feature_cache_is_computed_once_and_shared_by_concurrent_trials(three_cl
         data.manifest,
         "tiny_clip",
         None,
-        image_size=32,
         cache_dir=cache,
         batch_size=256,
         device=torch.device("cpu"),

@@ -3,10 +3,10 @@
 from cytotune.data import loaders as _loaders  # noqa: F401  (registers the datasets)
 from cytotune.data.cache import (
     ImageCache,
+    TrainImages,
     eval_cache_path,
     image_cache_path,
     open_eval_cache,
-    open_eval_images,
     open_image_cache,
 )
 from cytotune.data.manifest import Manifest, find_manifest, prepare_dataset, scan_dataset
@@ -24,6 +24,7 @@ __all__ = [
     "DatasetSpec",
     "ImageCache",
     "Manifest",
+    "TrainImages",
     "eval_cache_path",
     "few_shot_indices",
     "find_manifest",
@@ -32,7 +33,6 @@ __all__ = [
     "image_cache_path",
     "list_datasets",
     "open_eval_cache",
-    "open_eval_images",
     "open_image_cache",
     "prepare_dataset",
     "register_dataset",

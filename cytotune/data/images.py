@@ -1,4 +1,4 @@
-"""Reading images as 8-bit RGB, whatever their mode, and shrinking them to a square of a given size."""
+"""Reading images as 8-bit RGB, whatever their mode, and resizing them to the training and eval views."""
 
 from __future__ import annotations
 
@@ -52,23 +52,49 @@ def inspect_image(path: Path) -> tuple[str, str | None]:
     return digest, None
 
 
-def resize_center_crop(image: Image.Image, size: int) -> np.ndarray:
-    """Shorter side resized to `size` (bicubic), then the central square, as uint8 (size, size, 3)."""
-    image = to_rgb(image)
-    width, height = image.size
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    if (new_w, new_h) != (width, height):
-        image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
-    left = int(round((new_w - size) / 2.0))
-    top = int(round((new_h - size) / 2.0))
-    square = image.crop((left, top, left + size, top + size))
-    return np.asarray(square, dtype=np.uint8)
+def shorter_side_to(width: int, height: int, side: int) -> tuple[int, int]:
+    """(width, height) with the shorter side resized to `side` and the aspect ratio kept, the longer side
+    truncated as torchvision's Resize(side) computes it."""
+    if width <= height:
+        return side, int(side * height / width)
+    return int(side * width / height), side
 
 
-def load_resized(path: Path, size: int) -> np.ndarray:
-    """One image file decoded and shrunk as the image cache stores it: uint8 (size, size, 3)."""
+def train_view_size(width: int, height: int, side: int) -> tuple[int, int]:
+    """(width, height) of an image's training view: shorter side shrunk to `side`, never enlarged."""
+    return (width, height) if min(width, height) <= side else shorter_side_to(width, height, side)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file, from its header."""
+    with Image.open(path) as image:
+        return image.size
+
+
+def load_resized(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """An image file as 8-bit RGB resized (bicubic, antialiased, as torchvision resizes PIL images) to
+    size = (width, height), uint8 (height, width, 3); JPEGs decode at a reduced scale that keeps at least
+    twice the pixels asked for per side."""
     with Image.open(path) as image:
         if image.format == "JPEG":
-            image.draft("RGB", (size, size))
-        return resize_center_crop(image, size)
+            image.draft("RGB", (2 * size[0], 2 * size[1]))
+        rgb = to_rgb(image)
+        if rgb.size != size:
+            rgb = rgb.resize(size, Image.Resampling.BICUBIC)
+        return np.asarray(rgb, dtype=np.uint8)
+
+
+def load_train_view(path: Path, side: int) -> np.ndarray:
+    """An image file's training view: aspect ratio kept, shorter side shrunk to `side` (never enlarged),
+    uint8 (height, width, 3)."""
+    return load_resized(path, train_view_size(*image_size(path), side))
+
+
+def load_eval_view(path: Path, input_size: int) -> np.ndarray:
+    """An image file's evaluation view, as torchvision's Resize(input_size, BICUBIC) + CenterCrop(input_size)
+    gives it: shorter side resized to input_size, central square, uint8 (input_size, input_size, 3)."""
+    width, height = shorter_side_to(*image_size(path), input_size)
+    left = int(round((width - input_size) / 2.0))
+    top = int(round((height - input_size) / 2.0))
+    resized = load_resized(path, (width, height))
+    return np.ascontiguousarray(resized[top : top + input_size, left : left + input_size])

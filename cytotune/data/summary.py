@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cytotune.config import default_cache_dir
+from cytotune.data.cache import CACHE_LAYOUT
 from cytotune.data.manifest import Manifest, find_manifest, scan_dataset
 from cytotune.data.registry import get_dataset
 from cytotune.errors import CytotuneError
@@ -70,7 +71,8 @@ def dataset_info(
         return "\n".join(lines)
     lines.append(manifest_summary(manifest))
     cache_base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    caches = sorted((cache_base / "images").glob(f"{name}-{manifest.digest[:16]}-*.u8"))
+    pattern = f"{name}-{manifest.digest[:16]}-*-v{CACHE_LAYOUT}.u8"  # this layout's training and eval views
+    caches = sorted((cache_base / "images").glob(pattern))
     lines += [f"image cache: {path}" for path in caches] or ["image cache: none yet"]
     return "\n".join(lines)
 

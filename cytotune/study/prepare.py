@@ -120,7 +120,6 @@ def _probe_features(cell: CellPlan, manifest, cache_dir, say: Callable[[str], No
         manifest,
         cell.base["backbone"],
         cell.base["weights"],
-        image_size=cell.base["train"]["image_cache_size"],
         cache_dir=cache_dir,
         batch_size=cell.base["train"]["eval_batch_size"],
         device=device,

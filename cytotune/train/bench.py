@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from cytotune.config import TrainSettings, TrialConfig
-from cytotune.data import open_image_cache, prepare_dataset
+from cytotune.data import open_eval_cache, prepare_dataset
 from cytotune.data.synthetic import generate_synthetic
 from cytotune.data.transforms import eval_transform
 from cytotune.models import get_backbone_spec, load_backbone
@@ -77,7 +77,7 @@ def naive_probe_epochs(
     spec = get_backbone_spec(cfg.backbone)
     generator = seed_everything(cfg.seed)
     backbone = load_backbone(cfg.backbone, weights=cfg.weights).to(device).eval()
-    images = open_image_cache(data.manifest, size=cfg.train.image_cache_size, cache_dir=cfg.cache_dir)
+    images = open_eval_cache(data.manifest, spec.input_size, cfg.cache_dir)
     labels = data.label_tensor()
     head = nn.Linear(spec.feature_dim, len(data.manifest.classes)).to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.train.weight_decay)
@@ -148,8 +148,7 @@ def bench_probe(
     )
     torch_device = resolve_device(device)
     manifest = prepare_dataset("synthetic", root, cache_dir=cache_dir)
-    open_image_cache(manifest, size=image_size, cache_dir=cache_dir)
-    extract = dict(image_size=image_size, cache_dir=cache_dir, batch_size=settings.eval_batch_size)
+    extract = dict(cache_dir=cache_dir, batch_size=settings.eval_batch_size)
     extract_features(manifest, backbone, None, **extract, device=torch_device)
     start = time.perf_counter()
     extract_features(manifest, backbone, None, **extract, device=torch_device)

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cytotune.data import Manifest, open_eval_images
+from cytotune.data import Manifest, open_eval_cache
+from cytotune.data.cache import CACHE_LAYOUT
 from cytotune.data.files import atomic_write_bytes, file_lock
 from cytotune.data.progress import progress_bar
 from cytotune.data.transforms import eval_transform
@@ -37,9 +38,7 @@ def weights_identity(backbone: str, weights: Path | None) -> dict:
     return {"identifier": spec.identifier, "pretrained": spec.pretrained}
 
 
-def feature_key(
-    manifest: Manifest, backbone: str, weights: Path | None, image_size: int, device: torch.device
-) -> dict:
+def feature_key(manifest: Manifest, backbone: str, weights: Path | None, device: torch.device) -> dict:
     """Everything the cached features depend on, as a JSON-able dict."""
     spec = get_backbone_spec(backbone)
     return {
@@ -47,7 +46,7 @@ def feature_key(
         "weights": weights_identity(backbone, weights),
         "feature": spec.feature,
         "manifest": manifest.digest,
-        "image_cache_size": image_size,
+        "eval_view": f"resize shorter side, centre crop; cache layout {CACHE_LAYOUT}",
         "input_size": spec.input_size,
         "mean": list(spec.mean),
         "std": list(spec.std),
@@ -76,7 +75,6 @@ def extract_features(
     backbone: str,
     weights: Path | None,
     *,
-    image_size: int,
     cache_dir: Path,
     batch_size: int,
     device: torch.device,
@@ -85,7 +83,7 @@ def extract_features(
     evaluation preprocessing, and the backbone's parameter count; a progress bar shows on a terminal."""
     spec = get_backbone_spec(backbone)
     model = load_backbone(backbone, weights=weights).to(device).eval()
-    images = open_eval_images(manifest, spec.input_size, image_size, cache_dir, device)
+    images = open_eval_cache(manifest, spec.input_size, cache_dir)
     n = len(manifest.frame)
     out = np.empty((n, spec.feature_dim), dtype=np.float32)
     with progress_bar(f"features {backbone}", n) as advance, torch.inference_mode():
@@ -110,13 +108,12 @@ def cached_features(
     backbone: str,
     weights: Path | None,
     *,
-    image_size: int,
     cache_dir: Path,
     batch_size: int,
     device: torch.device,
 ) -> CachedFeatures:
     """The manifest's features from the cache, computing them first (once, under a lock) when missing."""
-    key = feature_key(manifest, backbone, weights, image_size, device)
+    key = feature_key(manifest, backbone, weights, device)
     path = feature_path(cache_dir, key)
     info = path.with_suffix(".json")
     if not path.exists():
@@ -126,7 +123,6 @@ def cached_features(
                     manifest,
                     backbone,
                     weights,
-                    image_size=image_size,
                     cache_dir=cache_dir,
                     batch_size=batch_size,
                     device=device,

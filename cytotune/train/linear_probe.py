@@ -30,7 +30,6 @@ def probe_features(cfg: TrialConfig, data: TrialData, device: torch.device) -> C
         data.manifest,
         cfg.backbone,
         cfg.weights,
-        image_size=cfg.train.image_cache_size,
         cache_dir=cfg.cache_dir,
         batch_size=cfg.train.eval_batch_size,
         device=device,

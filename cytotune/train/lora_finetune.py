@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from cytotune.config import TrialConfig
-from cytotune.data import open_eval_images, open_image_cache
+from cytotune.data import open_eval_cache, open_image_cache
 from cytotune.data.transforms import eval_transform, train_transform
 from cytotune.models import get_backbone_spec, load_backbone
 from cytotune.models.lora import add_lora, load_lora_state_dict, lora_state_dict, save_adapter
@@ -70,9 +70,7 @@ class LoraRun:
         self.images = open_image_cache(
             data.manifest, size=cfg.train.image_cache_size, cache_dir=cfg.cache_dir
         )
-        self.eval_images = open_eval_images(
-            data.manifest, self.spec.input_size, cfg.train.image_cache_size, cfg.cache_dir, device
-        )
+        self.eval_images = open_eval_cache(data.manifest, self.spec.input_size, cfg.cache_dir)
         self.labels = data.label_tensor()
         self.stream = BatchStream(len(data.train), cfg.train.batch_size, self.generator)
         self.total_steps = lora_steps(cfg, len(data.train))
@@ -140,11 +138,11 @@ class LoraRun:
     def train_step(self) -> float:
         """One optimisation step on the next batch; returns its loss."""
         rows = self.data.train[self.stream.next().numpy()]
-        images = self.images.batch(rows).to(self.device, non_blocking=True)
         if self.cfg.train.augment:
-            x = train_transform(images, *self.view, self.augment_generator)
+            images = self.images.batch(rows)
+            x = train_transform(images, *self.view, self.augment_generator, device=self.device)
         else:
-            x = eval_transform(images, *self.view)
+            x = eval_transform(self.eval_images.batch(rows).to(self.device), *self.view)
         y = self.labels[rows].to(self.device)
         loss = nn.functional.cross_entropy(self.forward(x), y)
         value = loss.item()
