@@ -215,6 +215,7 @@ def test_fault_matrix(signal_name, phase, matrix_data, tmp_path):
     if not FULL_MATRIX and (signal_name, phase) not in IN_SUITE:
         pytest.skip("set CYTOTUNE_FAULT_MATRIX=1 for the whole matrix")
     case = run_case(tmp_path / "case", signal_name, phase, matrix_data)
+    print(case.row())  # pytest -s: the row of the matrix table (tests/fault_matrix.py HEADER)
     first, resumed = case.interrupted, case.resumed
     log = "\n".join(first.lines + ["--- resume ---"] + resumed.lines)
     assert first.signal_at is not None, log
