@@ -187,7 +187,8 @@ def ray_session(
                 # Ray's own SIGTERM handler, in place while it starts, stopped its processes and exits
                 if signals is None or not signals.active:
                     raise
-                raise StudyInterrupted(signals.received or signal.SIGTERM) from err
+                signals.received = signals.received or signal.SIGTERM
+                raise StudyInterrupted(signals.received) from err
             where = f"local Ray ({cpus} CPU, {gpus} GPU)"
         if signals is not None:
             signals.install()
