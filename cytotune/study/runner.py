@@ -372,7 +372,7 @@ def run_study(
     import ray
 
     from cytotune.study.prepare import check_registries, prepare_data
-    from cytotune.tracking.uri import check_tracking, resolve_tracking_uri
+    from cytotune.tracking.uri import check_tracking
 
     if address is None and not ray.is_initialized():
         cpus, gpus = _machine()
@@ -400,7 +400,7 @@ def run_study(
                     _clear_ray_state(path)
                 record = LaunchRecord(
                     study=study_fields(spec),
-                    tracking_uri=resolve_tracking_uri(tracking_uri),
+                    tracking_uri=tracking_uri,
                     storage=str(path.parent),
                     source=str(spec.source) if spec.source else None,
                 )
