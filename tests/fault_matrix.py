@@ -31,13 +31,14 @@ PHASES = {
 SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}
 
 
-def tiny_study(folder: Path) -> Path:
-    """A four-trial linear-probe study on a small synthetic dataset (probe features are cached per case)."""
+def tiny_study(folder: Path, data: Path | None = None) -> Path:
+    """A four-trial linear-probe study on synthetic data (`data`, else made in FOLDER/synthetic)."""
     from cytotune.data.synthetic import generate_synthetic
 
-    data = folder / "synthetic"
-    if not data.exists():
-        generate_synthetic(data, per_class=12, size=32)
+    if data is None:
+        data = folder / "synthetic"
+        if not data.exists():
+            generate_synthetic(data, per_class=12, size=32)
     path = folder / "tiny.yaml"
     path.write_text(
         f"name: tiny\nbackbones: [tiny_clip]\ndatasets: [{{name: synthetic, root: {data}}}]\nseeds: [1, 2]\n"
@@ -195,9 +196,7 @@ def run_case(folder: Path, signal_name: str, phase: str, data: Path | None = Non
     launch_dir, other_dir = folder / "launch", folder / "elsewhere"
     launch_dir.mkdir(parents=True)
     other_dir.mkdir()
-    if data is not None:
-        (folder / "synthetic").symlink_to(data)
-    space = tiny_study(folder)
+    space = tiny_study(folder, data)
     storage = folder / "ray"
     env = {
         **os.environ,

@@ -151,3 +151,80 @@ def test_an_unreachable_cluster_fails_within_the_connect_timeout():
     )
     with pytest.raises(CytotuneError, match=r"--address nohost:port: expected HOST:PORT or auto"):
         wait_for_cluster("nohost:port", 1.0)
+
+
+def test_cytotune_run_at_an_unreachable_address_exits_2_in_one_line(tiny, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+        args = ["run", str(tiny), "--address", address, "--connect-timeout", "1", "--storage", "ray"]
+        run = subprocess.run([*CYTOTUNE, *args], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert run.returncode == 2
+    [line] = run.stderr.strip().splitlines()
+    assert line.startswith(f"cytotune: error: --address {address}: no Ray cluster answered within 1 s (")
+    assert not (tmp_path / "ray").exists()
+
+
+# --- with Ray: whole `cytotune run` launches, each in a session of its own (tests/fault_matrix.py) -------
+
+FULL_MATRIX = os.environ.get("CYTOTUNE_FAULT_MATRIX") == "1"
+IN_SUITE = {("SIGINT", "before-first-trial"), ("SIGTERM", "mid-study")}
+
+
+@pytest.fixture(scope="module")
+def matrix_data(tmp_path_factory):
+    """The tiny study's synthetic dataset, generated once for the module."""
+    from fault_matrix import tiny_study
+
+    folder = tmp_path_factory.mktemp("matrix_data")
+    tiny_study(folder)
+    return folder / "synthetic"
+
+
+@pytest.mark.slow
+def test_a_failed_trial_exits_1_names_it_and_fails_the_launch_run(matrix_data, tmp_path):
+    from fault_matrix import launch, tiny_study
+    from mlflow import MlflowClient
+
+    space = tiny_study(tmp_path, matrix_data)
+    space.write_text(space.read_text().replace("lr: [1.0e-2, 1.0e-3]", "lr: [1.0e-2, 1.0e+30]"))
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
+    run = launch(["run", str(space), "--storage", str(tmp_path / "ray")], tmp_path, env)
+    assert run.returncode == 1, "\n".join(run.lines)
+    assert run.left_in_session == 0
+    [named] = [line for line in run.lines if line.startswith("failed trials (error.txt in their MLflow ")]
+    assert sorted(named.split(": ", 1)[1].split(", ")) == [
+        "linear_probe/tiny_clip/synthetic/full/lr=1e+30/seed=1",
+        "linear_probe/tiny_clip/synthetic/full/lr=1e+30/seed=2",
+    ]
+    assert any("4 trials (2 finished, 0 stopped early, 2 failed)" in line for line in run.lines)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FAILED", "FAILED", "FINISHED", "FINISHED"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", ["start-up", "preparing", "before-first-trial", "mid-study"])
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM", "SIGKILL"])
+def test_fault_matrix(signal_name, phase, matrix_data, tmp_path):
+    """A signal when a phase begins, then the printed --resume from another directory: the study completes
+    with one MLflow run per trial, none left RUNNING, and no process left behind. The whole matrix runs with
+    CYTOTUNE_FAULT_MATRIX=1; the suite runs two cells of it."""
+    from fault_matrix import run_case
+
+    if not FULL_MATRIX and (signal_name, phase) not in IN_SUITE:
+        pytest.skip("set CYTOTUNE_FAULT_MATRIX=1 for the whole matrix")
+    case = run_case(tmp_path / "case", signal_name, phase, matrix_data)
+    print(case.row())  # pytest -s: the row of the matrix table (tests/fault_matrix.py HEADER)
+    first, resumed = case.interrupted, case.resumed
+    log = "\n".join(first.lines + ["--- resume ---"] + resumed.lines)
+    assert first.signal_at is not None, log
+    if signal_name == "SIGKILL":
+        assert first.returncode == -signal.SIGKILL
+    else:
+        assert first.returncode == 128 + signal.Signals[signal_name], log
+        assert first.stop_s < 60 and first.left_in_session == 0, log
+    assert resumed.returncode == 0, log
+    assert (case.trials, case.trial_runs, case.duplicates, case.running_runs) == (4, 4, 0, 0), log
+    assert resumed.left_in_session == 0 and not case.stray_store, log
+    assert case.launch_statuses[-1] == "FINISHED" and set(case.launch_statuses[:-1]) <= {"KILLED"}, log

@@ -32,10 +32,11 @@ OWN_FILES = (LOCK_FILE, HOLDER_FILE, RECORD_FILE)
 
 @dataclass(frozen=True)
 class LaunchRecord:
-    """What a study was launched with: the study as loaded (JSON), the tracking URI and the storage folder."""
+    """What a study was launched with: the study as loaded (JSON), the tracking URI (None when the launch
+    was given none) and the storage folder."""
 
     study: dict[str, Any]
-    tracking_uri: str
+    tracking_uri: str | None
     storage: str
     source: str | None = None
 
@@ -109,7 +110,7 @@ def resume_tracking_uri(spec: StudySpec, path: Path, tracking_uri: str | None) -
     """The tracking URI a resume must use: the one recorded at launch (a different one asked is refused);
     None when the study has no record (it is not resumable, or is launched afresh)."""
     record = read_record(path)
-    if record is None:
+    if record is None or record.tracking_uri is None:
         return tracking_uri
     asked = tracking_uri or spec.tracking_uri
     if asked and asked != record.tracking_uri:

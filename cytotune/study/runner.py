@@ -187,7 +187,8 @@ def ray_session(
                 # Ray's own SIGTERM handler, in place while it starts, stopped its processes and exits
                 if signals is None or not signals.active:
                     raise
-                raise StudyInterrupted(signals.received or signal.SIGTERM) from err
+                signals.received = signals.received or signal.SIGTERM
+                raise StudyInterrupted(signals.received) from err
             where = f"local Ray ({cpus} CPU, {gpus} GPU)"
         if signals is not None:
             signals.install()
@@ -371,7 +372,7 @@ def run_study(
     import ray
 
     from cytotune.study.prepare import check_registries, prepare_data
-    from cytotune.tracking.uri import check_tracking, resolve_tracking_uri
+    from cytotune.tracking.uri import check_tracking
 
     if address is None and not ray.is_initialized():
         cpus, gpus = _machine()
@@ -399,7 +400,7 @@ def run_study(
                     _clear_ray_state(path)
                 record = LaunchRecord(
                     study=study_fields(spec),
-                    tracking_uri=resolve_tracking_uri(tracking_uri),
+                    tracking_uri=tracking_uri,
                     storage=str(path.parent),
                     source=str(spec.source) if spec.source else None,
                 )

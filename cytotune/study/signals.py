@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+TUNE_SIGINT = "TUNE_DISABLE_SIGINT_HANDLER"
 
 
 class StudyInterrupted(BaseException):
@@ -37,6 +38,7 @@ class StopSignals:
         self._saved: dict[int, Any] = {}
         self._tune_idle: Any = None
         self._in_tune = False
+        self._tune_env: str | None = None
 
     @property
     def active(self) -> bool:
@@ -50,15 +52,22 @@ class StopSignals:
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
-            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+            self._tune_env = os.environ.get(TUNE_SIGINT)
+            os.environ[TUNE_SIGINT] = "1"
             self._saved = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
             self.install()
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if not self.active:
+            return
         for signum, handler in self._saved.items():
             signal.signal(signum, handler)
         self._saved = {}
+        if self._tune_env is None:
+            os.environ.pop(TUNE_SIGINT, None)
+        else:
+            os.environ[TUNE_SIGINT] = self._tune_env
 
     def install(self) -> None:
         """(Re)install the handlers; Ray's local start-up replaces the SIGTERM handler with its own."""
