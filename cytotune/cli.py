@@ -234,7 +234,10 @@ def run_command(
     tracking_uri: Annotated[
         str | None, typer.Option(help="MLflow tracking URI [$MLFLOW_TRACKING_URI, the YAML's, ./mlflow.db].")
     ] = None,
-    storage: Annotated[str | None, typer.Option(help="Ray storage folder (default: the YAML's).")] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="Ray storage: a folder or a URI, s3://, gs://, file:// (default: YAML's)."),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue a stopped study; skip finished trials.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print cells, trials, resources, fit; run nothing.")] = False,
     max_concurrent: Annotated[int | None, typer.Option(help="At most this many trials at once.")] = None,

@@ -16,6 +16,7 @@ from cytotune.errors import CytotuneError
 from cytotune.study.grid import CellPlan, count_trials, expand_cells
 from cytotune.study.resources import Fit, fit_cells, local_nodes
 from cytotune.study.spec import StudySpec
+from cytotune.study.storage import study_storage
 
 OPTUNA_JOURNAL = "optuna.journal"
 
@@ -56,7 +57,7 @@ class StudyOutcome:
     it was interrupted before every trial ended (continue it with `resume=True`)."""
 
     name: str
-    path: Path
+    path: Path | str  # the experiment's folder, or its URI when the storage is remote
     trials: list[TrialOutcome]
     wall_s: float
     notes: list[str] = field(default_factory=list)
@@ -181,23 +182,23 @@ def describe_plan(plan: StudyPlan) -> str:
 
 
 def experiment_path(spec: StudySpec, storage: str | Path | None) -> Path:
-    """Where Ray Tune keeps the study: STORAGE/NAME (storage: argument, YAML, else ./ray_results)."""
-    root = Path(storage or spec.storage or "ray_results").expanduser()
-    return root.resolve() / spec.name
+    """The study's folder on this machine: Ray's STORAGE/NAME when the storage is local (storage: argument,
+    YAML, else ./ray_results), the driver's own folder when it is a remote URI (see StudyStorage)."""
+    return study_storage(spec.name, storage, spec.storage).driver_dir
 
 
 def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _outcomes(path: Path) -> list[TrialOutcome]:
+def _outcomes(path: str) -> list[TrialOutcome]:
     """Each trial of the experiment at `path` as Ray Tune saved it (status, config, last result)."""
     from ray.tune import ExperimentAnalysis
 
     from cytotune.study.progress import trial_status
 
     out = []
-    for trial in ExperimentAnalysis(str(path)).trials:
+    for trial in ExperimentAnalysis(path).trials:
         config = trial.config or {}
         checkpoint = trial.checkpoint
         out.append(
@@ -260,12 +261,13 @@ def run_study(
         from cytotune.tracking.uri import check_tracking
 
         check_tracking(tracking_uri)
-    path = experiment_path(spec, storage)
-    if resume and not tune.Tuner.can_restore(str(path)):
-        raise CytotuneError(f"{path}: no study to resume there; expected the storage of an earlier run")
-    if not resume and (path / "tuner.pkl").exists():
+    store = study_storage(spec.name, storage, spec.storage)
+    path = store.driver_dir
+    if resume and not tune.Tuner.can_restore(store.experiment):
+        raise CytotuneError(f"{store}: no study to resume there; expected the storage of an earlier run")
+    if not resume and store.exists("tuner.pkl"):
         raise CytotuneError(
-            f"{path}: a study of this name is already there; expected --resume or another --storage"
+            f"{store}: a study of this name is already there; expected --resume or another --storage"
         )
     start = time.perf_counter()
     with ray_session(address) as where:
@@ -277,7 +279,7 @@ def run_study(
         progress = ProgressLine(plan.n_trials)
         trainable = study_trainable_with_resources()
         if resume:
-            tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
+            tuner = tune.Tuner.restore(store.experiment, trainable, resume_errored=True)
             tuner._local_tuner._run_config.callbacks = [*callbacks, progress]
         else:
             tuner = tune.Tuner(
@@ -292,7 +294,7 @@ def run_study(
                 ),
                 run_config=tune.RunConfig(
                     name=spec.name,
-                    storage_path=str(path.parent),
+                    storage_path=store.root,
                     failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     callbacks=[*callbacks, progress],
@@ -300,10 +302,10 @@ def run_study(
                 ),
             )
         tuner.fit()
-    trials = _outcomes(path)
+    trials = _outcomes(store.experiment)
     return StudyOutcome(
         name=spec.name,
-        path=path,
+        path=store.local or store.experiment,
         trials=trials,
         wall_s=time.perf_counter() - start,
         notes=list(plan.fit.notes),
