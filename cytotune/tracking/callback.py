@@ -63,6 +63,8 @@ class MlflowCallback(Callback):
         self._previous: dict[str, list[Any]] = {}
         self._claimed: set[str] = set()
         self._ended: set[str] = set()
+        self._source: dict[str, str] = {}
+        self._with_input: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (Ray keeps the run config) without the MLflow client, which is made again when needed."""
@@ -87,7 +89,9 @@ class MlflowCallback(Callback):
         self._close_stale_runs()
         if self.resume:
             self._previous = self._existing_trial_runs()
+        self._source = layout.source_tags()
         tags = {
+            **self._source,
             layout.KIND: layout.KIND_LAUNCH,
             layout.STUDY: self.study,
             layout.VERSION: __version__,
@@ -114,6 +118,7 @@ class MlflowCallback(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         """Log the evaluation's metrics at its step; the final result also carries the final metrics."""
         run_id = self._run_of(trial)
+        self._log_dataset(run_id, result)
         node = result.get("node_id")
         if node and self._nodes.get(trial.trial_id) != node:
             self.client.set_tag(run_id, layout.RAY_NODE_ID, node)
@@ -128,6 +133,14 @@ class MlflowCallback(Callback):
         ]
         if metrics:
             self.client.log_batch(run_id, metrics=metrics)
+
+    def _log_dataset(self, run_id: str, result: dict) -> None:
+        """Once per run: the trial's dataset as an MLflow input, and its manifest digest as a param."""
+        if run_id in self._with_input or not all(name in result for name in layout.DATASET_FIELDS):
+            return
+        self.client.log_inputs(run_id, datasets=[layout.dataset_input(result)])
+        self.client.log_param(run_id, layout.DATASET_DIGEST, result[layout.DATASET_DIGEST])
+        self._with_input.add(run_id)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """End the trial's run: finished (with artifacts) when it reported its final result, else stopped."""
@@ -236,6 +249,7 @@ class MlflowCallback(Callback):
         config = trial.config
         tags = {
             layout.PARENT_RUN_ID: self.start_launch(),
+            **self._source,
             layout.KIND: layout.KIND_TRIAL,
             layout.STUDY: self.study,
             layout.CELL_KEY: config["cell_key"],
