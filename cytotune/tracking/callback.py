@@ -296,8 +296,9 @@ class MlflowCallback(Callback):
             for name in ("trial_manifest.csv", "result.json"):
                 if (folder / name).is_file():
                     self.client.log_artifact(run_id, str(folder / name))
-            if (folder / "adapter").is_dir():
-                self.client.log_artifacts(run_id, str(folder / "adapter"), "adapter")
+            for model in ("adapter", "head"):  # the LoRA adapter and head, or the probe's head
+                if (folder / model).is_dir():
+                    self.client.log_artifacts(run_id, str(folder / model), model)
             if (folder / "result.json").is_file():
                 self._log_confusion(run_id, json.loads((folder / "result.json").read_text()), trial)
 
