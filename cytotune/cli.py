@@ -160,6 +160,9 @@ def train(
     dataset: Annotated[str, typer.Option(help="Dataset: bcfc, mlcc, sipakmed, hicervix, folder, synthetic.")],
     root: Annotated[Path, typer.Option(help="The dataset folder.")],
     lr: Annotated[float, typer.Option(help="Learning rate.")],
+    layout: Annotated[
+        str | None, typer.Option(help="The layout of --root when --dataset is a name of your own (folder).")
+    ] = None,
     shots: Annotated[int | None, typer.Option(help="Few-shot: training images per class.")] = None,
     fraction: Annotated[float | None, typer.Option(help="Fraction of the train split, in (0, 1].")] = None,
     seed: Annotated[int, typer.Option(help="Seed of sampling, head init and training order.")] = 0,
@@ -191,6 +194,7 @@ def train(
         backbone=backbone,
         weights=weights,
         dataset=dataset,
+        layout=layout,
         root=root,
         level=level,
         shots=shots,
