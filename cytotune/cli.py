@@ -267,9 +267,7 @@ def run_command(
         else:
             typer.echo(describe_plan(plan))
         return
-    tracking = study_callback(
-        spec, announce_tracking(tracking_uri, spec.tracking_uri), resume=resume, address=address
-    )
+    tracking = study_callback(spec, tracking_uri, resume=resume, address=address)
     outcome = run_study(
         spec,
         address=address,
@@ -307,7 +305,7 @@ def demo_command(
     from cytotune.tracking import best_configs
     from cytotune.tracking.callback import study_callback
 
-    tracking = study_callback(demo_spec(out), announce_tracking(None))
+    tracking = study_callback(demo_spec(out))
     outcome = run_demo(out, callbacks=[tracking], say=say)
     counts = outcome.counts()
     typer.echo(

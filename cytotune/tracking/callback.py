@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -48,9 +49,11 @@ class MlflowCallback(Callback):
         resume: bool = False,
         ray_address: str | None = None,
         expected_trials: int | None = None,
+        announcement: str | None = None,
     ):
         self.study = study
         self.expected_trials = expected_trials
+        self.announcement = announcement  # said on stderr when the launch starts (where tracking goes, why)
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.study_yaml = study_yaml
         self.resume = resume
@@ -85,6 +88,8 @@ class MlflowCallback(Callback):
         """Create the experiment if needed and this launch's parent run; return the parent run id."""
         if self.parent_run_id is not None:
             return self.parent_run_id
+        if self.announcement:
+            print(self.announcement, file=sys.stderr, flush=True)
         self.experiment_id = self._experiment_id()
         self._close_stale_runs()
         if self.resume:
@@ -324,10 +329,16 @@ def study_callback(
         text = Path(spec.source).read_text()
     else:
         text = yaml.safe_dump(spec.model_dump(mode="json", exclude_unset=True), sort_keys=False)
-    uri = choose_tracking_uri(tracking_uri, spec.tracking_uri).uri
+    choice = choose_tracking_uri(tracking_uri, spec.tracking_uri)
     total = count_trials(expand_cells(spec))
     return MlflowCallback(
-        spec.name, uri, study_yaml=text, resume=resume, ray_address=address, expected_trials=total
+        spec.name,
+        choice.uri,
+        study_yaml=text,
+        resume=resume,
+        ray_address=address,
+        expected_trials=total,
+        announcement=choice.line(),
     )
 
 
