@@ -160,6 +160,9 @@ def train(
     dataset: Annotated[str, typer.Option(help="Dataset: bcfc, mlcc, sipakmed, hicervix, folder, synthetic.")],
     root: Annotated[Path, typer.Option(help="The dataset folder.")],
     lr: Annotated[float, typer.Option(help="Learning rate.")],
+    layout: Annotated[
+        str | None, typer.Option(help="The layout of --root when --dataset is a name of your own (folder).")
+    ] = None,
     shots: Annotated[int | None, typer.Option(help="Few-shot: training images per class.")] = None,
     fraction: Annotated[float | None, typer.Option(help="Fraction of the train split, in (0, 1].")] = None,
     seed: Annotated[int, typer.Option(help="Seed of sampling, head init and training order.")] = 0,
@@ -191,6 +194,7 @@ def train(
         backbone=backbone,
         weights=weights,
         dataset=dataset,
+        layout=layout,
         root=root,
         level=level,
         shots=shots,
@@ -234,7 +238,10 @@ def run_command(
     tracking_uri: Annotated[
         str | None, typer.Option(help="MLflow tracking URI [$MLFLOW_TRACKING_URI, the YAML's, ./mlflow.db].")
     ] = None,
-    storage: Annotated[str | None, typer.Option(help="Ray storage folder (default: the YAML's).")] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="Ray storage: a folder or a URI, s3://, gs://, file:// (default: YAML's)."),
+    ] = None,
     resume: Annotated[
         bool, typer.Option(help="Continue a stopped study with its launch's tracking and storage.")
     ] = False,
@@ -277,8 +284,15 @@ def run_command(
                 return
             path = experiment_path(spec, storage)
             launch = resume_tracking_uri(spec, path, tracking_uri) if resume else None
-            uri = announce_tracking(tracking_uri, spec.tracking_uri, launch=launch)
-            tracking = study_callback(spec, expand_cells(spec), uri, resume=resume, address=address)
+            choice = tracking_choice(tracking_uri, spec.tracking_uri, launch=launch)
+            tracking = study_callback(
+                spec,
+                expand_cells(spec),
+                choice.uri,
+                resume=resume,
+                address=address,
+                announcement=choice.line(),
+            )
             outcome = run_study(
                 spec,
                 address=address,
@@ -349,9 +363,11 @@ def demo_command(
     from cytotune.study.grid import expand_cells
     from cytotune.study.launch import study_callback
     from cytotune.tracking import best_configs
+    from cytotune.tracking.uri import choose_tracking_uri
 
     spec = demo_spec(out)
-    tracking = study_callback(spec, expand_cells(spec), announce_tracking(None))
+    choice = choose_tracking_uri(None)
+    tracking = study_callback(spec, expand_cells(spec), choice.uri, announcement=choice.line())
     outcome = run_demo(out, callbacks=[tracking], say=say)
     counts = outcome.counts()
     typer.echo(
@@ -372,15 +388,19 @@ TRACKING_HELP = (
 )
 
 
-def announce_tracking(given: str | None, study: str | None = None, launch: str | None = None) -> str:
-    """The tracking URI by the one rule (flag, $MLFLOW_TRACKING_URI, YAML, ./mlflow.db), said on stderr;
-    a resumed study's `launch` URI (recorded in its storage) comes first."""
+def tracking_choice(given: str | None, study: str | None = None, launch: str | None = None):
+    """The tracking store by the one rule (flag, $MLFLOW_TRACKING_URI, YAML, ./mlflow.db); a resumed
+    study's `launch` URI (recorded in its storage) comes first."""
     from cytotune.tracking.uri import TrackingChoice, choose_tracking_uri
 
     if launch and launch != given:
-        choice = TrackingChoice(launch, "the launch being resumed")
-    else:
-        choice = choose_tracking_uri(given, study)
+        return TrackingChoice(launch, "the launch being resumed")
+    return choose_tracking_uri(given, study)
+
+
+def announce_tracking(given: str | None) -> str:
+    """The tracking URI of a query command, said on stderr."""
+    choice = tracking_choice(given)
     typer.echo(choice.line(), err=True)
     return choice.uri
 

@@ -89,7 +89,6 @@ def test_run_json_prints_only_the_summary_on_stdout(tmp_path, monkeypatch):
     assert summary["results"][0]["test_acc"] == 0.5 and summary["results"][0]["best_val_acc"] is None
     assert summary["mlflow"]["tracking_uri"] == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     assert result.stderr.splitlines() == [
-        f"MLflow tracking: {summary['mlflow']['tracking_uri']} (from the default ./mlflow.db)",
         "preparing synthetic at somewhere",
         "study demo: 1 trials (1 finished, 0 stopped early, 0 failed) in 12 s; "
         f"Ray results in {tmp_path}/ray/demo",

@@ -188,11 +188,10 @@ def test_adapter_export_and_reload_give_the_same_outputs(tmp_path, name):
     head = nn.Linear(backbone.spec.feature_dim, 3)
     classes = ("benign", "malignant", "other")
     folder = save_adapter(tmp_path / "adapter", backbone, head, settings, classes, name)
-    meta = json.loads((folder / "adapter_config.json").read_text())
+    meta = json.loads((folder / "cytotune_model.json").read_text())
     assert meta["backbone"] == name and meta["classes"] == list(classes) and meta["lora"]["rank"] == 3
-    stored = load_file(str(folder / "adapter.safetensors"))
-    assert {"head.weight", "head.bias"} <= set(stored)
-    assert len(stored) == 2 + len(lora_state_dict(backbone))
+    assert set(load_file(str(folder / "head.safetensors"))) == {"weight", "bias"}
+    assert len(load_file(str(folder / "adapter_model.safetensors"))) == len(lora_state_dict(backbone))
     loaded, loaded_head, loaded_meta = load_adapter(folder)
     assert loaded_meta == meta
     x = torch.randn(2, 3, 32, 32)
@@ -209,5 +208,5 @@ def test_save_adapter_checks_its_inputs_and_load_needs_an_adapter(tmp_path):
         save_adapter(tmp_path, backbone, head, settings, ("a", "b"), "tiny_vit")
     with pytest.raises(CytotuneError, match="Linear head with 3 outputs"):
         save_adapter(tmp_path, backbone, head, settings, ("a", "b", "c"), "tiny_clip")
-    with pytest.raises(CytotuneError, match="not an adapter folder"):
+    with pytest.raises(CytotuneError, match="not a model folder"):
         load_adapter(tmp_path)

@@ -52,7 +52,7 @@ def test_relative_roots_resolve_against_the_yaml_folder_or_data_dir(tmp_path):
     spec = load_study(write(tmp_path, "data_dir: ../elsewhere\nstorage: runs\n" + BASE))
     assert spec.datasets[0].root == tmp_path.parent / "elsewhere" / "data" / "synth"
     assert spec.datasets[0].dataset == "synthetic"
-    assert spec.storage == tmp_path / "runs"
+    assert spec.storage == str(tmp_path / "runs")
 
 
 def test_dataset_name_defaults_to_the_root_folder(tmp_path):

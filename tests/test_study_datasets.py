@@ -83,8 +83,8 @@ def test_layout_defaults_to_the_name_so_registry_names_still_work(tmp_path):
     entry = spec.datasets[0]
     assert (entry.dataset, entry.layout, entry.registered_layout) == ("folder", None, "folder")
     assert error_of(tmp_path, TWO_FOLDERS.replace("layout: folder, ", "")) == (
-        "datasets[0].name: unknown layout 'herlev'; expected one of: bcfc, folder, hicervix, mlcc, sipakmed, "
-        "synthetic (a dataset of your own: `layout: folder` and any `name`)"
+        "datasets[0].name: unknown dataset 'herlev'; expected one of: bcfc, folder, hicervix, mlcc, "
+        "sipakmed, synthetic (a dataset of your own: `layout: folder` and any `name`)"
     )
     text = TWO_FOLDERS.replace("layout: folder, root: cric", "layout: tiff, root: cric")
     assert error_of(tmp_path, text) == (
@@ -138,3 +138,21 @@ def test_a_trial_reads_its_named_dataset_through_its_layout(tmp_path):
     assert data.manifest.classes == ("a", "b")
     assert len(data.train) + len(data.val) + len(data.test) == 20
     assert cfg.model_copy(update={"layout": None}).dataset_layout == "herlev"
+
+
+def test_train_takes_a_named_dataset_and_its_layout(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from cytotune.cli import app
+
+    root = make_folder(tmp_path / "herlev", ("a", "b"), per_class=10, seed=0)
+    args = ["train", "--method", "linear_probe", "--backbone", "tiny_clip", "--dataset", "herlev"]
+    args += ["--layout", "folder", "--root", str(root), "--lr", "0.1", "--probe-epochs", "2"]
+    args += ["--device", "cpu"]
+    result = CliRunner().invoke(app, [*args, "--cache-dir", str(tmp_path / "cache"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["classes"] == ["a", "b"]
+    unknown = CliRunner().invoke(app, [*args[:7], "--root", str(root), "--lr", "0.1"])
+    assert "unknown dataset 'herlev'" in str(unknown.exception)

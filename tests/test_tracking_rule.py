@@ -42,6 +42,16 @@ def test_flag_beats_environment_beats_yaml_beats_default(in_tmp, monkeypatch):
     assert flag.line() == "MLflow tracking: sqlite:///f.db (from --tracking-uri)"
 
 
+def test_a_launch_says_where_it_tracks_when_it_starts(in_tmp, mlflow_sqlite_uri, capsys):
+    path = in_tmp / "study.yaml"
+    path.write_text(STUDY)
+    callback = study_callback(load_study(path), mlflow_sqlite_uri)
+    assert capsys.readouterr().err == ""
+    callback.start_launch()
+    callback.close()
+    assert capsys.readouterr().err == f"MLflow tracking: {mlflow_sqlite_uri} (from --tracking-uri)\n"
+
+
 def test_a_launch_follows_the_rule(in_tmp, monkeypatch):
     path = in_tmp / "study.yaml"
     path.write_text(STUDY)

@@ -120,7 +120,10 @@ def test_probe_reports_each_epoch_and_writes_the_rows_it_used(three_classes, cac
     roles = [row["role"] for row in rows]
     assert roles.count("train") == 6 and roles.count("val") == 12 and roles.count("test") == 24
     assert all(row["split"] == row["role"] for row in rows)
-    assert result.artifacts == {"trial_manifest.csv": tmp_path / "trial_manifest.csv"}
+    assert result.artifacts == {
+        "trial_manifest.csv": tmp_path / "trial_manifest.csv",
+        "head": tmp_path / "head",
+    }
 
 
 def test_a_packed_probe_sweep_gives_each_trial_its_own_numbers(three_classes, cache_dir):
@@ -285,7 +288,7 @@ def test_lora_is_deterministic_and_exports_its_adapter(lora_reference):
     cfg, reference, _ = lora_reference
     assert untimed(run_trial(cfg)) == untimed(reference)
     adapter = reference.artifacts["adapter"]
-    assert (adapter / "adapter.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
+    assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
     backbone, head, meta = load_adapter(adapter)
     assert meta["backbone"] == "tiny_vit" and meta["classes"] == reference.classes
     assert head.out_features == 3

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from cytotune import __version__
 from cytotune.config import LoraSettings
 from cytotune.errors import CytotuneError
 from cytotune.models.attention import split_attention
 from cytotune.models.backbone import Backbone, load_backbone
+from cytotune.models.files import load_head, load_peft_weights, read_model_config, save_model_files
 
-ADAPTER_WEIGHTS = "adapter.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_FORMAT = "cytotune-lora-adapter"
-ADAPTER_VERSION = 1
 LORA_MARK = ".lora_"
 
 
@@ -114,69 +107,29 @@ def save_adapter(
     settings: LoraSettings,
     classes: list[str] | tuple[str, ...],
     backbone_name: str,
+    cache_size: int | None = None,
 ) -> Path:
-    """Write adapter.safetensors (LoRA + head weights) and adapter_config.json into `directory`; return it."""
+    """Write a LoRA trial's model files into `directory` (cytotune.models.files: head, config, and the adapter
+    in peft's own format); return it."""
     if backbone_name != backbone.spec.name:
         raise CytotuneError(
             f"save_adapter: backbone_name {backbone_name!r} but the backbone is {backbone.spec.name!r}"
         )
-    if not isinstance(head, nn.Linear) or head.out_features != len(classes):
-        raise CytotuneError(f"save_adapter: expected a Linear head with {len(classes)} outputs, got {head}")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {f"lora.{name}": value for name, value in lora_state_dict(backbone).items()}
-    tensors.update({f"head.{name}": value.detach().clone() for name, value in head.state_dict().items()})
-    save_file(
-        {name: value.cpu().contiguous() for name, value in tensors.items()}, str(directory / ADAPTER_WEIGHTS)
+    return save_model_files(
+        directory, backbone.spec, backbone.weights_path, head, classes, backbone, settings, cache_size
     )
-    meta = {
-        "format": ADAPTER_FORMAT,
-        "version": ADAPTER_VERSION,
-        "cytotune_version": __version__,
-        "backbone": backbone_name,
-        "weights": backbone.weights_path.name if backbone.weights_path is not None else None,
-        "lora": settings.model_dump(mode="json"),
-        "classes": list(classes),
-        "head": {
-            "in_features": head.in_features,
-            "out_features": head.out_features,
-            "bias": head.bias is not None,
-        },
-    }
-    (directory / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
-    return directory
-
-
-def read_adapter_config(directory: Path | str) -> dict[str, Any]:
-    """The adapter_config.json of an exported adapter; CytotuneError if absent or of another format."""
-    path = Path(directory) / ADAPTER_CONFIG
-    if not path.is_file() or not (Path(directory) / ADAPTER_WEIGHTS).is_file():
-        raise CytotuneError(
-            f"{directory}: not an adapter folder: expected {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}"
-        )
-    meta = json.loads(path.read_text())
-    if meta.get("format") != ADAPTER_FORMAT or meta.get("version") != ADAPTER_VERSION:
-        raise CytotuneError(f"{path}: expected format {ADAPTER_FORMAT} version {ADAPTER_VERSION}")
-    return meta
 
 
 def load_adapter(
     directory: Path | str, weights: Path | str | None = None
 ) -> tuple[Backbone, nn.Linear, dict]:
-    """A freshly loaded backbone with the exported LoRA injected and loaded, its head, and the config dict.
+    """A freshly loaded backbone with the saved LoRA injected and loaded, its head, and the model config.
 
     `weights` is the backbone's weights file where the hub cache does not have it.
     """
-    meta = read_adapter_config(directory)
-    tensors = load_file(str(Path(directory) / ADAPTER_WEIGHTS))
+    meta = read_model_config(directory)
+    if meta["lora"] is None:
+        raise CytotuneError(f"{directory}: a {meta['method']} model; expected a LoRA adapter")
     backbone = add_lora(load_backbone(meta["backbone"], weights), LoraSettings(**meta["lora"]))
-    load_lora_state_dict(
-        backbone,
-        {name.removeprefix("lora."): value for name, value in tensors.items() if name.startswith("lora.")},
-    )
-    shape = meta["head"]
-    head = nn.Linear(shape["in_features"], shape["out_features"], bias=shape["bias"])
-    head.load_state_dict(
-        {name.removeprefix("head."): value for name, value in tensors.items() if name.startswith("head.")}
-    )
-    return backbone, head, meta
+    load_peft_weights(directory, backbone)
+    return backbone, load_head(directory, meta), meta

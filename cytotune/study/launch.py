@@ -164,9 +164,11 @@ def study_callback(
     *,
     resume: bool = False,
     address: str | None = None,
+    announcement: str | None = None,
 ) -> MlflowCallback:
     """The MLflow callback of a launch of `spec` (its planned `cells`), writing to `tracking_uri`: the YAML as
-    the user wrote it, the trial count and the seeds of each cell recorded on the launch run."""
+    the user wrote it, the trial count and the seeds of each cell recorded on the launch run; `announcement`
+    is said on stderr when the launch starts (after the checks)."""
     from cytotune.tracking.callback import MlflowCallback
 
     if spec.source is not None and Path(spec.source).is_file():
@@ -181,4 +183,5 @@ def study_callback(
         ray_address=address,
         expected_trials=count_trials(cells),
         cell_seeds={cell.cell_key: len(cell.seeds) for cell in cells},
+        announcement=announcement,
     )

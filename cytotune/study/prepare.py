@@ -27,10 +27,10 @@ def check_registries(spec: StudySpec) -> None:
         scope = f"methods[{index}]." if block.datasets is not None else ""
         for j, entry in enumerate(block.datasets or spec.datasets or ()):
             if entry.registered_layout not in datasets:
-                field = "layout" if entry.layout is not None else "name"
+                field, what = ("layout", "layout") if entry.layout is not None else ("name", "dataset")
                 known = ", ".join(sorted(datasets))
                 raise CytotuneError(
-                    f"{spec.where()}: {scope}datasets[{j}].{field}: unknown layout "
+                    f"{spec.where()}: {scope}datasets[{j}].{field}: unknown {what} "
                     f"{entry.registered_layout!r}; expected one of: {known} (a dataset of your own: "
                     "`layout: folder` and any `name`)"
                 )

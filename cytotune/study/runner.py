@@ -31,6 +31,7 @@ from cytotune.study.launch import (
 from cytotune.study.resources import Fit, fit_cells, local_nodes
 from cytotune.study.signals import StopSignals, StudyInterrupted
 from cytotune.study.spec import StudySpec
+from cytotune.study.storage import StudyStorage, study_storage
 
 OPTUNA_JOURNAL = "optuna.journal"
 CONNECT_TIMEOUT_S = 30.0
@@ -72,7 +73,7 @@ class StudyOutcome:
     it was interrupted before every trial ended (continue it with `resume=True`)."""
 
     name: str
-    path: Path
+    path: Path | str  # the experiment's folder, or its URI when the storage is remote
     trials: list[TrialOutcome]
     wall_s: float
     notes: list[str] = field(default_factory=list)
@@ -250,23 +251,23 @@ def describe_plan(plan: StudyPlan) -> str:
 
 
 def experiment_path(spec: StudySpec, storage: str | Path | None) -> Path:
-    """Where Ray Tune keeps the study: STORAGE/NAME (storage: argument, YAML, else ./ray_results)."""
-    root = Path(storage or spec.storage or "ray_results").expanduser()
-    return root.resolve() / spec.name
+    """The study's folder on this machine: Ray's STORAGE/NAME when the storage is local (storage: argument,
+    YAML, else ./ray_results), the driver's own folder when it is a remote URI (see StudyStorage)."""
+    return study_storage(spec.name, storage, spec.storage).driver_dir
 
 
 def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _outcomes(path: Path) -> list[TrialOutcome]:
+def _outcomes(path: str) -> list[TrialOutcome]:
     """Each trial of the experiment at `path` as Ray Tune saved it (status, config, last result)."""
     from ray.tune import ExperimentAnalysis
 
     from cytotune.study.progress import trial_status
 
     out = []
-    for trial in ExperimentAnalysis(str(path)).trials:
+    for trial in ExperimentAnalysis(path).trials:
         config = trial.config or {}
         checkpoint = trial.checkpoint
         out.append(
@@ -289,14 +290,16 @@ def _require_fit(plan: StudyPlan) -> StudyPlan:
     return plan
 
 
-def _restorable(path: Path) -> bool:
-    """Whether Ray Tune saved the experiment at `path` with at least one trial (a launch stopped before its
-    first trial leaves a Tuner that cannot be restored)."""
+def _restorable(store: StudyStorage) -> bool:
+    """Whether Ray Tune saved the experiment with at least one trial (a launch stopped before its first trial
+    leaves a Tuner that cannot be restored). Remote storage: whether Ray can restore it at all."""
     from ray import tune
 
-    if not tune.Tuner.can_restore(str(path)):
+    if not tune.Tuner.can_restore(store.experiment):
         return False
-    states = sorted(path.glob("experiment_state-*.json"))
+    if store.local is None:
+        return True
+    states = sorted(store.local.glob("experiment_state-*.json"))
     try:
         return bool(states) and bool(json.loads(states[-1].read_text()).get("trial_data"))
     except (OSError, ValueError):
@@ -324,21 +327,22 @@ def _new_folders(path: Path) -> Path | None:
     return top
 
 
-def _launch_checks(spec: StudySpec, path: Path, resume: bool, tracking_uri: str | None) -> bool:
+def _launch_checks(spec: StudySpec, store: StudyStorage, resume: bool) -> bool:
     """Check a launch against the study's storage; return whether Ray's saved experiment is restored."""
+    path = store.driver_dir
     record = read_record(path)
     if not resume:
-        if record is not None or (path / "tuner.pkl").exists():
+        if record is not None or store.exists("tuner.pkl"):
             raise CytotuneError(
                 f"{path}: study {spec.name} was launched there before; expected --resume to continue it, "
                 "or another --storage or study name"
             )
         return False
-    if record is None and not (path / "tuner.pkl").exists():
+    if record is None and not store.exists("tuner.pkl"):
         raise CytotuneError(f"{path}: no study to resume there; expected the storage of an earlier run")
     if record is not None:
         check_resumable(spec, record, path)
-    return _restorable(path)
+    return _restorable(store)
 
 
 def run_study(
@@ -378,7 +382,8 @@ def run_study(
         cpus, gpus = _machine()
         _require_fit(plan_study(spec, local_nodes(cpus, gpus), "this machine"))
     check_registries(spec)
-    path = experiment_path(spec, storage)
+    store = study_storage(spec.name, storage, spec.storage)
+    path = store.driver_dir
     record = read_record(path) if resume else None
     if record is not None:
         check_resumable(spec, record, path)
@@ -395,13 +400,13 @@ def run_study(
     with signals if owned else nullcontext(signals):
         try:
             with launch_lock(path, spec.name):
-                restore = _launch_checks(spec, path, resume, tracking_uri)
+                restore = _launch_checks(spec, store, resume)
                 if resume and not restore:
                     _clear_ray_state(path)
                 record = LaunchRecord(
                     study=study_fields(spec),
                     tracking_uri=tracking_uri,
-                    storage=str(path.parent),
+                    storage=store.root,
                     source=str(spec.source) if spec.source else None,
                 )
                 write_record(path, record)
@@ -412,7 +417,7 @@ def run_study(
                     for note in plan.fit.notes:
                         say(note)
                     prepare_data(spec, plan.fit.cells, features=address is None, say=say)
-                    tuner = _tuner(spec, plan, path, restore, max_concurrent, callbacks, reuse_actors)
+                    tuner = _tuner(spec, plan, store, restore, max_concurrent, callbacks, reuse_actors)
                     say(f"running {plan.n_trials} trials on Ray Tune" + (" (resumed)" if resume else ""))
                     with signals.tune_phase():
                         tuner.fit()
@@ -422,10 +427,10 @@ def run_study(
             raise
         except StudyInterrupted:
             pass
-    trials = _outcomes(path) if _restorable(path) else []
+    trials = _outcomes(store.experiment) if _restorable(store) else []
     return StudyOutcome(
         name=spec.name,
-        path=path,
+        path=store.local or store.experiment,
         trials=trials,
         wall_s=time.perf_counter() - start,
         notes=list(plan.fit.notes) if plan is not None else [],
@@ -438,13 +443,13 @@ def run_study(
 def _tuner(
     spec: StudySpec,
     plan: StudyPlan,
-    path: Path,
+    store: StudyStorage,
     restore: bool,
     max_concurrent: int | None,
     callbacks: Sequence[Any],
     reuse_actors: bool,
 ):
-    """The study's Tuner: restored from `path`, or new over every trial of the plan."""
+    """The study's Tuner: restored from its storage, or new over every trial of the plan."""
     from ray import tune
 
     from cytotune.study.progress import ProgressLine
@@ -456,13 +461,13 @@ def _tuner(
     progress = ProgressLine(plan.n_trials)
     trainable = study_trainable_with_resources()
     if restore:
-        tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(store.experiment, trainable, resume_errored=True)
         tuner._local_tuner._run_config.callbacks = [*callbacks, progress]
         return tuner
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=CellSearcher(cells, path / OPTUNA_JOURNAL),
+            search_alg=CellSearcher(cells, store.driver_dir / OPTUNA_JOURNAL),
             scheduler=SeedGroupedASHA.for_cells(cells),
             num_samples=plan.n_trials,
             max_concurrent_trials=max_concurrent,
@@ -471,7 +476,7 @@ def _tuner(
         ),
         run_config=tune.RunConfig(
             name=spec.name,
-            storage_path=str(path.parent),
+            storage_path=store.root,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=[*callbacks, progress],

@@ -31,6 +31,7 @@ from cytotune.config import (
     TrialConfig,
 )
 from cytotune.errors import CytotuneError
+from cytotune.study.storage import is_uri
 
 SEARCHABLE_LORA = ("rank", "alpha", "dropout", "targets", "scaling")
 
@@ -360,7 +361,7 @@ class StudySpec(Frozen):
     train: TrainSettings = TrainSettings()
     methods: tuple[MethodBlock, ...] = Field(min_length=1)
     tracking_uri: str | None = None
-    storage: Path | None = None
+    storage: str | None = None  # a local folder or a URI (s3://, gs://, file://) that Ray Tune writes to
     max_failures: int = Field(2, ge=0)
     _source: Path | None = PrivateAttr(None)
 
@@ -474,7 +475,7 @@ def load_study(path: str | Path) -> StudySpec:
     if isinstance(data_dir, str):
         data_dir = Path(os.path.normpath(base / Path(data_dir).expanduser()))
         raw = {**raw, "data_dir": str(data_dir)}
-    if isinstance(raw.get("storage"), str) and "://" not in raw["storage"]:
+    if isinstance(raw.get("storage"), str) and not is_uri(raw["storage"]):
         raw = {**raw, "storage": os.path.normpath(base / Path(raw["storage"]).expanduser())}
     if isinstance(raw.get("weights"), dict):
         weights = {k: os.path.normpath(base / Path(str(v)).expanduser()) for k, v in raw["weights"].items()}

@@ -55,6 +55,7 @@ def study_trainable(config: dict[str, Any]) -> None:
     resume = _resume_state()
     assigned = ray.get_runtime_context().get_assigned_resources()
     timing = {
+        **_dataset_fields(cfg),
         "started_at": started_at,
         "resumed": int(resume is not None),
         "assigned_cpus": float(assigned.get("CPU", 0.0)),
@@ -87,6 +88,21 @@ def study_trainable(config: dict[str, Any]) -> None:
             "elapsed_s": time.time() - started_at,
         }
         tune.report(final, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _dataset_fields(cfg: TrialConfig) -> dict[str, Any]:
+    """What the trial's MLflow run records of its data (see tracking.layout.DATASET_FIELDS)."""
+    from cytotune.train.subsets import trial_data
+
+    data = trial_data(cfg)
+    return {
+        "dataset_name": cfg.dataset,
+        "dataset_digest": data.manifest.digest,
+        "dataset_root": str(cfg.root),
+        "dataset_train": len(data.train),
+        "dataset_val": len(data.val),
+        "dataset_test": len(data.test),
+    }
 
 
 def trial_resources(config: dict[str, Any]) -> PlacementGroupFactory:

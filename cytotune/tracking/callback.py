@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -48,10 +49,12 @@ class MlflowCallback(Callback):
         ray_address: str | None = None,
         expected_trials: int | None = None,
         cell_seeds: dict[str, int] | None = None,
+        announcement: str | None = None,
     ):
         self.study = study
         self.expected_trials = expected_trials
         self.cell_seeds = cell_seeds
+        self.announcement = announcement  # said on stderr when the launch starts (where tracking goes, why)
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.study_yaml = study_yaml
         self.resume = resume
@@ -66,6 +69,8 @@ class MlflowCallback(Callback):
         self._ended: set[str] = set()
         self._failed: set[str] = set()
         self._closed = False
+        self._source: dict[str, str] = {}
+        self._with_input: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (Ray keeps the run config) without the MLflow client, which is made again when needed."""
@@ -86,11 +91,15 @@ class MlflowCallback(Callback):
         """Create the experiment if needed and this launch's parent run; return the parent run id."""
         if self.parent_run_id is not None:
             return self.parent_run_id
+        if self.announcement:
+            print(self.announcement, file=sys.stderr, flush=True)
         self.experiment_id = self._experiment_id()
         self._close_stale_runs()
         if self.resume:
             self._previous = self._existing_trial_runs()
+        self._source = layout.source_tags()
         tags = {
+            **self._source,
             layout.KIND: layout.KIND_LAUNCH,
             layout.STUDY: self.study,
             layout.VERSION: __version__,
@@ -119,6 +128,7 @@ class MlflowCallback(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         """Log the evaluation's metrics at its step; the final result also carries the final metrics."""
         run_id = self._run_of(trial)
+        self._log_dataset(run_id, result)
         node = result.get("node_id")
         if node and self._nodes.get(trial.trial_id) != node:
             self.client.set_tag(run_id, layout.RAY_NODE_ID, node)
@@ -133,6 +143,14 @@ class MlflowCallback(Callback):
         ]
         if metrics:
             self.client.log_batch(run_id, metrics=metrics)
+
+    def _log_dataset(self, run_id: str, result: dict) -> None:
+        """Once per run: the trial's dataset as an MLflow input, and its manifest digest as a param."""
+        if run_id in self._with_input or not all(name in result for name in layout.DATASET_FIELDS):
+            return
+        self.client.log_inputs(run_id, datasets=[layout.dataset_input(result)])
+        self.client.log_param(run_id, layout.DATASET_DIGEST, result[layout.DATASET_DIGEST])
+        self._with_input.add(run_id)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """End the trial's run: finished (with artifacts) when it reported its final result, else stopped."""
@@ -243,6 +261,7 @@ class MlflowCallback(Callback):
         config = trial.config
         tags = {
             layout.PARENT_RUN_ID: self.start_launch(),
+            **self._source,
             layout.KIND: layout.KIND_TRIAL,
             layout.STUDY: self.study,
             layout.CELL_KEY: config["cell_key"],
@@ -289,8 +308,9 @@ class MlflowCallback(Callback):
             for name in ("trial_manifest.csv", "result.json"):
                 if (folder / name).is_file():
                     self.client.log_artifact(run_id, str(folder / name))
-            if (folder / "adapter").is_dir():
-                self.client.log_artifacts(run_id, str(folder / "adapter"), "adapter")
+            for model in ("adapter", "head"):  # the LoRA adapter and head, or the probe's head
+                if (folder / model).is_dir():
+                    self.client.log_artifacts(run_id, str(folder / model), model)
             if (folder / "result.json").is_file():
                 self._log_confusion(run_id, json.loads((folder / "result.json").read_text()), trial)
 

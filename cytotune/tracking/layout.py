@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
+
+from mlflow.entities import Dataset, DatasetInput, InputTag
 
 from cytotune.config import TrialConfig
 from cytotune.train.result import SCALAR_FIELDS
@@ -43,6 +46,16 @@ STUDY_ARTIFACT = "study.yaml"
 CELLS_ARTIFACT = "cells.json"  # on the launch run: seeds per cell key
 TRIAL_ARTIFACT = "trial_config.json"
 TAG_LIMIT = 5000
+DATASET_DIGEST = "dataset_digest"  # param, and the trial result field the trainable reports it in
+INPUT_DIGEST_CHARS = 16  # MLflow keeps at most 36 characters of a dataset digest; the param has all 40
+DATASET_FIELDS = (
+    "dataset_name",
+    DATASET_DIGEST,
+    "dataset_root",
+    "dataset_train",
+    "dataset_val",
+    "dataset_test",
+)
 
 
 def flatten_trial(trial: dict[str, Any]) -> dict[str, str]:
@@ -87,6 +100,38 @@ def git_commit(path: Path | None = None) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's standard source tags for this process: mlflow.user, mlflow.source.name and .type (from
+    MLflow's own context providers) and mlflow.source.git.commit of the checkout holding cytotune."""
+    from mlflow.tracking.context.registry import resolve_tags
+    from mlflow.utils.mlflow_tags import (
+        MLFLOW_GIT_COMMIT,
+        MLFLOW_SOURCE_NAME,
+        MLFLOW_SOURCE_TYPE,
+        MLFLOW_USER,
+    )
+
+    resolved = resolve_tags()
+    names = (MLFLOW_USER, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_GIT_COMMIT)
+    tags = {name: resolved[name] for name in names if resolved.get(name)}
+    if tags.get(MLFLOW_SOURCE_NAME, "-") == "-":  # python -c or a notebook: name the program instead
+        tags[MLFLOW_SOURCE_NAME] = "cytotune"
+    commit = git_commit()
+    if commit:
+        tags[MLFLOW_GIT_COMMIT] = commit
+    return tags
+
+
+def dataset_input(result: dict[str, Any]) -> DatasetInput:
+    """The dataset a trial saw, as an MLflow run input: name and manifest digest (its first 16 characters),
+    the root as its source, images per split (train as sampled by the trial) as its profile."""
+    source = json.dumps({"uri": Path(result["dataset_root"]).resolve().as_uri()})
+    profile = json.dumps({split: int(result[f"dataset_{split}"]) for split in ("train", "val", "test")})
+    digest = result[DATASET_DIGEST][:INPUT_DIGEST_CHARS]
+    dataset = Dataset(result["dataset_name"], digest, "local", source, profile=profile)
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "trial")])
 
 
 def clip_tag(text: str) -> str:

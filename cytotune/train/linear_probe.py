@@ -11,12 +11,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from cytotune.config import TrialConfig
 from cytotune.errors import CytotuneError
+from cytotune.models.files import save_model_files
+from cytotune.models.registry import get_backbone_spec
+from cytotune.models.weights import resolve_weights
 from cytotune.train.calibration import evaluate_probabilities
 from cytotune.train.features import CachedFeatures, cached_features
-from cytotune.train.head import HeadSchedule, fit_linear_heads
+from cytotune.train.head import HeadFit, HeadSchedule, fit_linear_heads
 from cytotune.train.result import TrialResult
 from cytotune.train.runtime import PeakMemory, resolve_device
 from cytotune.train.subsets import TrialData, trial_manifest, trial_rows, write_trial_manifest
@@ -56,6 +60,17 @@ def _schedule(cfg: TrialConfig) -> HeadSchedule:
         warmup_steps=cfg.train.warmup_steps,
         min_lr=cfg.train.min_lr,
     )
+
+
+def _save_head(directory: Path, cfg: TrialConfig, classes: Sequence[str], fit: HeadFit) -> Path:
+    """The probe's model files (cytotune.models.files): its chosen head, backbone and preprocessing."""
+    spec = get_backbone_spec(cfg.backbone)
+    head = nn.Linear(spec.feature_dim, len(classes))
+    with torch.no_grad():
+        head.weight.copy_(fit.weight)
+        head.bias.copy_(fit.bias)
+    weights = resolve_weights(spec, cfg.weights)
+    return save_model_files(directory, spec, weights, head, classes, cache_size=cfg.train.image_cache_size)
 
 
 def run_probe_sweep(
@@ -113,6 +128,7 @@ def run_probe_sweep(
         written = {}
         if out_dir is not None:
             written["trial_manifest.csv"] = write_trial_manifest(data, Path(out_dir) / "trial_manifest.csv")
+            written["head"] = _save_head(Path(out_dir) / "head", cfgs[index], manifest.classes, fit)
         artifacts.append(written)
     share = len(cfgs)
     wall = (time.perf_counter() - start) / share

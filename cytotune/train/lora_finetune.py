@@ -235,7 +235,13 @@ def run_lora(
         out_dir = Path(out_dir)
         artifacts["trial_manifest.csv"] = write_trial_manifest(data, out_dir / "trial_manifest.csv")
         artifacts["adapter"] = save_adapter(
-            out_dir / "adapter", run.backbone, run.head, cfg.lora, data.manifest.classes, cfg.backbone
+            out_dir / "adapter",
+            run.backbone,
+            run.head,
+            cfg.lora,
+            data.manifest.classes,
+            cfg.backbone,
+            cfg.train.image_cache_size,
         )
     trainable, total = count_parameters(nn.ModuleList([run.backbone, run.head]))
     return TrialResult(
