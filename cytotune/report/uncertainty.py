@@ -188,6 +188,22 @@ def interval_columns(best: pd.DataFrame, chosen: ChosenTrials, level: float = LE
     return out
 
 
+LEVEL_METRICS = ("test_acc_level1", "test_acc_level2", "test_acc_level3")
+
+
+def level_columns(best: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """`best` with test_acc_level{n}_mean and _std over the chosen trials (hierarchical datasets; NaN
+    elsewhere), for the levels the runs report."""
+    out = best.copy()
+    for name in LEVEL_METRICS:
+        if name not in rows.columns:
+            continue
+        stats = rows.groupby("cell_key")[name].agg(["mean", "std"])
+        out[f"{name}_mean"] = out["cell_key"].map(stats["mean"]).astype(float)
+        out[f"{name}_std"] = out["cell_key"].map(stats["std"]).astype(float)
+    return out
+
+
 def _field(row: pd.Series, name: str) -> object:
     value = row.get(name, np.nan)
     return None if pd.isna(value) else value
@@ -302,8 +318,8 @@ def with_comparisons(best: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFr
 def study_uncertainty(
     experiment: str, tracking_uri: str | None, best: pd.DataFrame, where: str | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame, ChosenTrials]:
-    """For a study's validation-selected `best`: best with interval, calibration and comparison columns,
-    the paired comparisons, and the chosen trials' results (read from each run's result.json)."""
+    """For a study's validation-selected `best`: best with interval, calibration, class-level and comparison
+    columns, the paired comparisons, and the chosen trials' results (read from each run's result.json)."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -320,8 +336,9 @@ def study_uncertainty(
             return None
 
     frame = runs_frame(experiment, uri, where)
-    chosen = collect_chosen(chosen_rows(frame, best, list(best.attrs.get("searched", ("lr",)))), read_result)
+    rows = chosen_rows(frame, best, list(best.attrs.get("searched", ("lr",))))
+    chosen = collect_chosen(rows, read_result)
     comparisons = paired_comparisons(best, chosen)
-    annotated = with_comparisons(interval_columns(best, chosen), comparisons)
+    annotated = with_comparisons(level_columns(interval_columns(best, chosen), rows), comparisons)
     annotated.attrs.update(best.attrs)
     return annotated, comparisons, chosen
