@@ -143,7 +143,7 @@ def shots_figure(best: pd.DataFrame, path: Path) -> Path | None:
         ax.grid(alpha=0.3)
     for ax in axes[len(datasets) :]:
         ax.set_visible(False)
-    title = "Figure 1. Few-shot LoRA: test accuracy vs shots per class (mean ± std over seeds)"
+    title = "Figure 1. Few-shot: test accuracy vs shots per class (mean ± std over seeds)"
     full = [style for method, style in FULL_STYLE_NAMES.items() if (probe["method"] == method).any()]
     title += (
         "\n"
