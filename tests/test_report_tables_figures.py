@@ -177,4 +177,4 @@ def test_chosen_values_leave_out_fields_the_method_does_not_use():
 
     assert chosen_text({"lr": np.nan, "k": 5.0}, ["lr", "k"]) == "k=5"
     assert chosen_text({"lr": 0.001, "k": np.nan}, ["lr", "k"]) == "lr=0.001"
-    assert chosen_text({"lr": np.nan}, ["lr"]) == "lr=–"
+    assert chosen_text({"lr": np.nan, "k": np.nan}, ["lr", "k"]) == "nothing searched"

@@ -43,9 +43,9 @@ def _value(value: object) -> str:
 
 def chosen_text(row: pd.Series | dict, searched: Sequence[str]) -> str:
     """The chosen searched values of a cell, as "lr=0.001, lora.rank=8" (fields the cell's method does not
-    use, NaN there, left out: a knn cell shows k, not lr)."""
-    shown = [name for name in searched if not _nan(row[name])] or list(searched)
-    return ", ".join(f"{name}={_value(row[name])}" for name in shown)
+    use, NaN there, left out: a knn cell shows k, not lr; a simpleshot cell searches nothing)."""
+    shown = [name for name in searched if not _nan(row[name])]
+    return ", ".join(f"{name}={_value(row[name])}" for name in shown) or "nothing searched"
 
 
 def best_display(best: pd.DataFrame, searched: Sequence[str]) -> pd.DataFrame:
