@@ -201,3 +201,18 @@ def test_trial_config_asks_lr_of_trained_methods_and_k_of_knn_only(tmp_path):
         baseline_config(tmp_path, tmp_path, "linear_probe")
     with pytest.raises(ValueError, match="lora: expected no k"):
         baseline_config(tmp_path, tmp_path, "lora", lr=0.1, k=3)
+
+
+def test_cli_train_runs_a_baseline_and_names_a_missing_k(synthetic, tmp_path):
+    from typer.testing import CliRunner
+
+    from cytotune.cli import app
+
+    args = ["train", "--method", "knn", "--backbone", "tiny_clip", "--dataset", "synthetic"]
+    args += ["--root", str(synthetic), "--device", "cpu", "--cache-dir", str(tmp_path / "cache")]
+    result = CliRunner().invoke(app, [*args, "--k", "3"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())  # the table title wraps on a narrow terminal
+    assert "knn tiny_clip on synthetic, k=3 seed=0" in text and "test_ece" in text
+    missing = CliRunner().invoke(app, args)
+    assert missing.exit_code != 0 and "knn: expected k" in str(missing.exception)
