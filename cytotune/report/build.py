@@ -113,7 +113,7 @@ def _uncertainty_sections(
             "## Paired comparisons\n",
             "Differences of test accuracy on the same test images, 95% paired bootstrap interval and "
             "two-sided p-value (bootstrap resamples images, and seeds; cells on one seed list are paired "
-            "by seed).\n",
+            "by seed). The p-values are not corrected for the number of comparisons.\n",
             markdown(comparison_display(comparisons)),
         ]
         forest = forest_figure(comparisons, out / "forest_comparisons.png")
