@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sklearn.metrics as sk_metrics
 import torch
+from sklearn import neighbors
 
 from cytotune.config import TrainSettings, TrialConfig
 from cytotune.data.synthetic import generate_synthetic
@@ -23,9 +25,6 @@ from cytotune.train.calibration import (
 )
 from cytotune.train.linear_probe import probe_features
 from cytotune.train.subsets import trial_data
-
-neighbors = pytest.importorskip("sklearn.neighbors")
-sk_metrics = pytest.importorskip("sklearn.metrics")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
