@@ -46,6 +46,7 @@ def error_of(tmp_path: Path, text: str) -> str:
         "exp2_rank_sweep",
         "demo",
         "demo_baselines",
+        "exp_baselines",
     ],
 )
 def test_shipped_spaces_load(name):
