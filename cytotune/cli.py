@@ -155,11 +155,12 @@ def backbones(
 
 @app.command()
 def train(
-    method: Annotated[str, typer.Option(help="linear_probe or lora.")],
+    method: Annotated[str, typer.Option(help="linear_probe, lora, knn or simpleshot.")],
     backbone: Annotated[str, typer.Option(help="Backbone name (see `cytotune backbones`).")],
     dataset: Annotated[str, typer.Option(help="Dataset: bcfc, mlcc, sipakmed, hicervix, folder, synthetic.")],
     root: Annotated[Path, typer.Option(help="The dataset folder.")],
-    lr: Annotated[float, typer.Option(help="Learning rate.")],
+    lr: Annotated[float | None, typer.Option(help="Learning rate (linear_probe and lora).")] = None,
+    k: Annotated[int | None, typer.Option(help="Neighbours voting (knn).")] = None,
     layout: Annotated[
         str | None, typer.Option(help="The layout of --root when --dataset is a name of your own (folder).")
     ] = None,
@@ -178,7 +179,7 @@ def train(
     out: Annotated[Path | None, typer.Option(help="Write the trial's artifacts here.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the final metrics as JSON.")] = False,
 ) -> None:
-    """Run one trial (linear probe or LoRA) and print its final metrics."""
+    """Run one trial (linear probe, LoRA, knn or simpleshot) and print its final metrics."""
     import json
 
     from pydantic import ValidationError
@@ -200,6 +201,7 @@ def train(
         shots=shots,
         fraction=fraction,
         lr=lr,
+        k=k,
         seed=seed,
         lora=dict(rank=rank, alpha=alpha, targets=tuple(t.strip() for t in targets.split(",") if t.strip())),
         train=dict(max_steps=max_steps, probe_epochs=probe_epochs, device=device),
@@ -214,7 +216,8 @@ def train(
     if json_output:
         typer.echo(json.dumps(result.to_dict(), indent=1))
         return
-    table = Table(title=f"{method} {backbone} on {dataset}, lr={lr:g} seed={seed}")
+    chosen = "".join(f"{name}={value:g} " for name, value in (("lr", lr), ("k", k)) if value is not None)
+    table = Table(title=f"{method} {backbone} on {dataset}, {chosen}seed={seed}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in result.metrics().items():

@@ -170,3 +170,11 @@ def test_figure1_draws_few_shot_baselines_and_full_data_baselines(best, tmp_path
         "CLIP SimpleShot (full)",
     } <= labels
     assert "dotted: kNN" in drawn["fig"]._suptitle.get_text()
+
+
+def test_chosen_values_leave_out_fields_the_method_does_not_use():
+    from cytotune.report.tables import chosen_text
+
+    assert chosen_text({"lr": np.nan, "k": 5.0}, ["lr", "k"]) == "k=5"
+    assert chosen_text({"lr": 0.001, "k": np.nan}, ["lr", "k"]) == "lr=0.001"
+    assert chosen_text({"lr": np.nan, "k": np.nan}, ["lr", "k"]) == "nothing searched"

@@ -199,3 +199,27 @@ def test_report_and_best_json_carry_intervals_comparisons_and_reliability(tmp_pa
     assert lora["test_acc_ci_low"] <= lora["test_acc_mean"] <= lora["test_acc_ci_high"]
     assert lora["comparisons"][0]["b"] == probe["cell"] and 0 < lora["comparisons"][0]["p_value"] <= 1
     assert rows[probe["cell"]]["test_nll_mean"] == pytest.approx(1 - 0.4925)
+
+
+def test_levels_are_averaged_over_the_chosen_seeds_and_shown_beside_hierswin():
+    from cytotune.report.tables import hierarchy_display
+    from cytotune.report.uncertainty import level_columns
+
+    best = pd.DataFrame({"cell_key": ["lora/clip/hicervix/full", "knn/clip/bcfc/full"], "n_seeds": [2, 1]})
+    rows = pd.DataFrame(
+        {
+            "cell_key": ["lora/clip/hicervix/full"] * 2 + ["knn/clip/bcfc/full"],
+            "test_acc_level1": [0.9, 0.8, np.nan],
+            "test_acc_level2": [0.7, 0.7, np.nan],
+            "test_acc_level3": [0.6, 0.5, np.nan],
+        }
+    )
+    levels = level_columns(best, rows)
+    assert levels["test_acc_level1_mean"].iloc[0] == pytest.approx(0.85)
+    assert levels["test_acc_level1_std"].iloc[0] == pytest.approx(np.std([0.9, 0.8], ddof=1))
+    table = hierarchy_display(levels)
+    assert table["cell"].tolist() == ["lora/clip/hicervix/full", "HierSwin (reference)"]
+    assert table.iloc[0]["level 2 %"] == "70.00 ± 0.00"
+    assert table.iloc[0]["mean over levels %"] == f"{100 * (0.85 + 0.7 + 0.55) / 3:.2f}"
+    assert table.iloc[1].tolist()[1:] == ["92.08", "–", "78.35", "82.93"]
+    assert hierarchy_display(best).empty

@@ -38,7 +38,16 @@ def error_of(tmp_path: Path, text: str) -> str:
 
 
 @pytest.mark.parametrize(
-    "name", ["exp1_linear_probe", "exp2_lora_fewshot", "exp3_lora_data_fraction", "exp2_rank_sweep", "demo"]
+    "name",
+    [
+        "exp1_linear_probe",
+        "exp2_lora_fewshot",
+        "exp3_lora_data_fraction",
+        "exp2_rank_sweep",
+        "demo",
+        "demo_baselines",
+        "exp_baselines",
+    ],
 )
 def test_shipped_spaces_load(name):
     spec = load_study(SPACES / f"{name}.yaml")

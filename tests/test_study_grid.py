@@ -153,3 +153,12 @@ def test_duplicate_cells_from_two_blocks_need_names(tmp_path):
         )
     )
     assert len(expand_cells(load_study(path))) == 8
+
+
+def test_baselines_study_is_280_cells_1940_trials():
+    spec = load_study(SPACES / "exp_baselines.yaml")
+    cells = expand_cells(spec)
+    assert len(cells) == 20 + 20 + 120 + 120
+    assert count_trials(cells) == 120 + 20 + 1440 + 360
+    assert {c.base["method"] for c in cells} == {"knn", "simpleshot"}
+    assert all(c.base["lr"] is None for c in cells)

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sklearn.metrics as sk_metrics
 import torch
+from sklearn import neighbors
 
 from cytotune.config import TrainSettings, TrialConfig
 from cytotune.data.synthetic import generate_synthetic
@@ -23,9 +25,6 @@ from cytotune.train.calibration import (
 )
 from cytotune.train.linear_probe import probe_features
 from cytotune.train.subsets import trial_data
-
-neighbors = pytest.importorskip("sklearn.neighbors")
-sk_metrics = pytest.importorskip("sklearn.metrics")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -134,6 +133,12 @@ def synthetic(tmp_path_factory) -> Path:
     return generate_synthetic(tmp_path_factory.mktemp("synthetic"), classes=3, per_class=30, size=32, seed=1)
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """One cache for the module: the features are extracted once."""
+    return tmp_path_factory.mktemp("cache")
+
+
 def baseline_config(root: Path, cache: Path, method: str, **fields) -> TrialConfig:
     train = TrainSettings(image_cache_size=32, device="cpu")
     return TrialConfig(
@@ -148,8 +153,10 @@ def baseline_config(root: Path, cache: Path, method: str, **fields) -> TrialConf
 
 
 @pytest.mark.parametrize("method,fields", [("knn", {"k": 3, "shots": 4}), ("simpleshot", {})])
-def test_baseline_trial_equals_scikit_learn_on_the_cached_features(synthetic, tmp_path, method, fields):
-    cfg = baseline_config(synthetic, tmp_path / "cache", method, seed=2, **fields)
+def test_baseline_trial_equals_scikit_learn_on_the_cached_features(
+    synthetic, cache, tmp_path, method, fields
+):
+    cfg = baseline_config(synthetic, cache, method, seed=2, **fields)
     reports = []
     result = run_trial(cfg, report=lambda m, s: reports.append((m, s)), out_dir=tmp_path / "out")
     data = trial_data(cfg)
@@ -179,8 +186,8 @@ def test_baseline_trial_equals_scikit_learn_on_the_cached_features(synthetic, tm
     assert (tmp_path / "out" / "trial_manifest.csv").is_file()
 
 
-def test_probe_trial_reports_nll_and_ece_of_its_test_probabilities(synthetic, tmp_path):
-    cfg = baseline_config(synthetic, tmp_path / "cache", "linear_probe", lr=0.1, seed=1, shots=5)
+def test_probe_trial_reports_nll_and_ece_of_its_test_probabilities(synthetic, cache):
+    cfg = baseline_config(synthetic, cache, "linear_probe", lr=0.1, seed=1, shots=5)
     cfg = cfg.model_copy(
         update={"train": cfg.train.model_copy(update={"probe_epochs": 5, "warmup_steps": 1})}
     )
@@ -201,3 +208,18 @@ def test_trial_config_asks_lr_of_trained_methods_and_k_of_knn_only(tmp_path):
         baseline_config(tmp_path, tmp_path, "linear_probe")
     with pytest.raises(ValueError, match="lora: expected no k"):
         baseline_config(tmp_path, tmp_path, "lora", lr=0.1, k=3)
+
+
+def test_cli_train_runs_a_baseline_and_names_a_missing_k(synthetic, cache):
+    from typer.testing import CliRunner
+
+    from cytotune.cli import app
+
+    args = ["train", "--method", "knn", "--backbone", "tiny_clip", "--dataset", "synthetic"]
+    args += ["--root", str(synthetic), "--device", "cpu", "--cache-dir", str(cache)]
+    result = CliRunner().invoke(app, [*args, "--k", "3"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())  # the table title wraps on a narrow terminal
+    assert "knn tiny_clip on synthetic, k=3 seed=0" in text and "test_ece" in text
+    missing = CliRunner().invoke(app, args)
+    assert missing.exit_code != 0 and "knn: expected k" in str(missing.exception)

@@ -13,6 +13,7 @@ from cytotune.report.paper import REFERENCE_ACCURACY, REFERENCE_LABEL
 from cytotune.report.tables import (
     best_text,
     comparison_display,
+    hierarchy_display,
     linear_probe_table,
     markdown,
     table1_latex,
@@ -73,6 +74,15 @@ def build_report(
         if path is not None:
             files.append(path)
             sections.append(f"## {title}\n\n![{title}]({path.name})\n")
+    levels = hierarchy_display(best)
+    if not levels.empty:
+        files.append(_write(out / "hierarchy_levels.csv", levels.to_csv(index=False)))
+        sections += [
+            "## HiCervix levels: one model scored at every level\n",
+            "Predictions of a level-3 (or level-2) model mapped up the class tree of the dataset's CSV "
+            "columns; mean ± std over the chosen configuration's seeds.\n",
+            markdown(levels),
+        ]
     sections += _uncertainty_sections(out, best, comparisons, chosen, files)
     files.append(_write(out / "report.md", "\n".join(sections)))
     client = MlflowClient(uri)
@@ -103,7 +113,7 @@ def _uncertainty_sections(
             "## Paired comparisons\n",
             "Differences of test accuracy on the same test images, 95% paired bootstrap interval and "
             "two-sided p-value (bootstrap resamples images, and seeds; cells on one seed list are paired "
-            "by seed).\n",
+            "by seed). The p-values are not corrected for the number of comparisons.\n",
             markdown(comparison_display(comparisons)),
         ]
         forest = forest_figure(comparisons, out / "forest_comparisons.png")

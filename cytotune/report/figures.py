@@ -88,8 +88,10 @@ def shots_figure(best: pd.DataFrame, path: Path) -> Path | None:
     datasets = _order(shots["dataset"], DATASET_LABELS)
     backbones = _order(pd.concat([shots["backbone"], probe["backbone"]]), BACKBONE_LABELS)
     colour = {b: COLOURS[i % len(COLOURS)] for i, b in enumerate(backbones)}
-    settings = _order((_setting(k) for k in shots["cell_key"]), ())
-    style = {s: LINESTYLES[i % len(LINESTYLES)] for i, s in enumerate(settings)}
+    style = {}  # line style per setting, counted within each method (each method's first setting is solid)
+    for method, cells in shots.groupby("method"):
+        for i, setting in enumerate(_order(cells["cell_key"].map(_setting), ())):
+            style[(method, setting)] = LINESTYLES[i % len(LINESTYLES)]
     rows, cols = _grid(len(datasets))
     fig = Figure(figsize=(max(8.0, 5.2 * cols), 4.0 * rows + 1.4), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
@@ -110,11 +112,13 @@ def shots_figure(best: pd.DataFrame, path: Path) -> Path | None:
                 colour[backbone],
                 label,
                 line["missing_seeds"].to_numpy(bool),
-                style[setting],
+                style[(method, setting)],
                 marker,
             )
             key = (backbones.index(backbone), 0, label)
-            handles[key] = Line2D([], [], color=colour[backbone], linestyle=style[setting], marker=marker)
+            handles[key] = Line2D(
+                [], [], color=colour[backbone], linestyle=style[(method, setting)], marker=marker
+            )
         lines = probe[probe["dataset"] == dataset]
         level = (100 * lines["test_acc_mean"]).round(2)
         for (_, row), y in zip(lines.iterrows(), level, strict=True):
@@ -139,7 +143,7 @@ def shots_figure(best: pd.DataFrame, path: Path) -> Path | None:
         ax.grid(alpha=0.3)
     for ax in axes[len(datasets) :]:
         ax.set_visible(False)
-    title = "Figure 1. Few-shot LoRA: test accuracy vs shots per class (mean ± std over seeds)"
+    title = "Figure 1. Few-shot: test accuracy vs shots per class (mean ± std over seeds)"
     full = [style for method, style in FULL_STYLE_NAMES.items() if (probe["method"] == method).any()]
     title += (
         "\n"

@@ -12,6 +12,8 @@ from cytotune.errors import CytotuneError
 from cytotune.report.paper import (
     BACKBONE_LABELS,
     DATASET_LABELS,
+    HIERSWIN_LEVELS,
+    HIERSWIN_MEAN_OF_LEVELS,
     backbone_label,
     dataset_label,
     paper_linear_probe,
@@ -41,8 +43,10 @@ def _value(value: object) -> str:
 
 
 def chosen_text(row: pd.Series | dict, searched: Sequence[str]) -> str:
-    """The chosen searched values of a cell, as "lr=0.001, lora.rank=8"."""
-    return ", ".join(f"{name}={_value(row[name])}" for name in searched)
+    """The chosen searched values of a cell, as "lr=0.001, lora.rank=8" (fields the cell's method does not
+    use, NaN there, left out: a knn cell shows k, not lr; a simpleshot cell searches nothing)."""
+    shown = [name for name in searched if not _nan(row[name])]
+    return ", ".join(f"{name}={_value(row[name])}" for name in shown) or "nothing searched"
 
 
 def best_display(best: pd.DataFrame, searched: Sequence[str]) -> pd.DataFrame:
@@ -107,6 +111,36 @@ def uncertainty_display(best: pd.DataFrame) -> pd.DataFrame:
             }
         )
     columns = ["cell", "test acc %", CI_COLUMN, "NLL", "ECE %", "seeds", "test images"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def hierarchy_display(best: pd.DataFrame) -> pd.DataFrame:
+    """Per cell scored at several class levels (HiCervix): test accuracy (%) at each level, mean ± std over
+    the chosen configuration's seeds, the mean over levels, and HierSwin's figures as a last row."""
+    columns = ["cell", "level 1 %", "level 2 %", "level 3 %", "mean over levels %"]
+    if "test_acc_level1_mean" not in best.columns:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for _, row in best[best["test_acc_level1_mean"].notna()].iterrows():
+        means = [row.get(f"test_acc_level{n}_mean", math.nan) for n in (1, 2, 3)]
+        known = [m for m in means if not _nan(float(m))]
+        shown = {
+            f"level {n} %": percent(mean, row.get(f"test_acc_level{n}_std", math.nan))
+            for n, mean in zip((1, 2, 3), means, strict=True)
+        }
+        mean = sum(known) / len(known) if len(known) == 3 else math.nan
+        rows.append({"cell": row["cell_key"], **shown, "mean over levels %": percent(mean)})
+    if rows:
+        reference = {
+            f"level {n} %": f"{HIERSWIN_LEVELS[n]:.2f}" if n in HIERSWIN_LEVELS else "–" for n in (1, 2, 3)
+        }
+        rows.append(
+            {
+                "cell": "HierSwin (reference)",
+                **reference,
+                "mean over levels %": f"{HIERSWIN_MEAN_OF_LEVELS:.2f}",
+            }
+        )
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -25,7 +25,6 @@ from cytotune.train.calibration import parse_correctness
 RESAMPLES = 2000
 LEVEL = 0.95
 METHOD_ORDER = ("lora", "linear_probe", "knn", "simpleshot")
-_CHUNK = 250
 
 
 @dataclass(frozen=True)
@@ -47,18 +46,29 @@ class PairedDifference:
     p_value: float
 
 
-def _image_weights(rng: np.random.Generator, n_images: int, size: int) -> np.ndarray:
-    """Bootstrap counts (size, n_images) of each test image in `size` resamples of the test set."""
-    return rng.multinomial(n_images, np.full(n_images, 1.0 / n_images), size=size).astype(np.float64)
+def _patterns(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct columns of a boolean (R, N) matrix as (R, P) floats and how many images show each."""
+    patterns, counts = np.unique(rows, axis=1, return_counts=True)
+    return patterns.astype(np.float64), counts
+
+
+def _resampled_rows(rng: np.random.Generator, rows: np.ndarray, size: int) -> np.ndarray:
+    """Accuracy (size, R) of each row of a boolean (R, images) matrix on `size` resamples of the images with
+    replacement, the same resample for every row. Images with one pattern of rights and wrongs across the
+    rows are interchangeable, so a resample is a multinomial draw over the distinct patterns (exactly the
+    image bootstrap, at the cost of a few patterns instead of every image)."""
+    patterns, counts = _patterns(rows)
+    n_images = rows.shape[1]
+    drawn = rng.multinomial(n_images, counts / n_images, size=size).astype(np.float64)  # (size, P)
+    return drawn @ patterns.T / n_images
 
 
 def _seed_draws(rng: np.random.Generator, n_seeds: int, size: int) -> np.ndarray:
     return rng.integers(0, n_seeds, size=(size, n_seeds))
 
 
-def _resampled_accuracy(correct: np.ndarray, weights: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-    """Mean accuracy (size,) over drawn seeds (size, S) of per-seed accuracies under image weights."""
-    per_seed = weights @ correct.T.astype(np.float64) / correct.shape[1]  # (size, S)
+def _over_seeds(per_seed: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """Mean over drawn seeds (size, S) of per-seed accuracies (size, S)."""
     return np.take_along_axis(per_seed, seeds, axis=1).mean(1)
 
 
@@ -82,12 +92,9 @@ def bootstrap_accuracy(
     images and seeds."""
     correct = _check(correct)
     rng = np.random.default_rng(seed)
-    draws = []
-    for lo in range(0, resamples, _CHUNK):
-        size = min(_CHUNK, resamples - lo)
-        weights = _image_weights(rng, correct.shape[1], size)
-        draws.append(_resampled_accuracy(correct, weights, _seed_draws(rng, correct.shape[0], size)))
-    return Interval(float(correct.mean()), *_percentile(np.concatenate(draws), level))
+    per_seed = _resampled_rows(rng, correct, resamples)
+    draws = _over_seeds(per_seed, _seed_draws(rng, correct.shape[0], resamples))
+    return Interval(float(correct.mean()), *_percentile(draws, level))
 
 
 def paired_bootstrap(
@@ -107,14 +114,10 @@ def paired_bootstrap(
         raise ValueError("same_seeds needs as many seeds on both sides")
     rng = np.random.default_rng(seed)
     observed = float(a.mean() - b.mean())
-    draws = []
-    for lo in range(0, resamples, _CHUNK):
-        size = min(_CHUNK, resamples - lo)
-        weights = _image_weights(rng, a.shape[1], size)
-        seeds_a = _seed_draws(rng, a.shape[0], size)
-        seeds_b = seeds_a if same_seeds else _seed_draws(rng, b.shape[0], size)
-        draws.append(_resampled_accuracy(a, weights, seeds_a) - _resampled_accuracy(b, weights, seeds_b))
-    differences = np.concatenate(draws)
+    per_row = _resampled_rows(rng, np.concatenate([a, b]), resamples)
+    seeds_a = _seed_draws(rng, a.shape[0], resamples)
+    seeds_b = seeds_a if same_seeds else _seed_draws(rng, b.shape[0], resamples)
+    differences = _over_seeds(per_row[:, : len(a)], seeds_a) - _over_seeds(per_row[:, len(a) :], seeds_b)
     extreme = np.count_nonzero(np.abs(differences - observed) >= abs(observed) - 1e-12)
     return PairedDifference(
         a=float(a.mean()),
@@ -185,6 +188,22 @@ def interval_columns(best: pd.DataFrame, chosen: ChosenTrials, level: float = LE
     out["test_acc_ci_low"], out["test_acc_ci_high"], out["n_test_images"] = lows, highs, images
     out["test_nll_mean"] = out["cell_key"].map(chosen.nll).astype(float)
     out["test_ece_mean"] = out["cell_key"].map(chosen.ece).astype(float)
+    return out
+
+
+LEVEL_METRICS = ("test_acc_level1", "test_acc_level2", "test_acc_level3")
+
+
+def level_columns(best: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """`best` with test_acc_level{n}_mean and _std over the chosen trials (hierarchical datasets; NaN
+    elsewhere), for the levels the runs report."""
+    out = best.copy()
+    for name in LEVEL_METRICS:
+        if name not in rows.columns:
+            continue
+        stats = rows.groupby("cell_key")[name].agg(["mean", "std"])
+        out[f"{name}_mean"] = out["cell_key"].map(stats["mean"]).astype(float)
+        out[f"{name}_std"] = out["cell_key"].map(stats["std"]).astype(float)
     return out
 
 
@@ -302,8 +321,8 @@ def with_comparisons(best: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFr
 def study_uncertainty(
     experiment: str, tracking_uri: str | None, best: pd.DataFrame, where: str | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame, ChosenTrials]:
-    """For a study's validation-selected `best`: best with interval, calibration and comparison columns,
-    the paired comparisons, and the chosen trials' results (read from each run's result.json)."""
+    """For a study's validation-selected `best`: best with interval, calibration, class-level and comparison
+    columns, the paired comparisons, and the chosen trials' results (read from each run's result.json)."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -320,8 +339,9 @@ def study_uncertainty(
             return None
 
     frame = runs_frame(experiment, uri, where)
-    chosen = collect_chosen(chosen_rows(frame, best, list(best.attrs.get("searched", ("lr",)))), read_result)
+    rows = chosen_rows(frame, best, list(best.attrs.get("searched", ("lr",))))
+    chosen = collect_chosen(rows, read_result)
     comparisons = paired_comparisons(best, chosen)
-    annotated = with_comparisons(interval_columns(best, chosen), comparisons)
+    annotated = with_comparisons(level_columns(interval_columns(best, chosen), rows), comparisons)
     annotated.attrs.update(best.attrs)
     return annotated, comparisons, chosen

@@ -48,8 +48,10 @@ def forest_figure(comparisons: pd.DataFrame, path: Path, level: float = 0.95) ->
     ax.axvline(0, color="black", linewidth=1)
     ax.set_yticks(y, [f"{row['a']}  vs  {row['b']}" for _, row in rows.iterrows()], fontsize=7)
     ax.set_xlabel(f"test accuracy difference a - b (points), {100 * level:g}% paired bootstrap interval")
-    ax.set_title(
-        "Paired comparisons on the same test images (colour: method, LoRA vs full-data probe, backbone)"
+    fig.suptitle(
+        "Paired comparisons on the same test images\n(blue: methods on one budget and backbone, red: LoRA vs "
+        "the backbone's full-data probe, green: backbones, best on validation first)",
+        fontsize=10,
     )
     ax.grid(alpha=0.3, axis="x")
     return _save(fig, path)

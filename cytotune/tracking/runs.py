@@ -204,12 +204,13 @@ def expected_seeds(experiment: str, tracking_uri: str | None = None) -> dict[str
 
 
 def searched_fields(frame: pd.DataFrame) -> tuple[str, ...]:
-    """The searched fields named by the runs' tags (lr when none is recorded), lr first."""
+    """The searched fields named by the runs' tags (lr when none is recorded and the runs have an lr; none
+    for studies that search nothing, e.g. simpleshot alone), lr first."""
     names = {
         name for value in frame.get("searched", pd.Series(dtype=object)).dropna() for name in value.split(",")
     }
     names.discard("")
-    names = {name for name in names if name in frame.columns} or {"lr"}
+    names = {name for name in names if name in frame.columns} or ({"lr"} & set(frame.columns))
     return tuple(sorted(names, key=lambda name: (name != "lr", name)))
 
 

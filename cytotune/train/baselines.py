@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from cytotune.config import TrialConfig
-from cytotune.train.calibration import evaluate_probabilities
 from cytotune.train.linear_probe import probe_features
 from cytotune.train.result import TrialResult
 from cytotune.train.runtime import PeakMemory, resolve_device
+from cytotune.train.scoring import score_test_rows
 from cytotune.train.subsets import trial_data, write_trial_manifest
 
 CHUNK = 1024
@@ -95,14 +95,13 @@ def run_baseline(
     fit_seconds = time.perf_counter() - fit_start
     if report is not None:
         report({"step": 0, "val_acc": val_acc, "best_val_acc": val_acc}, None)
-    test = evaluate_probabilities(data.labels(data.test), probabilities(data.test), num_classes)
     artifacts = {}
     if out_dir is not None:
         artifacts["trial_manifest.csv"] = write_trial_manifest(data, Path(out_dir) / "trial_manifest.csv")
     return TrialResult(
         best_val_acc=val_acc,
         best_step=0,
-        **TrialResult.test_fields(test),
+        **score_test_rows(cfg, data, probabilities(data.test)),
         classes=list(data.manifest.classes),
         trainable_params=0,
         total_params=cached.backbone_params,

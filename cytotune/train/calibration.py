@@ -18,7 +18,7 @@ ECE_BINS = 15
 
 
 @dataclass(frozen=True)
-class TestEvaluation:
+class Evaluation:
     """A model's evaluation on the test rows: classification metrics, NLL, ECE, per-image correctness
     ("0"/"1" per test image, in test-row order) and reliability bins (count, confidence sum, correct sum)."""
 
@@ -71,12 +71,12 @@ def parse_correctness(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("ascii"), dtype=np.uint8) == ord("1")
 
 
-def evaluate_probabilities(labels: np.ndarray, probabilities: np.ndarray, num_classes: int) -> TestEvaluation:
+def evaluate_probabilities(labels: np.ndarray, probabilities: np.ndarray, num_classes: int) -> Evaluation:
     """Everything the test rows say about a model from its class probabilities (N, C)."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     predictions = probabilities.argmax(1)
     reliability = reliability_bins(labels, probabilities)
-    return TestEvaluation(
+    return Evaluation(
         metrics=classification_metrics(labels, predictions, num_classes),
         nll=negative_log_likelihood(labels, probabilities),
         ece=expected_calibration_error(reliability),

@@ -18,11 +18,11 @@ from cytotune.errors import CytotuneError
 from cytotune.models.files import save_model_files
 from cytotune.models.registry import get_backbone_spec
 from cytotune.models.weights import resolve_weights
-from cytotune.train.calibration import evaluate_probabilities
 from cytotune.train.features import CachedFeatures, cached_features
 from cytotune.train.head import HeadFit, HeadSchedule, fit_linear_heads
 from cytotune.train.result import TrialResult
 from cytotune.train.runtime import PeakMemory, resolve_device
+from cytotune.train.scoring import score_test_rows
 from cytotune.train.subsets import TrialData, trial_manifest, trial_rows, write_trial_manifest
 
 SweepReport = Callable[[int, dict], None]
@@ -123,7 +123,7 @@ def run_probe_sweep(
         test_rows = torch.from_numpy(data.test).to(device)
         logits = features[test_rows] @ fit.weight.T + fit.bias
         probabilities = torch.softmax(logits.double(), 1).cpu().numpy()
-        tests.append(evaluate_probabilities(data.labels(data.test), probabilities, num_classes))
+        tests.append(score_test_rows(cfgs[index], data, probabilities))
         out_dir = out_dirs[index] if out_dirs is not None else None
         written = {}
         if out_dir is not None:
@@ -136,7 +136,7 @@ def run_probe_sweep(
         TrialResult(
             best_val_acc=fit.best_val_acc,
             best_step=fit.best_step,
-            **TrialResult.test_fields(test),
+            **test,
             classes=list(manifest.classes),
             trainable_params=fit.weight.numel() + fit.bias.numel(),
             total_params=cached.backbone_params + fit.weight.numel() + fit.bias.numel(),

@@ -20,11 +20,11 @@ from cytotune.models.lora import add_lora, load_lora_state_dict, lora_state_dict
 from cytotune.models.params import count_parameters
 from cytotune.train.batches import BatchStream
 from cytotune.train.best import BestTracker
-from cytotune.train.calibration import evaluate_probabilities
 from cytotune.train.guard import ensure_finite_loss
 from cytotune.train.result import TrialResult
 from cytotune.train.runtime import PeakMemory, autocast, resolve_device, seed_everything
 from cytotune.train.schedule import warmup_cosine_lr
+from cytotune.train.scoring import score_test_rows
 from cytotune.train.subsets import TrialData, trial_data, write_trial_manifest
 
 Report = Callable[[dict, dict | None], None]
@@ -229,7 +229,6 @@ def run_lora(
     run.train(report)
     run.restore_best()
     probabilities = torch.softmax(run.logits(data.test).double(), 1).numpy()
-    test = evaluate_probabilities(data.labels(data.test), probabilities, len(data.manifest.classes))
     artifacts = {}
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -247,7 +246,7 @@ def run_lora(
     return TrialResult(
         best_val_acc=run.best.value,
         best_step=run.best.step,
-        **TrialResult.test_fields(test),
+        **score_test_rows(cfg, data, probabilities),
         classes=list(data.manifest.classes),
         trainable_params=trainable,
         total_params=total,

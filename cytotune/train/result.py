@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cytotune.train.calibration import TestEvaluation
+from cytotune.train.calibration import Evaluation
 
 SCALAR_FIELDS = (
     "best_val_acc",
@@ -16,6 +16,9 @@ SCALAR_FIELDS = (
     "test_macro_f1",
     "test_nll",
     "test_ece",
+    "test_acc_level1",
+    "test_acc_level2",
+    "test_acc_level3",
     "trainable_params",
     "total_params",
     "images_per_s",
@@ -33,7 +36,9 @@ class TrialResult:
     linear probe, augmented images for LoRA); peak_mem_mb is the CUDA peak on GPU or the process peak RSS on
     CPU. test_nll and test_ece are the test negative log-likelihood and expected calibration error;
     test_correct holds "0"/"1" per test image in test-row order (reports bootstrap over it) and
-    test_reliability the confidence bins (see calibration.py).
+    test_reliability the confidence bins (see calibration.py). On a hierarchical dataset (HiCervix),
+    test_acc_level{n} is the accuracy at each level up to the trial's own, predictions mapped up the class
+    tree; NaN elsewhere.
     """
 
     best_val_acc: float
@@ -55,13 +60,16 @@ class TrialResult:
     test_ece: float = math.nan
     test_correct: str = ""
     test_reliability: dict[str, list[float]] = field(default_factory=dict)
+    test_acc_level1: float = math.nan
+    test_acc_level2: float = math.nan
+    test_acc_level3: float = math.nan
 
     def metrics(self) -> dict[str, float]:
         """The scalar metrics, by name (what trackers log)."""
         return {name: float(getattr(self, name)) for name in SCALAR_FIELDS}
 
     @staticmethod
-    def test_fields(test: TestEvaluation) -> dict:
+    def test_fields(test: Evaluation) -> dict:
         """The keyword arguments of the test-set fields, from a test evaluation."""
         return {
             "test_acc": test.metrics.accuracy,

@@ -1,0 +1,40 @@
+"""A trial's test-set fields from its class probabilities: metrics, calibration, per-image correctness and,
+on a hierarchical dataset, the accuracy at each level up to the trial's own (predictions mapped up the
+tree)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cytotune.config import TrialConfig
+from cytotune.data.hierarchy import class_tree
+from cytotune.train.calibration import evaluate_probabilities
+from cytotune.train.result import TrialResult
+from cytotune.train.subsets import TrialData
+
+
+def level_accuracies(
+    tree: dict[str, dict[int, str]],
+    classes: list[str],
+    level: int,
+    labels: np.ndarray,
+    predictions: np.ndarray,
+) -> dict[str, float]:
+    """test_acc_level1 .. test_acc_level{level}: accuracy once labels and predictions (class indices) are
+    replaced by their ancestors at each level (the trial's own level: plain accuracy)."""
+    out = {}
+    for coarse in range(1, level + 1):
+        names = np.array([tree[c][coarse] if coarse < level else c for c in classes])
+        out[f"test_acc_level{coarse}"] = float((names[labels] == names[predictions]).mean())
+    return out
+
+
+def score_test_rows(cfg: TrialConfig, data: TrialData, probabilities: np.ndarray) -> dict:
+    """TrialResult's test fields for probabilities (test rows x classes) of the trial's test rows."""
+    labels = data.labels(data.test)
+    classes = list(data.manifest.classes)
+    fields = TrialResult.test_fields(evaluate_probabilities(labels, probabilities, len(classes)))
+    tree = class_tree(cfg.dataset, cfg.root, cfg.level)
+    if tree is not None:
+        fields.update(level_accuracies(tree, classes, cfg.level, labels, np.asarray(probabilities).argmax(1)))
+    return fields
