@@ -14,6 +14,7 @@ import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Literal
 
@@ -76,9 +77,10 @@ def rung_survivors(means: dict, eta: float) -> set:
 def initial_state(cfg: TrialConfig, pristine: nn.Module, num_classes: int) -> tuple[dict, torch.Tensor]:
     """The LoRA + head weights a separate LoRA trial of `cfg` starts from (trainable_state() keys), and the
     global torch RNG state it then trains with, both made as LoraRun makes them (on a copy of `pristine`, the
-    unadapted backbone)."""
+    unadapted backbone, that shares its weights: adding LoRA replaces modules, never weights)."""
     seed_everything(cfg.seed)
-    adapted = add_lora(copy.deepcopy(pristine), cfg.lora)
+    shared = {id(tensor): tensor for tensor in chain(pristine.parameters(), pristine.buffers())}
+    adapted = add_lora(copy.deepcopy(pristine, shared), cfg.lora)
     head = nn.Linear(get_backbone_spec(cfg.backbone).feature_dim, num_classes)
     state = {f"lora.{k}": v for k, v in lora_state_dict(adapted).items()}
     state.update({f"head.{k}": v.detach().clone() for k, v in head.state_dict().items()})
