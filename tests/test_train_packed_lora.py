@@ -164,6 +164,8 @@ def test_a_diverging_configuration_fails_alone(root, cache_dir):
     assert failed.status == "failed" and failed.result is None and failed.steps == 2
     assert "LoRA tiny_clip/synthetic lr=1e+20 seed=1: training loss is nan at step 2" in failed.error
     assert finished.status == "finished" and untimed(finished.result) == untimed(run_lora(cfgs[1]))
+    (alone,) = run_lora_pack(cfgs[:1])
+    assert alone.status == "failed" and alone.error == failed.error
 
 
 def test_a_pack_takes_one_cell_and_rungs_at_evaluations(root, cache_dir):

@@ -121,3 +121,11 @@ def adapter_state_dict(backbone: nn.Module, index: int) -> dict[str, torch.Tenso
         state[f"{name}.lora_A.{ADAPTER}.weight"] = layer.lora_A[index].detach().clone()
         state[f"{name}.lora_B.{ADAPTER}.weight"] = layer.lora_B[index].detach().clone()
     return state
+
+
+def load_adapter_state_dict(backbone: nn.Module, index: int, state: dict[str, torch.Tensor]) -> None:
+    """Copy adapter_state_dict()-keyed LoRA weights into adapter `index` of a grouped backbone."""
+    with torch.no_grad():
+        for name, layer in grouped_layers(backbone).items():
+            layer.lora_A[index].copy_(state[f"{name}.lora_A.{ADAPTER}.weight"])
+            layer.lora_B[index].copy_(state[f"{name}.lora_B.{ADAPTER}.weight"])

@@ -27,7 +27,12 @@ from cytotune.data import open_eval_images, open_image_cache
 from cytotune.data.transforms import eval_transform, train_transform
 from cytotune.errors import CytotuneError
 from cytotune.models import get_backbone_spec, load_backbone
-from cytotune.models.grouped_lora import adapter_state_dict, add_grouped_lora, grouped_layers
+from cytotune.models.grouped_lora import (
+    adapter_state_dict,
+    add_grouped_lora,
+    grouped_layers,
+    load_adapter_state_dict,
+)
 from cytotune.models.lora import add_lora, load_lora_state_dict, lora_state_dict, save_adapter
 from cytotune.train.batches import BatchStream
 from cytotune.train.best import BestTracker
@@ -172,14 +177,18 @@ class PackedLoraRun:
 
     def load_trainable_state(self, position: int, state: dict[str, torch.Tensor]) -> None:
         """Put trainable_state() output into the configuration at `position`."""
+        lora = {k.removeprefix("lora."): v for k, v in state.items() if k.startswith("lora.")}
+        load_adapter_state_dict(self.backbone, position, lora)
         with torch.no_grad():
-            for name, layer in grouped_layers(self.backbone).items():
-                layer.lora_A[position].copy_(state[f"lora.{name}.lora_A.default.weight"])
-                layer.lora_B[position].copy_(state[f"lora.{name}.lora_B.default.weight"])
             self.head_weight[position].copy_(state["head.weight"])
             self.head_bias[position].copy_(state["head.bias"])
 
-    def drop(self, positions: Sequence[int], status: Literal["stopped", "failed"], errors=None) -> None:
+    def drop(
+        self,
+        positions: Sequence[int],
+        status: Literal["stopped", "failed"],
+        errors: Sequence[str] | None = None,
+    ) -> None:
         """End the configurations at `positions` with `status`; the others go on, in the same order."""
         for i, position in enumerate(positions):
             index = self.active[position]
@@ -418,7 +427,8 @@ def run_lora_pack(
     the rung's cut (keep the top 1/eta) stop, every seed together.
     """
     start = time.perf_counter()
-    device = resolve_device(cfgs[0].train.device) if cfgs else torch.device("cpu")
+    check_one_cell(cfgs)
+    device = resolve_device(cfgs[0].train.device)
     memory = PeakMemory(device)
     run = PackedLoraRun(cfgs, device)
     if resume is not None:
@@ -427,7 +437,9 @@ def run_lora_pack(
     finished = list(run.active)
     for position, index in enumerate(finished):
         run.load_trainable_state(position, run.best[index].state)
-    tests = dict(zip(finished, run.predict([run.datas[i].test for i in finished]), strict=True))
+    tests = {}
+    if finished:
+        tests = dict(zip(finished, run.predict([run.datas[i].test for i in finished]), strict=True))
     artifacts = _export_adapters(run, out_dirs or [None] * len(cfgs))
     num_classes = len(run.datas[0].manifest.classes)
     trainable = sum(p[0].numel() for p in run.parameters()) if finished else 0
