@@ -5,7 +5,13 @@ Each configuration keeps what it would have alone: its few-shot sample and batch
 LoRA-dropout streams, its LoRA weights and head (grouped, see models/grouped_lora.py), its AdamW state and its
 learning-rate schedule; each starts from the very weights and generator states its separate trial
 (lora_finetune.py) starts from, so on the CPU its losses and validation curve are that trial's, to float
-rounding. Early stopping inside the pack drops whole configurations, all seeds together, at given rungs.
+rounding (the backbones carry no dropout of their own; LoRA dropout is per configuration). On CUDA each
+configuration's dropout generator is seeded with its seed: the same training in law, not the same masks.
+Early stopping inside the pack drops whole configurations, all seeds together, at given rungs.
+
+Packing pays where one configuration leaves the device idle: few-shot batches (4 to 32 images) and many
+configurations per cell. It does not where a single configuration already fills the device, and it needs
+memory for K x batch images in one pass: split big sweeps into several packs.
 """
 
 from __future__ import annotations
