@@ -643,6 +643,55 @@ def bench_gpu_command(
     run_gpu_bench(cases, out, device=torch.device(device), seconds=seconds, say=typer.echo)
 
 
+@bench_app.command("pack")
+def bench_pack_command(
+    backbone: Annotated[
+        str, typer.Option(help="A backbone; NAME@random needs no weights.")
+    ] = "vit_b16@random",
+    batch_sizes: Annotated[str, typer.Option(help="Few-shot batch sizes, comma-separated.")] = "4,16,32",
+    steps: Annotated[int, typer.Option(help="Optimisation steps per trial.")] = 3,
+    max_images_per_pass: Annotated[
+        int, typer.Option(help="Images in one packed backbone pass; bigger sweeps split into packs.")
+    ] = 64,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's).")] = None,
+    work_dir: Annotated[Path | None, typer.Option(help="Keep data and caches here (default: temp).")] = None,
+) -> None:
+    """Train a cell's LoRA sweep (5 lr x 3 seeds) as 15 separate trials and packed, side by side: training
+    images per second, wall and CPU seconds, at each few-shot batch size."""
+    import tempfile
+
+    import torch
+
+    from cytotune.train.bench_pack import HEADER, bench_pack
+    from cytotune.train.runtime import resolve_device
+
+    try:
+        sizes = [int(size) for size in batch_sizes.split(",")]
+    except ValueError:
+        raise CytotuneError(
+            f"--batch-sizes {batch_sizes!r}: expected whole numbers separated by commas"
+        ) from None
+    if threads is not None:
+        torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory(prefix="cytotune-bench-") as tmp:
+        rows = bench_pack(
+            work_dir or Path(tmp),
+            backbone=backbone,
+            batch_sizes=sizes,
+            steps=steps,
+            max_images_per_pass=max_images_per_pass,
+            device=device,
+        )
+    typer.echo(
+        f"pack benchmark: {backbone} on {resolve_device(device)}, {torch.get_num_threads()} torch threads, "
+        f"{rows[0].configurations} configurations (5 lr x 3 seeds), {steps} steps each, synthetic 4 classes"
+    )
+    typer.echo(HEADER)
+    for row in rows:
+        typer.echo(row.line())
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit status 2."""
     try:

@@ -180,6 +180,8 @@ def test_a_diverging_configuration_fails_alone(root, cache_dir):
     assert failed.status == "failed" and failed.result is None and failed.steps == 2
     assert "LoRA tiny_clip/synthetic lr=1e+20 seed=1: training loss is nan at step 2" in failed.error
     assert finished.status == "finished" and same(finished.result, run_lora(cfgs[1]))
+    (alone,) = run_lora_pack(cfgs[:1])
+    assert alone.status == "failed" and alone.error == failed.error
 
 
 def test_a_pack_takes_one_cell_and_rungs_at_evaluations(root, cache_dir):
@@ -188,3 +190,27 @@ def test_a_pack_takes_one_cell_and_rungs_at_evaluations(root, cache_dir):
         run_lora_pack([cfg, cfg.model_copy(update={"shots": 2})])
     with pytest.raises(CytotuneError, match=r"rungs \[3\] are not evaluation steps"):
         run_lora_pack([cfg], rungs=(3,))
+
+
+def test_bench_pack_trains_both_sides_to_the_same_results(tmp_path):
+    from cytotune.train.bench_pack import bench_pack
+
+    (row,) = bench_pack(
+        tmp_path, backbone="tiny_vit", batch_sizes=(8,), steps=2, lrs=(1e-2, 1e-3), seeds=(1,)
+    )
+    assert (row.batch_size, row.configurations, row.per_pass, row.images) == (8, 2, 2, 2 * 2 * 8)
+    assert row.same_results == 2 and row.packed_train_s > 0 and row.separate_cpu_s > 0
+    assert row.line().startswith("    8        2 |") and row.line().endswith("| 2/2")
+
+
+def test_cli_bench_pack_refuses_batch_sizes_it_cannot_read():
+    from typer.testing import CliRunner
+
+    from cytotune.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "pack", "--batch-sizes", "4,x"])
+    assert result.exit_code != 0 and "--batch-sizes '4,x': expected whole numbers" in str(result.exception)
+    result = CliRunner().invoke(app, ["bench", "pack", "--batch-sizes", "6", "--backbone", "tiny_vit"])
+    assert result.exit_code != 0 and "batch sizes [6] are not whole shots of 4 classes" in str(
+        result.exception
+    )

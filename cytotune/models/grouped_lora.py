@@ -51,13 +51,9 @@ class GroupedLoraLinear(nn.Module):
         blocks = x.reshape(groups, -1, x.shape[-1])
         if self.training and self.dropout > 0.0:
             keep = 1.0 - self.dropout
-            shape = (x.shape[0] // groups, *x.shape[1:])
-            noise = torch.stack(
-                [
-                    torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(keep, generator=generator)
-                    for generator in self.generators
-                ]
-            )
+            noise = torch.empty((groups, x.shape[0] // groups, *x.shape[1:]), dtype=x.dtype, device=x.device)
+            for mask, generator in zip(noise, self.generators, strict=True):
+                mask.bernoulli_(keep, generator=generator)
             blocks = blocks * noise.div_(keep).reshape(blocks.shape)
         low = torch.bmm(blocks, self.lora_A.transpose(1, 2))
         update = torch.bmm(low, self.lora_B.transpose(1, 2)) * self.scaling
@@ -121,3 +117,11 @@ def adapter_state_dict(backbone: nn.Module, index: int) -> dict[str, torch.Tenso
         state[f"{name}.lora_A.{ADAPTER}.weight"] = layer.lora_A[index].detach().clone()
         state[f"{name}.lora_B.{ADAPTER}.weight"] = layer.lora_B[index].detach().clone()
     return state
+
+
+def load_adapter_state_dict(backbone: nn.Module, index: int, state: dict[str, torch.Tensor]) -> None:
+    """Copy adapter_state_dict()-keyed LoRA weights into adapter `index` of a grouped backbone."""
+    with torch.no_grad():
+        for name, layer in grouped_layers(backbone).items():
+            layer.lora_A[index].copy_(state[f"{name}.lora_A.{ADAPTER}.weight"])
+            layer.lora_B[index].copy_(state[f"{name}.lora_B.{ADAPTER}.weight"])

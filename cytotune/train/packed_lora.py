@@ -5,7 +5,13 @@ Each configuration keeps what it would have alone: its few-shot sample and batch
 LoRA-dropout streams, its LoRA weights and head (grouped, see models/grouped_lora.py), its AdamW state and its
 learning-rate schedule; each starts from the very weights and generator states its separate trial
 (lora_finetune.py) starts from, so on the CPU its losses and validation curve are that trial's, to float
-rounding. Early stopping inside the pack drops whole configurations, all seeds together, at given rungs.
+rounding (the backbones carry no dropout of their own; LoRA dropout is per configuration). On CUDA each
+configuration's dropout generator is seeded with its seed: the same training in law, not the same masks.
+Early stopping inside the pack drops whole configurations, all seeds together, at given rungs.
+
+Packing pays where one configuration leaves the device idle: few-shot batches (4 to 32 images) and many
+configurations per cell. It does not where a single configuration already fills the device, and it needs
+memory for K x batch images in one pass: split big sweeps into several packs.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Literal
 
@@ -26,17 +33,22 @@ from cytotune.data import open_eval_images, open_image_cache
 from cytotune.data.transforms import eval_transform, train_transform
 from cytotune.errors import CytotuneError
 from cytotune.models import get_backbone_spec, load_backbone
-from cytotune.models.grouped_lora import adapter_state_dict, add_grouped_lora, grouped_layers
+from cytotune.models.grouped_lora import (
+    adapter_state_dict,
+    add_grouped_lora,
+    grouped_layers,
+    load_adapter_state_dict,
+)
 from cytotune.models.lora import add_lora, load_lora_state_dict, lora_state_dict, save_adapter
 from cytotune.train.batches import BatchStream
 from cytotune.train.best import BestTracker
-from cytotune.train.calibration import evaluate_probabilities
 from cytotune.train.guard import ensure_finite_loss
 from cytotune.train.head import AdamW
 from cytotune.train.lora_finetune import _cpu_copy, lora_steps
 from cytotune.train.result import TrialResult
 from cytotune.train.runtime import PeakMemory, autocast, resolve_device, seed_everything
 from cytotune.train.schedule import warmup_cosine_table
+from cytotune.train.scoring import score_test_rows
 from cytotune.train.subsets import trial_manifest, trial_rows, write_trial_manifest
 
 PackReport = Callable[[dict[int, dict], dict], None]
@@ -76,9 +88,10 @@ def rung_survivors(means: dict, eta: float) -> set:
 def initial_state(cfg: TrialConfig, pristine: nn.Module, num_classes: int) -> tuple[dict, torch.Tensor]:
     """The LoRA + head weights a separate LoRA trial of `cfg` starts from (trainable_state() keys), and the
     global torch RNG state it then trains with, both made as LoraRun makes them (on a copy of `pristine`, the
-    unadapted backbone)."""
+    unadapted backbone, that shares its weights: adding LoRA replaces modules, never weights)."""
     seed_everything(cfg.seed)
-    adapted = add_lora(copy.deepcopy(pristine), cfg.lora)
+    shared = {id(tensor): tensor for tensor in chain(pristine.parameters(), pristine.buffers())}
+    adapted = add_lora(copy.deepcopy(pristine, shared), cfg.lora)
     head = nn.Linear(get_backbone_spec(cfg.backbone).feature_dim, num_classes)
     state = {f"lora.{k}": v for k, v in lora_state_dict(adapted).items()}
     state.update({f"head.{k}": v.detach().clone() for k, v in head.state_dict().items()})
@@ -170,14 +183,18 @@ class PackedLoraRun:
 
     def load_trainable_state(self, position: int, state: dict[str, torch.Tensor]) -> None:
         """Put trainable_state() output into the configuration at `position`."""
+        lora = {k.removeprefix("lora."): v for k, v in state.items() if k.startswith("lora.")}
+        load_adapter_state_dict(self.backbone, position, lora)
         with torch.no_grad():
-            for name, layer in grouped_layers(self.backbone).items():
-                layer.lora_A[position].copy_(state[f"lora.{name}.lora_A.default.weight"])
-                layer.lora_B[position].copy_(state[f"lora.{name}.lora_B.default.weight"])
             self.head_weight[position].copy_(state["head.weight"])
             self.head_bias[position].copy_(state["head.bias"])
 
-    def drop(self, positions: Sequence[int], status: Literal["stopped", "failed"], errors=None) -> None:
+    def drop(
+        self,
+        positions: Sequence[int],
+        status: Literal["stopped", "failed"],
+        errors: Sequence[str] | None = None,
+    ) -> None:
         """End the configurations at `positions` with `status`; the others go on, in the same order."""
         for i, position in enumerate(positions):
             index = self.active[position]
@@ -420,7 +437,8 @@ def run_lora_pack(
     the rung's cut (keep the top 1/eta) stop, every seed together.
     """
     start = time.perf_counter()
-    device = resolve_device(cfgs[0].train.device) if cfgs else torch.device("cpu")
+    check_one_cell(cfgs)
+    device = resolve_device(cfgs[0].train.device)
     memory = PeakMemory(device)
     run = PackedLoraRun(cfgs, device)
     if resume is not None:
@@ -429,9 +447,10 @@ def run_lora_pack(
     finished = list(run.active)
     for position, index in enumerate(finished):
         run.load_trainable_state(position, run.best[index].state)
-    tests = dict(zip(finished, run.logits([run.datas[i].test for i in finished]), strict=True))
+    tests = {}
+    if finished:
+        tests = dict(zip(finished, run.logits([run.datas[i].test for i in finished]), strict=True))
     artifacts = _export_adapters(run, out_dirs or [None] * len(cfgs))
-    num_classes = len(run.datas[0].manifest.classes)
     trainable = sum(p[0].numel() for p in run.parameters()) if finished else 0
     frozen = sum(p.numel() for p in run.backbone.parameters() if not p.requires_grad)
     wall = (time.perf_counter() - start) / len(cfgs)
@@ -439,11 +458,10 @@ def run_lora_pack(
     for index in finished:
         data, tracker = run.datas[index], run.best[index]
         probabilities = torch.softmax(tests[index].double(), 1).numpy()
-        test = evaluate_probabilities(data.labels(data.test), probabilities, num_classes)
         result = TrialResult(
             best_val_acc=tracker.value,
             best_step=tracker.step,
-            **TrialResult.test_fields(test),
+            **score_test_rows(run.cfgs[index], data, probabilities),
             classes=list(data.manifest.classes),
             trainable_params=trainable,
             total_params=frozen + trainable,
