@@ -13,10 +13,11 @@ from ray.cluster_utils import Cluster
 from test_study_datasets import make_folder
 
 from cytotune.data import prepare_dataset
+from cytotune.study.grid import expand_cells
+from cytotune.study.launch import study_callback
 from cytotune.study.runner import run_study
 from cytotune.study.spec import load_study
 from cytotune.tracking import best_configs
-from cytotune.tracking.callback import study_callback
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +71,7 @@ def test_two_named_folder_datasets_on_file_uri_storage(small_ray, tmp_path, mlfl
     path = tmp_path / "own.yaml"
     path.write_text(STUDY.format(storage=storage))
     spec = load_study(path)
-    tracking = study_callback(spec, mlflow_sqlite_uri)
+    tracking = study_callback(spec, expand_cells(spec), mlflow_sqlite_uri)
     outcome = run_study(spec, tracking_uri=mlflow_sqlite_uri, callbacks=[tracking], say=lambda _: None)
 
     assert outcome.counts()["finished"] == 4 and not outcome.interrupted

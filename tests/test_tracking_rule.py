@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cytotune.cli import app
+from cytotune.cli import app, tracking_choice
 from cytotune.errors import CytotuneError
+from cytotune.study.grid import expand_cells
+from cytotune.study.launch import study_callback
 from cytotune.study.spec import load_study
-from cytotune.tracking.callback import study_callback
-from cytotune.tracking.uri import choose_tracking_uri
+from cytotune.tracking.uri import TrackingChoice, choose_tracking_uri
 
 STUDY = """
 name: rule
@@ -45,7 +46,9 @@ def test_flag_beats_environment_beats_yaml_beats_default(in_tmp, monkeypatch):
 def test_a_launch_says_where_it_tracks_when_it_starts(in_tmp, mlflow_sqlite_uri, capsys):
     path = in_tmp / "study.yaml"
     path.write_text(STUDY)
-    callback = study_callback(load_study(path), mlflow_sqlite_uri)
+    spec = load_study(path)
+    choice = tracking_choice(mlflow_sqlite_uri, spec.tracking_uri)
+    callback = study_callback(spec, expand_cells(spec), choice.uri, announcement=choice.line())
     assert capsys.readouterr().err == ""
     callback.start_launch()
     callback.close()
@@ -56,10 +59,13 @@ def test_a_launch_follows_the_rule(in_tmp, monkeypatch):
     path = in_tmp / "study.yaml"
     path.write_text(STUDY)
     spec = load_study(path)
-    assert study_callback(spec).tracking_uri == "sqlite:///from-yaml.db"
+    assert tracking_choice(None, spec.tracking_uri).uri == "sqlite:///from-yaml.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{in_tmp / 'env.db'}")
-    assert study_callback(spec).tracking_uri == f"sqlite:///{in_tmp / 'env.db'}"
-    assert study_callback(spec, "sqlite:///flag.db").tracking_uri == "sqlite:///flag.db"
+    assert tracking_choice(None, spec.tracking_uri).uri == f"sqlite:///{in_tmp / 'env.db'}"
+    assert tracking_choice("sqlite:///flag.db", spec.tracking_uri).uri == "sqlite:///flag.db"
+    # a resume tracks where its launch did (recorded in the study's storage), whatever the rule says
+    resumed = tracking_choice(None, spec.tracking_uri, launch="sqlite:///launch.db")
+    assert resumed == TrackingChoice("sqlite:///launch.db", "the launch being resumed")
 
 
 def test_commands_say_where_they_track_and_read_the_environment_s_store(in_tmp, monkeypatch):

@@ -141,8 +141,9 @@ def test_real_study_interrupted_then_resumed_has_one_run_per_trial(servers, tmp_
 
     from cytotune.cli import main
     from cytotune.data.synthetic import generate_synthetic
+    from cytotune.study.grid import expand_cells
+    from cytotune.study.launch import study_callback
     from cytotune.study.runner import run_study
-    from cytotune.tracking.callback import study_callback
 
     uri, name = servers["sqlite"], "resume-real"
     data = generate_synthetic(tmp_path / "synthetic", classes=3, per_class=12, size=32)
@@ -159,7 +160,7 @@ def test_real_study_interrupted_then_resumed_has_one_run_per_trial(servers, tmp_
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024**2)
     try:
         spec = load_study(study)
-        tracking = study_callback(spec, uri)
+        tracking = study_callback(spec, expand_cells(spec), uri)
         first = run_study(spec, max_concurrent=1, callbacks=[tracking, InterruptAfter(2)], say=lambda _: None)
         assert first.interrupted
         monkeypatch.setattr(sys, "argv", ["cytotune", "run", str(study), "--tracking-uri", uri, "--resume"])

@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cytotune.config import TrainSettings, TrialConfig
-from cytotune.data import open_eval_images, open_image_cache
+from cytotune.data import open_eval_cache, open_image_cache
 from cytotune.data.synthetic import generate_synthetic
 from cytotune.errors import CytotuneError
 from cytotune.models import get_backbone_spec
 from cytotune.train.bench import PAPER_LRS, PAPER_SEEDS
 from cytotune.train.lora_finetune import run_lora
 from cytotune.train.packed_lora import run_lora_pack
-from cytotune.train.runtime import resolve_device
 from cytotune.train.subsets import trial_data
 
 
@@ -105,7 +104,6 @@ def bench_pack(
     per_class = max(8, int(shots_needed / 0.7) + 2)
     root = generate_synthetic(Path(work_dir) / "data", classes=classes, per_class=per_class, size=image_size)
     cache_dir = Path(work_dir) / "cache"
-    torch_device = resolve_device(device)
     rows = []
     for batch in batch_sizes:
         settings = TrainSettings(
@@ -133,9 +131,7 @@ def bench_pack(
         ]
         data = trial_data(cfgs[0])
         open_image_cache(data.manifest, size=image_size, cache_dir=cache_dir)
-        open_eval_images(
-            data.manifest, get_backbone_spec(backbone).input_size, image_size, cache_dir, torch_device
-        )
+        open_eval_cache(data.manifest, get_backbone_spec(backbone).input_size, cache_dir)
         alone, separate_wall, separate_cpu = _timed(lambda cfgs=cfgs: [run_lora(c) for c in cfgs])
         per_pass = max(1, min(len(cfgs), max_images_per_pass // batch))
         packs = [cfgs[lo : lo + per_pass] for lo in range(0, len(cfgs), per_pass)]

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from cytotune.config import TrialConfig
-from cytotune.data import open_eval_images, open_image_cache
+from cytotune.data import open_eval_cache, open_image_cache
 from cytotune.data.transforms import eval_transform, train_transform
 from cytotune.errors import CytotuneError
 from cytotune.models import get_backbone_spec, load_backbone
@@ -140,9 +140,7 @@ class PackedLoraRun:
             for d, g in zip(self.datas, self.generators, strict=True)
         ]
         self.images = open_image_cache(manifest, size=cfg.train.image_cache_size, cache_dir=cfg.cache_dir)
-        self.eval_images = open_eval_images(
-            manifest, self.spec.input_size, cfg.train.image_cache_size, cfg.cache_dir, device
-        )
+        self.eval_images = open_eval_cache(manifest, self.spec.input_size, cfg.cache_dir)
         self.labels = self.datas[0].label_tensor()
         self.total_steps = lora_steps(cfg, len(self.datas[0].train))
         self.lr_table = warmup_cosine_table(
@@ -228,11 +226,12 @@ class PackedLoraRun:
         views, targets, rows_seen = [], [], 0
         for index in self.active:
             rows = self.datas[index].train[self.streams[index].next().numpy()]
-            images = self.images.batch(rows).to(self.device, non_blocking=True)
             if self.cfgs[index].train.augment:
-                views.append(train_transform(images, *self.view, self.augment_generators[index]))
+                images = self.images.batch(rows)
+                generator = self.augment_generators[index]
+                views.append(train_transform(images, *self.view, generator, device=self.device))
             else:
-                views.append(eval_transform(images, *self.view))
+                views.append(eval_transform(self.eval_images.batch(rows).to(self.device), *self.view))
             targets.append(self.labels[rows])
             rows_seen += len(rows)
         logits = self.forward(torch.cat(views))
