@@ -149,7 +149,7 @@ def test_chosen_trials_are_read_pooled_and_compared():
 def test_report_and_best_json_carry_intervals_comparisons_and_reliability(tmp_path, mlflow_sqlite_uri):
     import json
 
-    from tracking_fakes import default_outcome, launch_callback, plans, run_fake_study, write_study
+    from tracking_fakes import complete_lora_outcome, launch_callback, plans, run_fake_study, write_study
     from typer.testing import CliRunner
 
     from cytotune.cli import app
@@ -158,15 +158,11 @@ def test_report_and_best_json_carry_intervals_comparisons_and_reliability(tmp_pa
     uri, name = mlflow_sqlite_uri, "uncertain"
     yaml_path = write_study(tmp_path, name)
 
-    def lora_complete(plan) -> str:  # LoRA lr 1e-2 finishes both seeds: a complete configuration to compare
-        lr_1e2 = plan.config.method == "lora" and plan.config.lr == 1e-2
-        return "finished" if lr_1e2 else default_outcome(plan)
-
     run_fake_study(
         launch_callback(yaml_path, uri),
         plans(yaml_path),
         tmp_path / "c",
-        outcome=lora_complete,
+        outcome=complete_lora_outcome,
     )
     report = build_report(name, uri, tmp_path / "report")
     names = {p.name for p in report.files}

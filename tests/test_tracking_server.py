@@ -14,7 +14,14 @@ import pytest
 from mlflow import MlflowClient
 from mlflow_servers import Server, create_database, drop_database, free_port, postgres_uri
 from ray.tune import Callback
-from tracking_fakes import check_layout, launch_callback, plans, run_fake_study, write_study
+from tracking_fakes import (
+    check_layout,
+    complete_lora_outcome,
+    launch_callback,
+    plans,
+    run_fake_study,
+    write_study,
+)
 from typer.testing import CliRunner
 
 from cytotune.cli import app
@@ -63,7 +70,9 @@ def test_layout_and_best_on_a_server(servers, backend, tmp_path):
     printed = json.loads(cli("best", "--experiment", name, "--tracking-uri", uri, "--format", "json"))
     selected = [{k: v for k, v in row.items() if k in expected.columns} for row in printed]
     assert selected == json.loads(expected.to_json(orient="records"))
-    assert all(row["test_acc_ci_low"] <= row["test_acc_mean"] <= row["test_acc_ci_high"] for row in printed)
+    chosen = [row for row in printed if row["test_acc_mean"] is not None]  # LoRA: no complete configuration
+    assert len(chosen) == 1 and chosen[0]["cell_key"].startswith("linear_probe/")
+    assert all(row["test_acc_ci_low"] <= row["test_acc_mean"] <= row["test_acc_ci_high"] for row in chosen)
     lora = json.loads(
         cli("best", "--experiment", name, "--tracking-uri", uri, "--where", "method=lora", "--format", "json")
     )
@@ -83,7 +92,9 @@ def test_layout_and_best_on_a_server(servers, backend, tmp_path):
 def test_report_writes_and_logs_its_files(servers, tmp_path):
     uri, name = servers["postgres"], "report-postgres"
     yaml_path = write_study(tmp_path, name)
-    run_fake_study(launch_callback(yaml_path, uri), plans(yaml_path), tmp_path / "ckpt")
+    run_fake_study(
+        launch_callback(yaml_path, uri), plans(yaml_path), tmp_path / "ckpt", outcome=complete_lora_outcome
+    )
     out = tmp_path / "report"
     printed = cli("report", "--experiment", name, "--tracking-uri", uri, "--out", str(out))
     names = {

@@ -85,6 +85,13 @@ def default_outcome(plan: TrialPlan) -> str:
     return "finished"
 
 
+def complete_lora_outcome(plan: TrialPlan) -> str:
+    """As default_outcome, but LoRA lr 1e-2 finishes both seeds (a complete configuration in the LoRA cell)."""
+    if plan.config.method == "lora" and plan.config.lr == 1e-2:
+        return "finished"
+    return default_outcome(plan)
+
+
 def start(callback, plan: TrialPlan, trial_id: str) -> FakeTrial:
     """A trial starts and reports two evaluations (steps 10 and 20)."""
     trial = FakeTrial(trial_id, plan.ray_config())
