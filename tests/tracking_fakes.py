@@ -86,7 +86,7 @@ def default_outcome(plan: TrialPlan) -> str:
 
 
 def complete_lora_outcome(plan: TrialPlan) -> str:
-    """As default_outcome, but LoRA lr 1e-2 finishes both seeds (a complete configuration in the LoRA cell)."""
+    """As default_outcome, but LoRA lr 1e-2 finishes both seeds: a complete LoRA configuration."""
     if plan.config.method == "lora" and plan.config.lr == 1e-2:
         return "finished"
     return default_outcome(plan)
