@@ -55,7 +55,7 @@ def test_data_info_json_before_and_after_prepare(tmp_path):
     manifest = facts["manifest"]
     assert manifest["images"] == 30 and manifest["split"] == [0.7, 0.1, 0.2]
     assert manifest["counts"]["class_1"] == {"train": 7, "val": 1, "test": 2, "total": 10}
-    assert len(manifest["digest"]) == 40 and facts["image_caches"][0].endswith("-16.u8")
+    assert len(manifest["digest"]) == 40 and facts["image_caches"][0].endswith("-train16-v2.u8")
 
 
 def test_dry_run_json_is_the_plan_the_text_shows():

@@ -95,6 +95,11 @@ def placements(fragment: dict) -> list[dict]:
     if "lr" in fragment.get("search", {}):
         block.pop("lr")
     out.append({**copy.deepcopy(BASE), "methods": [block]})
+    out.append({**copy.deepcopy(BASE), "methods": [{"method": "knn", **fragment}]})  # knn's own field, k
+    searched = {"lr": {"optuna": "loguniform", "low": 1.0e-5, "high": 1.0e-2}}
+    optuna = {**BASE["methods"][0], "search": searched, "samples": 8, **fragment}  # optuna's own settings
+    optuna.pop("lr", None)
+    out.append({**copy.deepcopy(BASE), "methods": [optuna]})
     entry = {**BASE["datasets"][0], **fragment}
     out.append({**copy.deepcopy(BASE), "datasets": [entry]})
     for section in SECTIONS:

@@ -63,7 +63,6 @@ def test_the_probe_head_is_the_chosen_one(trials):
         data.manifest,
         "tiny_clip",
         None,
-        image_size=32,
         cache_dir=cfg.cache_dir,
         batch_size=64,
         device=torch.device("cpu"),
