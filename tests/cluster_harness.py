@@ -26,6 +26,7 @@ from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import postgres
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,7 +34,6 @@ BIN = Path(sys.executable).parent
 START_SERVER = REPO / "infra" / "mlflow" / "start_server.sh"
 MARK = "CYTOTUNE_TEST_PROCESS_MARK"
 HOST = "127.0.0.1"
-POSTGRES = {"host": HOST, "port": 5432, "user": "postgres"}
 
 
 def free_ports(count: int) -> list[int]:
@@ -316,12 +316,12 @@ class PostgresDatabase:
     @property
     def uri(self) -> str:
         """SQLAlchemy URI (psycopg2 driver)."""
-        return f"postgresql+psycopg2://{POSTGRES['user']}@{POSTGRES['host']}:{POSTGRES['port']}/{self.name}"
+        return postgres.sqlalchemy_uri(self.name)
 
     def _execute(self, sql: str, dbname: str = "postgres") -> list[tuple]:
         import psycopg2
 
-        conn = psycopg2.connect(dbname=dbname, connect_timeout=5, **POSTGRES)
+        conn = psycopg2.connect(dbname=dbname, connect_timeout=5, **postgres.connection_params())
         try:
             conn.autocommit = True
             with conn.cursor() as cursor:
@@ -341,10 +341,7 @@ class PostgresDatabase:
         try:
             self._execute(f'CREATE DATABASE "{self.name}"')
         except psycopg2.OperationalError as err:
-            raise RuntimeError(
-                f"this test needs PostgreSQL on {POSTGRES['host']}:{POSTGRES['port']} accepting user "
-                f"{POSTGRES['user']} without a password (trust auth): {err}"
-            ) from err
+            raise RuntimeError(f"this test needs PostgreSQL at {postgres.describe()}: {err}") from err
 
     def drop(self) -> None:
         """Drop the database, closing whatever is still connected to it."""

@@ -13,8 +13,9 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import postgres
+
 MLFLOW = Path(sys.executable).with_name("mlflow")
-POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 
 
 def free_port() -> int:
@@ -73,13 +74,13 @@ class Server:
 def _postgres(dbname: str = "postgres"):
     import psycopg2
 
-    connection = psycopg2.connect(dbname=dbname, **POSTGRES)
+    connection = psycopg2.connect(dbname=dbname, **postgres.connection_params())
     connection.autocommit = True
     return connection
 
 
 def create_database() -> str:
-    """A new, uniquely named database on the machine's PostgreSQL; its name."""
+    """A new, uniquely named database on the test PostgreSQL (see postgres.py); its name."""
     name = f"cytotune_test_{uuid.uuid4().hex[:12]}"
     with contextlib.closing(_postgres()) as connection, connection.cursor() as cursor:
         cursor.execute(f'CREATE DATABASE "{name}"')
@@ -93,5 +94,5 @@ def drop_database(name: str) -> None:
 
 
 def postgres_uri(name: str) -> str:
-    """The SQLAlchemy URI of a database on the machine's PostgreSQL."""
-    return f"postgresql+psycopg2://{POSTGRES['user']}@{POSTGRES['host']}:{POSTGRES['port']}/{name}"
+    """The SQLAlchemy URI of a database on the test PostgreSQL."""
+    return postgres.sqlalchemy_uri(name)

@@ -2,24 +2,45 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from filelock import BaseFileLock, FileLock, SoftFileLock, Timeout
+
+from cytotune.errors import CytotuneError
+
+SOFT_LOCKS = "CYTOTUNE_SOFT_LOCKS"
+LOCK_TIMEOUT = "CYTOTUNE_LOCK_TIMEOUT"
+
+
+def _lock_for(path: Path) -> BaseFileLock:
+    """An OS lock (flock), or with CYTOTUNE_SOFT_LOCKS=1 a lock file's existence, for network file systems
+    whose flock is not shared between machines (a crashed holder then leaves the file to delete by hand)."""
+    timeout = float(os.environ.get(LOCK_TIMEOUT, "-1"))
+    soft = os.environ.get(SOFT_LOCKS, "") not in ("", "0")
+    return (SoftFileLock if soft else FileLock)(str(path), timeout=timeout)
+
 
 @contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (created if missing) across processes of this machine."""
+    """Hold an exclusive lock on `path` (created if missing) across processes; waits up to
+    $CYTOTUNE_LOCK_TIMEOUT seconds (default: as long as it takes), then one line naming the lock."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    lock = _lock_for(path)
+    try:
+        lock.acquire()
+    except Timeout as err:
+        raise CytotuneError(
+            f"{path}: still locked by another process after {lock.timeout:g} s; expected it to be released "
+            f"(raise ${LOCK_TIMEOUT}, or delete the file if its holder crashed under ${SOFT_LOCKS})"
+        ) from err
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def temporary_sibling(path: Path) -> Path:
