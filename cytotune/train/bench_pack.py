@@ -51,7 +51,7 @@ class PackBenchRow:
         """The row as printed by the command."""
 
         def side(separate: float, packed: float, ratio: float) -> str:
-            return f"{separate:8.1f} {packed:8.1f} {ratio:6.2f}x"
+            return f"{separate:8.3g} {packed:8.3g} {ratio:6.2f}x"
 
         separate_rate, packed_rate = self.images / self.separate_train_s, self.images / self.packed_train_s
         rates = side(separate_rate, packed_rate, packed_rate / separate_rate)
