@@ -37,7 +37,8 @@ class MlflowCallback(Callback):
     runs a dead driver left RUNNING end KILLED when the study is launched again.
     With `resume`, a trial continues the child run holding its trial key (tagged with every launch id), so a
     resumed study never makes a second run for a trial. `expected_trials` (the study's trial count) tells an
-    interrupted launch from a finished one.
+    interrupted launch from a finished one. Launch and trial runs carry MLflow's standard source tags
+    (mlflow.user, mlflow.source.*); a trial run has its dataset as an input, its manifest digest as a param.
     """
 
     def __init__(
