@@ -74,3 +74,23 @@ def test_a_resumed_trial_logs_its_dataset_once(tmp_path, mlflow_sqlite_uri):
     assert trial_run(again, plan, "t1", tmp_path / "herlev") == run_id
     again.close()
     assert len(MlflowClient(mlflow_sqlite_uri).get_run(run_id).inputs.dataset_inputs) == 1
+
+
+def test_a_rerun_study_keeps_each_dataset_s_name_and_layout(tmp_path, mlflow_sqlite_uri):
+    from tracking_fakes import STUDY_YAML, run_fake_study
+
+    from cytotune.study.grid import expand_trials
+    from cytotune.study.spec import load_study
+    from cytotune.tracking.rerun import write_rerun
+
+    named = "{name: herlev, layout: folder, root: h}"
+    text = STUDY_YAML.format(name="named").replace("{root: synthetic}", named)
+    path = tmp_path / "named.yaml"
+    path.write_text(text)
+    callback = MlflowCallback("named", mlflow_sqlite_uri, study_yaml=text)
+    run_fake_study(callback, plans(path), tmp_path / "ckpt")
+    again = expand_trials(load_study(write_rerun("named", tmp_path / "rerun.yaml", mlflow_sqlite_uri)))
+    assert {(t.config.dataset, t.config.layout, t.config.root) for t in again} == {
+        ("herlev", "folder", tmp_path / "h")
+    }
+    assert {t.cell_key.split("/")[2] for t in again} == {"herlev"}

@@ -36,7 +36,9 @@ class MlflowCallback(Callback):
     With `resume`, a trial continues the child run holding its trial key (tagged with every launch id), so a
     resumed study never makes a second run for a trial. `expected_trials` (the study's trial count) tells an
     interrupted launch from a finished one; `cell_seeds` (seeds per cell key) is recorded on the launch run
-    (cells.json), so queries know every cell's seeds without parsing the YAML again.
+    (cells.json), so queries know every cell's seeds without parsing the YAML again. Launch and trial runs
+    carry MLflow's standard source tags (mlflow.user, mlflow.source.*); a trial run has its dataset as an
+    input, its manifest digest as a param.
     """
 
     def __init__(
