@@ -1,4 +1,4 @@
-"""Typed configuration of one trial (and, below, of a study), validated with pydantic."""
+"""Typed configuration of one trial, validated with pydantic (the study schema is in study/spec.py)."""
 
 from __future__ import annotations
 
