@@ -440,6 +440,22 @@ def run_study(
     )
 
 
+def restored_callbacks(tuner: Any, callbacks: list) -> None:
+    """Give a restored Tuner this launch's callbacks. Tuner.restore takes none (they are not saved with the
+    experiment), so this sets them on its run config: the one private Ray API the study uses, kept here and
+    checked by tests/test_study_ray_private.py, so a Ray release that moves it fails loudly."""
+    internal = getattr(tuner, "_local_tuner", None)
+    config = getattr(internal, "_run_config", None)
+    if config is None or not hasattr(config, "callbacks"):
+        import ray
+
+        raise RuntimeError(
+            f"Ray {ray.__version__}: Tuner._local_tuner._run_config.callbacks is gone; resume cannot pass "
+            "its MLflow callback (see cytotune.study.runner.restored_callbacks)"
+        )
+    config.callbacks = callbacks
+
+
 def _tuner(
     spec: StudySpec,
     plan: StudyPlan,
@@ -462,7 +478,7 @@ def _tuner(
     trainable = study_trainable_with_resources()
     if restore:
         tuner = tune.Tuner.restore(store.experiment, trainable, resume_errored=True)
-        tuner._local_tuner._run_config.callbacks = [*callbacks, progress]
+        restored_callbacks(tuner, [*callbacks, progress])
         return tuner
     return tune.Tuner(
         trainable,
