@@ -457,6 +457,39 @@ def bench_pack_command(
         typer.echo(row.line())
 
 
+@bench_app.command("gpu")
+def bench_gpu_command(
+    out: Annotated[Path, typer.Option(help="JSON file of the figures (rewritten after each case).")] = Path(
+        "gpu_bench.json"
+    ),
+    backbone: Annotated[
+        list[str] | None, typer.Option(help="Backbones (repeatable; default: B/16 and L/14 sizes).")
+    ] = None,
+    batch: Annotated[list[int] | None, typer.Option(help="LoRA batch sizes (repeatable).")] = None,
+    feature_batch: Annotated[int, typer.Option(help="Feature-extraction batch size.")] = 256,
+    seconds: Annotated[float, typer.Option(help="Timed seconds per case, after warm-up.")] = 5.0,
+    compile_cases: Annotated[
+        bool, typer.Option("--compile/--no-compile", help="Include torch.compile.")
+    ] = True,
+    device: Annotated[str, typer.Option(help="cuda, or cpu to try the cases on a small model.")] = "cuda",
+) -> None:
+    """Feature extraction and LoRA training images/s of B/16- and L/14-sized random backbones in bf16, with
+    SDPA, channels-last and torch.compile on and off, and peak memory: one prepared run for a GPU machine."""
+    import torch
+
+    from cytotune.bench.gpu import BACKBONES, HEADER, LORA_BATCHES, plan_cases, run_gpu_bench
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CytotuneError(
+            "bench gpu: no CUDA device here (torch.cuda.is_available() is False); "
+            "expected a machine with a GPU"
+        )
+    cases = plan_cases(backbone or BACKBONES, batch or LORA_BATCHES, feature_batch, compile_cases)
+    typer.echo(f"gpu benchmark: {len(cases)} cases, ~{seconds:g} s each after warm-up; figures -> {out}")
+    typer.echo(HEADER)
+    run_gpu_bench(cases, out, device=torch.device(device), seconds=seconds, say=typer.echo)
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit status 2."""
     try:

@@ -1,0 +1,1 @@
+"""Benchmarks that measure the product as a whole (one module each)."""
