@@ -168,10 +168,10 @@ def ray_session(
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         if address:
-            say(f"connecting to the Ray cluster at {address}")
             wait_for_cluster(address, connect_timeout_s)
             ray.init(address=address, log_to_driver=False)
             where = f"Ray cluster at {address}"
+            say(f"connected to the {where}")  # after: an address that does not answer stays one line
         else:
             cpus, gpus = _machine()
             say(f"starting a local Ray ({cpus} CPU, {gpus} GPU)")
