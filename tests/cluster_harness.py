@@ -509,7 +509,7 @@ def run_cluster_study(root: Path, ray_procs: Processes, mlflow: MlflowServer) ->
         "--max-concurrent",
         "2",
         "--no-reuse-actors",
-        timeout=420,
+        timeout=780,  # the whole demo on a 3-node cluster of 2 cores: ~4-7 min
     )
     study = "demo"
     pids = trial_pids(root / "ray_results" / study)

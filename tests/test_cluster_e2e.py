@@ -11,7 +11,7 @@ import subprocess
 import pytest
 from cluster_harness import BIN
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # the fixture runs the whole demo study
 
 
 def _mlflow_env(cluster_study, monkeypatch) -> None:
