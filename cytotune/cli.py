@@ -275,6 +275,7 @@ def run_command(
             from cytotune.study.runner import describe_plan, experiment_path, run_study
             from cytotune.study.runner import dry_run as plan_only
             from cytotune.study.spec import load_study
+            from cytotune.study.storage import study_storage
             from cytotune.study.summary import outcome_dict, plan_dict
 
             spec = load_study(space)
@@ -314,7 +315,11 @@ def run_command(
                 echo_json(outcome_dict(outcome, tracking.tracking_uri))
             (say if json_output else typer.echo)(_study_summary(outcome, tracking.tracking_uri))
             if outcome.interrupted:
-                say(_resume_line(outcome, space.resolve()))
+                say(
+                    _resume_line(
+                        outcome, space.resolve(), path, study_storage(spec.name, storage, spec.storage)
+                    )
+                )
             code = signals.exit_code or (1 if outcome.failed() or outcome.interrupted else 0)
         except StudyInterrupted as stop:
             if tracking is not None:
@@ -329,16 +334,18 @@ def run_command(
         raise typer.Exit(code)
 
 
-def _resume_line(outcome, space: Path) -> str:
+def _resume_line(outcome, space: Path, record_dir: Path, store) -> str:
+    """How to go on after a stop: the launch record sits in `record_dir` (the study's folder on this machine,
+    also for remote storage), and `--storage` names the storage root (a folder or a URI)."""
     import signal
 
     from cytotune.study.launch import RECORD_FILE
 
     stop = outcome.stop_signal
     how = "interrupted" if stop is None else f"stopped by {signal.Signals(stop).name}"
-    if not (outcome.path / RECORD_FILE).is_file():
+    if not (record_dir / RECORD_FILE).is_file():
         return f"{how} before the study was launched; start it with: cytotune run {space}"
-    again = f"cytotune run {space} --storage {outcome.path.parent} --resume"
+    again = f"cytotune run {space} --storage {store.root} --resume"
     return f"{how} before every trial ended; continue with: {again}"
 
 
