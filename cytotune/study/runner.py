@@ -28,6 +28,14 @@ from cytotune.study.launch import (
     study_fields,
     write_record,
 )
+from cytotune.study.packs import (
+    describe_packs,
+    is_pack_config,
+    pack_checks,
+    pack_members,
+    ray_trial_count,
+    with_pack_checks,
+)
 from cytotune.study.resources import Fit, fit_cells, local_nodes
 from cytotune.study.signals import StopSignals, StudyInterrupted
 from cytotune.study.spec import StudySpec
@@ -208,9 +216,10 @@ def _live_nodes() -> list[dict[str, float]]:
 
 
 def plan_study(spec: StudySpec, nodes: list[dict[str, float]], cluster: str) -> StudyPlan:
-    """The study's cells checked against the nodes' resources (nothing runs)."""
+    """The study's cells checked against the nodes' resources and packs against their GPU (nothing runs)."""
     cells = expand_cells(spec)
-    return StudyPlan(spec, cells, nodes, cluster, fit_cells(cells, nodes, spec.where()))
+    fit = with_pack_checks(fit_cells(cells, nodes, spec.where()), spec.where())
+    return StudyPlan(spec, cells, nodes, cluster, fit)
 
 
 def dry_run(
@@ -243,6 +252,7 @@ def describe_plan(plan: StudyPlan) -> str:
         lines.append(f"{cell.cell_key:<{width}}  {cell.n_trials:>6}  {searched:<24}  {ask}")
     gpus = sum(n.get("GPU", 0.0) for n in plan.nodes)
     cpus = sum(n.get("CPU", 0.0) for n in plan.nodes)
+    lines.extend(describe_packs(pack_checks(plan.fit.cells)))
     lines.append(f"cluster: {plan.cluster}: {len(plan.nodes)} node(s), {cpus:g} CPU, {gpus:g} GPU")
     lines.extend(plan.fit.notes)
     lines.append("can run: yes" if plan.fit.ok else "can run: no")
@@ -270,6 +280,11 @@ def _outcomes(path: str) -> list[TrialOutcome]:
     for trial in ExperimentAnalysis(path).trials:
         config = trial.config or {}
         checkpoint = trial.checkpoint
+        if is_pack_config(config):
+            status = trial_status(trial.status, trial.last_result)
+            where = checkpoint.path if checkpoint is not None else None
+            out.extend(TrialOutcome(**m) for m in pack_members(config, status, trial.last_result, where))
+            continue
         out.append(
             TrialOutcome(
                 trial_key=config.get("trial_key", ""),
@@ -474,7 +489,7 @@ def _tuner(
     from cytotune.study.trainable import study_trainable_with_resources
 
     cells = plan.fit.cells
-    progress = ProgressLine(plan.n_trials)
+    progress = ProgressLine(ray_trial_count(cells))
     trainable = study_trainable_with_resources()
     if restore:
         tuner = tune.Tuner.restore(store.experiment, trainable, resume_errored=True)
@@ -485,7 +500,7 @@ def _tuner(
         tune_config=tune.TuneConfig(
             search_alg=CellSearcher(cells, store.driver_dir / OPTUNA_JOURNAL),
             scheduler=SeedGroupedASHA.for_cells(cells),
-            num_samples=plan.n_trials,
+            num_samples=ray_trial_count(cells),
             max_concurrent_trials=max_concurrent,
             reuse_actors=reuse_actors,
             trial_dirname_creator=_trial_dirname,

@@ -219,11 +219,14 @@ def default_startup(samples: int) -> int:
 
 
 class TrialResources(Frozen):
-    """What one trial of a method asks of the cluster; fractional GPUs below one let trials share a GPU."""
+    """What one trial of a method asks of the cluster; fractional GPUs below one let trials share a GPU.
+    gpu_memory_gb: the memory of the cluster's GPUs, against which a pack's estimate is checked (default: the
+    first GPU torch sees on the machine that launches the study; packs are not checked without either)."""
 
     cpus: float = Field(1.0, gt=0)
     gpus: float = Field(0.0, ge=0)
     allow_cpu_fallback: bool = False
+    gpu_memory_gb: float | None = Field(None, gt=0)
 
     @field_validator("gpus", mode="after")
     @classmethod
@@ -252,6 +255,7 @@ class MethodBlock(Frozen):
     train: TrainSettings = TrainSettings()
     asha: AshaSettings | None = None
     resources: TrialResources = TrialResources()
+    pack: bool = False
 
     _datasets = field_validator("datasets", mode="after")(_distinct_datasets)
 
@@ -298,6 +302,7 @@ class MethodBlock(Frozen):
         if uses_optuna and startup is not None and startup > self.samples:
             raise ValueError(f"optuna.startup: expected at most samples ({self.samples}), got {startup}")
         self._check_method_fields()
+        self._check_pack()
         for path in self.search:
             if path.startswith("lora.") and path[5:] in self.lora.model_fields_set:
                 raise ValueError(f"{path} is both in `search` and in `lora`; expected it in one of them")
@@ -315,6 +320,27 @@ class MethodBlock(Frozen):
             if not needed and (given or searched):
                 users = "linear_probe and lora" if name == "lr" else "knn"
                 raise ValueError(f"{name}: {self.method} does not use it ({users} only); expected no {name}")
+
+    def _check_pack(self) -> None:
+        """`pack: true` only where one pass trains a whole cell: LoRA or linear probe, grid over lr alone,
+        no early stopping for probes (their sweep has none)."""
+        if not self.pack:
+            return
+        if self.method not in TRAINED_METHODS:
+            raise ValueError(
+                f"pack: {self.method} trains nothing to pack; expected pack only with lora or linear_probe"
+            )
+        others = sorted(set(self.search) - {"lr"})
+        if others or any(isinstance(d, OptunaDimension) for d in self.search.values()):
+            got = f"a search over {', '.join(others)}" if others else "an optuna search"
+            raise ValueError(
+                f"pack: a pack trains configurations that differ in lr and seed only; expected a grid search "
+                f"over lr alone, got {got}"
+            )
+        if self.asha is not None and self.method == "linear_probe":
+            raise ValueError(
+                "pack: a packed linear-probe sweep has no early stopping; expected no asha with pack"
+            )
 
     @property
     def label(self) -> str:

@@ -16,6 +16,8 @@ from cytotune.train.result import SCALAR_FIELDS
 KIND = "cytotune.kind"
 KIND_LAUNCH = "launch"
 KIND_TRIAL = "trial"
+KIND_PACK = "pack"  # the Ray trial of a packed cell; its trials are its child runs, of kind trial
+PACK_ARTIFACT = "pack.json"  # on a pack run: the trial keys of its trials, in pack order
 STUDY = "cytotune.study"
 YAML_SHA256 = "cytotune.yaml_sha256"
 VERSION = "cytotune.version"
