@@ -32,6 +32,7 @@ PACK_FINAL = "pack_final"  # a pack's last report: each trial's status, error an
 SAVED_VALUES = 20
 PASSING_VALUES = 12  # activations alive per token and channel in an inference pass (MLP hidden, q/k/v)
 GiB = 1024**3
+UNCHECKED = "not checked: no GPU seen here, and no resources.gpu_memory_gb"
 
 
 def is_packed(cell: CellPlan) -> bool:
@@ -184,7 +185,7 @@ def check_pack(cell: CellPlan, gpu_gb: Callable[[], float | None] = visible_gpu_
     seen = gpu_gb()
     if seen is not None:
         return PackCheck(cell, len(pack.trials), estimate, seen * share, "this machine's GPU")
-    return PackCheck(cell, len(pack.trials), estimate, None, "unknown: set resources.gpu_memory_gb")
+    return PackCheck(cell, len(pack.trials), estimate, None, UNCHECKED)
 
 
 def pack_checks(
@@ -218,22 +219,31 @@ def pack_problems(checks: list[PackCheck], where: str) -> list[str]:
     return problems
 
 
-def describe_packs(checks: list[PackCheck]) -> list[str]:
-    """Dry-run lines: each pack, its trials (configurations x seeds) and its memory estimate."""
-    lines = []
-    for check in checks:
-        memory = f"~{check.estimate_gb:.2f} GiB"
-        if check.memory_gb is not None:
-            memory += f" of {check.memory_gb:.1f} GiB ({check.source})"
-            memory += "" if check.fits else ": does not fit"
-        else:
-            memory += f" ({check.source})"
-        cell = check.cell
-        lines.append(
-            f"pack {cell.cell_key}: 1 Ray trial, {check.configurations} trials "
-            f"({cell.n_suggestions} configurations x {len(cell.seeds)} seeds), {memory}"
-        )
-    return lines
+def pack_note(check: PackCheck | None) -> str:
+    """The dry-run table's note on a cell: for a pack, its trials in one Ray trial and its memory estimate."""
+    if check is None:
+        return ""
+    note = f"  pack of {check.configurations}, ~{_size(check.estimate_gb)}"
+    if check.memory_gb is None:
+        return note + ("" if check.source == "CPU" else " (not checked)")
+    return note + f" of {check.memory_gb:.1f} GiB" + ("" if check.fits else ": does not fit")
+
+
+def _size(gb: float) -> str:
+    return f"{gb:.1f} GiB" if gb >= 1 else f"{gb * 1024:.0f} MiB"
+
+
+def pack_summary(checks: list[PackCheck], cells: list[CellPlan]) -> list[str]:
+    """The dry run's line on packs: how many, the Ray trials the study runs, where GPU memory came from."""
+    if not checks:
+        return []
+    sources = sorted({c.source for c in checks if c.source != "CPU"})
+    packed = sum(c.configurations for c in checks)
+    line = (
+        f"packs: {len(checks)} cells of {packed} trials run as one Ray trial each; "
+        f"{ray_trial_count(cells)} Ray trials in all"
+    )
+    return [line + (f"; GPU memory per pack: {', '.join(sources)}" if sources else "")]
 
 
 def pack_members(

@@ -29,10 +29,11 @@ from cytotune.study.launch import (
     write_record,
 )
 from cytotune.study.packs import (
-    describe_packs,
     is_pack_config,
     pack_checks,
     pack_members,
+    pack_note,
+    pack_summary,
     ray_trial_count,
     with_pack_checks,
 )
@@ -237,10 +238,12 @@ def dry_run(
 
 
 def describe_plan(plan: StudyPlan) -> str:
-    """The dry-run text: cells, trials per cell, resources per trial, and whether the cluster can run them."""
+    """The dry-run text: cells, trials per cell, resources per trial (per pack for a packed cell, with its
+    memory estimate), and whether the cluster can run them."""
     spec = plan.spec
     lines = [f"study {spec.name} ({spec.where()}): {len(plan.cells)} cells, {plan.n_trials} trials"]
     width = max((len(c.cell_key) for c in plan.cells), default=4)
+    packs = {check.cell.cell_key: check for check in pack_checks(plan.fit.cells)}
     lines.append(f"{'cell':<{width}}  trials  searched                  per trial")
     for cell in plan.cells:
         if cell.uses_optuna:
@@ -249,10 +252,11 @@ def describe_plan(plan: StudyPlan) -> str:
             searched = " x ".join(f"{name} {len(v)}" for name, v in sorted(cell.grid.items())) or "-"
         searched += f" x {len(cell.seeds)} seeds"
         ask = f"{cell.resources['CPU']:g} CPU, {cell.resources['GPU']:g} GPU"
-        lines.append(f"{cell.cell_key:<{width}}  {cell.n_trials:>6}  {searched:<24}  {ask}")
+        row = f"{cell.cell_key:<{width}}  {cell.n_trials:>6}  {searched:<24}  {ask}"
+        lines.append(row + pack_note(packs.get(cell.cell_key)))
     gpus = sum(n.get("GPU", 0.0) for n in plan.nodes)
     cpus = sum(n.get("CPU", 0.0) for n in plan.nodes)
-    lines.extend(describe_packs(pack_checks(plan.fit.cells)))
+    lines.extend(pack_summary(list(packs.values()), plan.fit.cells))
     lines.append(f"cluster: {plan.cluster}: {len(plan.nodes)} node(s), {cpus:g} CPU, {gpus:g} GPU")
     lines.extend(plan.fit.notes)
     lines.append("can run: yes" if plan.fit.ok else "can run: no")
