@@ -47,6 +47,8 @@ def error_of(tmp_path: Path, text: str) -> str:
         "demo",
         "demo_baselines",
         "exp_baselines",
+        "exp2_lora_fewshot_packed",
+        "demo_packed",
     ],
 )
 def test_shipped_spaces_load(name):

@@ -16,9 +16,6 @@ from cytotune.errors import CytotuneError
 from cytotune.study.grid import expand_cells, expand_trials
 from cytotune.study.launch import study_callback
 from cytotune.study.packs import (
-    PACK_FINAL,
-    PACK_KEY,
-    PACK_RESULTS,
     backbone_size,
     pack_memory_bytes,
     pack_of,
@@ -30,6 +27,7 @@ from cytotune.study.scheduler import SeedGroupedASHA
 from cytotune.study.search import CellSearcher
 from cytotune.study.spec import AshaSettings, load_study
 from cytotune.tracking import best_configs, layout, runs_frame
+from cytotune.tracking.layout import PACK_FINAL, PACK_KEY, PACK_RESULTS
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 STUDY = """\

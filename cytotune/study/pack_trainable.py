@@ -20,9 +20,10 @@ from typing import Any
 from ray import tune
 
 from cytotune.config import TrialConfig
-from cytotune.study.packs import PACK_FINAL, PACK_KEY, PACK_RESULTS, pack_rungs
+from cytotune.study.packs import pack_rungs
 from cytotune.study.spec import AshaSettings
 from cytotune.study.trainable import report_state, resume_state, trial_context, write_result
+from cytotune.tracking.layout import PACK_FINAL, PACK_KEY, PACK_RESULTS
 from cytotune.train.packed_lora import PackedOutcome
 
 

@@ -22,10 +22,8 @@ from cytotune.study.grid import CellPlan, TrialPlan
 from cytotune.study.resources import Fit
 from cytotune.study.rungs import rung_steps
 from cytotune.study.spec import AshaSettings
+from cytotune.tracking.layout import PACK_FINAL, PACK_KEY
 
-PACK_KEY = "pack"  # the Ray config of a pack trial lists its trials' Ray configs under this key
-PACK_RESULTS = "pack_results"  # a pack's report: metrics of its trials evaluated then, by index ("0", ...)
-PACK_FINAL = "pack_final"  # a pack's last report: each trial's status, error and final metrics, by index
 # activations a transformer block keeps per token and channel for its backward pass: about 17 (34 bytes at
 # 16 bits: Korthikanti et al. 2022, "Reducing activation recomputation in large transformer models"),
 # rounded up
@@ -43,11 +41,6 @@ def is_packed(cell: CellPlan) -> bool:
 def ray_trial_count(cells: list[CellPlan]) -> int:
     """Ray trials of these cells: one per packed cell, one per configuration and seed elsewhere."""
     return sum(1 if is_packed(cell) else cell.n_trials for cell in cells)
-
-
-def is_pack_config(config: dict[str, Any]) -> bool:
-    """Whether a Ray trial config is a pack's (see PackPlan.ray_config)."""
-    return PACK_KEY in config
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,6 @@ from cytotune.study.launch import (
     write_record,
 )
 from cytotune.study.packs import (
-    is_pack_config,
     pack_checks,
     pack_members,
     pack_note,
@@ -41,6 +40,7 @@ from cytotune.study.resources import Fit, fit_cells, local_nodes
 from cytotune.study.signals import StopSignals, StudyInterrupted
 from cytotune.study.spec import StudySpec
 from cytotune.study.storage import StudyStorage, study_storage
+from cytotune.tracking.layout import is_pack_config
 
 OPTUNA_JOURNAL = "optuna.journal"
 CONNECT_TIMEOUT_S = 30.0

@@ -76,7 +76,7 @@ def report_state(metrics: dict, state: dict | None) -> None:
 def study_trainable(config: dict[str, Any]) -> None:
     """Run the trial described by a study's Ray config (see TrialPlan.ray_config) and report it to Tune; a
     pack's config (study/packs.py) runs as a pack."""
-    from cytotune.study.packs import is_pack_config
+    from cytotune.tracking.layout import is_pack_config
     from cytotune.train import run_trial
 
     if is_pack_config(config):

@@ -16,9 +16,9 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from ray.tune import Checkpoint
 
-from cytotune.study.packs import PACK_FINAL, PACK_KEY, PACK_RESULTS, is_pack_config
 from cytotune.tracking import layout
 from cytotune.tracking.callback import MlflowCallback, _error_text, _is_number
+from cytotune.tracking.layout import PACK_FINAL, PACK_KEY, PACK_RESULTS, is_pack_config
 
 
 @dataclass
