@@ -283,3 +283,17 @@ def test_a_failed_pack_fails_its_open_trials_and_resume_continues_every_run(tmp_
     assert len(runs) == 4 and all(len(r.data.tags[layout.LAUNCHES].split(",")) == 2 for r in runs)
     for run in runs:  # the evaluations of the first launch stay in the continued run
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [10, 20]
+
+
+def test_the_dry_run_shows_each_pack_in_text_and_json():
+    from cytotune.study.runner import dry_run
+    from cytotune.study.summary import plan_dict
+
+    plan = dry_run(load_study(SPACES / "demo_packed.yaml"))
+    text, data = describe_plan(plan), plan_dict(plan)
+    assert (data["n_trials"], data["n_ray_trials"]) == (24, 6)
+    assert "packs: 6 cells of 24 trials run as one Ray trial each; 6 Ray trials in all" in text
+    for cell in data["cells"]:
+        assert cell["pack"]["trials"] == 4 and cell["pack"]["fits"] and cell["pack"]["gpu_memory_gib"] is None
+        row = next(line for line in text.splitlines() if line.startswith(cell["cell_key"] + " "))
+        assert row.endswith(f"pack of 4, ~{cell['pack']['memory_gib'] * 1024:.0f} MiB")
