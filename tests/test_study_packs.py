@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 from ray.tune import Checkpoint
 from ray.tune.schedulers import TrialScheduler
-from tracking_fakes import CLASSES, FakeTrial, final_metrics, val_acc
+from tracking_fakes import CLASSES, STUDY_YAML, FakeTrial, final_metrics, val_acc
 
 from cytotune.errors import CytotuneError
 from cytotune.study.grid import expand_cells, expand_trials
@@ -30,20 +30,7 @@ from cytotune.tracking import best_configs, layout, runs_frame
 from cytotune.tracking.layout import PACK_FINAL, PACK_KEY, PACK_RESULTS
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
-STUDY = """\
-name: {name}
-backbones: [{backbone}]
-datasets: [{{root: synthetic}}]
-seeds: [1, 2]
-methods:
-  - method: linear_probe
-    search: {{lr: [0.001, 0.01]}}
-  - method: lora
-    shots: [2]
-    search: {{lr: [0.001, 0.01]}}
-    asha: {{grace_period: 10, reduction_factor: 2, max_steps: 40}}
-    {block}
-"""
+STUDY = STUDY_YAML + "    asha: {{grace_period: 10, reduction_factor: 2, max_steps: 40}}\n    {block}\n"
 LORA_CELL = "lora/tiny_clip/synthetic/shots=2/rank=2,targets=qv"
 # timm's vit_base_patch16_224 has 86,567,656 parameters, 768 x 1000 + 1000 of them in its ImageNet head
 VIT_B16_PARAMS = 86_567_656 - 768 * 1000 - 1000
@@ -53,7 +40,7 @@ def write(
     tmp_path: Path, block: str = "pack: true", name: str = "packs", backbone: str = "tiny_clip"
 ) -> Path:
     path = tmp_path / f"{name}.yaml"
-    path.write_text(STUDY.format(name=name, block=block, backbone=backbone))
+    path.write_text(STUDY.format(name=name, block=block).replace("[tiny_clip]", f"[{backbone}]"))
     return path
 
 
@@ -149,15 +136,13 @@ def test_a_pack_too_big_for_its_gpu_is_refused_in_one_line_before_anything_start
     block = "pack: true\n    resources: {{gpus: {gpus}, gpu_memory_gb: 80}}\n    train: {{batch_size: 32}}"
     nodes = [{"CPU": 8.0, "GPU": 1.0}]
     seeds = "seeds: [1, 2, 3, 4, 5, 6, 7, 8]\nmethods:"  # ViT-B/16: 16 x 32 images ~ 35.1 GiB at bfloat16
-    text = STUDY.format(name="big", backbone="vit_b16", block=block.format(gpus=0.5))
-    (tmp_path / "big.yaml").write_text(text.replace("seeds: [1, 2]\nmethods:", seeds))
-    plan = plan_study(load_study(tmp_path / "big.yaml"), nodes, "a test cluster")
+    path = write(tmp_path, block.format(gpus=0.5), name="big", backbone="vit_b16")
+    path.write_text(path.read_text().replace("seeds: [1, 2]\nmethods:", seeds))
+    plan = plan_study(load_study(path), nodes, "a test cluster")
     assert plan.fit.ok  # half of 80 GiB holds it
     assert "pack of 16, ~35.1 GiB of 40.0 GiB" in describe_plan(plan)
-    (tmp_path / "big.yaml").write_text(
-        text.replace("gpus: 0.5", "gpus: 0.25").replace("seeds: [1, 2]\nmethods:", seeds)
-    )
-    spec = load_study(tmp_path / "big.yaml")
+    path.write_text(path.read_text().replace("gpus: 0.5", "gpus: 0.25"))
+    spec = load_study(path)
     plan = plan_study(spec, nodes, "a test cluster")
     (problem,) = plan.fit.problems
     assert problem.startswith(
@@ -219,12 +204,17 @@ def drive_pack(callback, config, plans, trial_id: str, workdir: Path, ends=ENDS)
     return trial
 
 
-def test_a_pack_s_trials_are_child_runs_laid_out_as_separate_trials(tmp_path, mlflow_sqlite_uri):
+def pack_launch(tmp_path: Path, uri: str, resume: bool = False):
+    """The LoRA pack of the packed fake study (its Ray config and trials) and a started launch's callback."""
     path = write(tmp_path)
     spec = load_study(path)
-    config, plans = member_plans(path)
-    callback = study_callback(spec, expand_cells(spec), mlflow_sqlite_uri)
+    callback = study_callback(spec, expand_cells(spec), uri, resume=resume)
     callback.setup()
+    return (*member_plans(path), callback)
+
+
+def test_a_pack_s_trials_are_child_runs_laid_out_as_separate_trials(tmp_path, mlflow_sqlite_uri):
+    config, plans, callback = pack_launch(tmp_path, mlflow_sqlite_uri)
     pack = drive_pack(callback, config, plans, "trial_00000", tmp_path / "ckpt")
     callback.on_experiment_end([pack] + [FakeTrial(f"p{i}", {}, status="TERMINATED") for i in range(4)])
 
@@ -259,14 +249,9 @@ def test_a_pack_s_trials_are_child_runs_laid_out_as_separate_trials(tmp_path, ml
 
 
 def test_a_failed_pack_fails_its_open_trials_and_resume_continues_every_run(tmp_path, mlflow_sqlite_uri):
-    path = write(tmp_path)
-    spec = load_study(path)
-    config, plans = member_plans(path)
-    first = study_callback(spec, expand_cells(spec), mlflow_sqlite_uri)
-    first.setup()
+    config, plans, first = pack_launch(tmp_path, mlflow_sqlite_uri)
     drive_pack(first, config, plans, "trial_00000", tmp_path / "ckpt", ends=None)  # the driver dies here
-    second = study_callback(spec, expand_cells(spec), mlflow_sqlite_uri, resume=True)
-    second.setup()
+    _, _, second = pack_launch(tmp_path, mlflow_sqlite_uri, resume=True)
     trial = FakeTrial("trial_00000", config, error="RuntimeError: CUDA out of memory")
     second.on_trial_start(0, [], trial)
     second.on_trial_error(0, [], trial)

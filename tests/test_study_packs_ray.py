@@ -4,13 +4,11 @@ seeds, run packed (one Ray trial per cell) and unpacked (one per trial); `best` 
 from __future__ import annotations
 
 import json
-import socket
 
 import numpy as np
 import pytest
-import ray
 from mlflow import MlflowClient
-from ray.cluster_utils import Cluster
+from ray_nodes import one_node_ray
 
 from cytotune.data.synthetic import generate_synthetic
 from cytotune.study.grid import expand_cells
@@ -46,33 +44,13 @@ PROBE_CELL = "linear_probe/tiny_clip/synthetic/full"
 EXACT = ("best_val_acc", "best_step", "test_acc", "test_balanced_acc", "test_macro_f1", "steps")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def small_ray(tmp_path_factory):
     """A one-node Ray (2 CPUs) on a free port, its workers caching under the module's folder."""
-    cache = tmp_path_factory.mktemp("cache")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CYTOTUNE_CACHE", str(cache))
-        if ray.is_initialized():
-            ray.shutdown()
-        head = {
-            "num_cpus": 2,
-            "include_dashboard": False,
-            "object_store_memory": 100 * 1024**2,
-            "gcs_server_port": free_port(),
-        }
-        cluster = Cluster(initialize_head=True, head_node_args=head)
-        try:
-            ray.init(address=cluster.address, log_to_driver=False)
+        patch.setenv("CYTOTUNE_CACHE", str(tmp_path_factory.mktemp("cache")))
+        with one_node_ray() as cluster:
             yield cluster
-        finally:
-            ray.shutdown()
-            cluster.shutdown()
 
 
 def run(tmp_path, uri: str, name: str, pack: bool, root):
@@ -123,7 +101,8 @@ def test_a_packed_study_reads_back_as_the_unpacked_one(small_ray, tmp_path, mlfl
     for name in ("val_acc", "train_loss"):  # the curves: evaluations at steps 4 and 8, then the final report
         packed_curve = sorted((m.step, m.value) for m in client.get_metric_history(lora["run_id"], name))
         alone = client.get_metric_history(separate.loc[lora.name, "run_id"], name)
+        alone_curve = sorted((m.step, m.value) for m in alone)
         assert [step for step, _ in packed_curve] == ([4, 8, 8] if name == "val_acc" else [4, 8])
-        assert np.allclose([v for _, v in packed_curve], [v for _, v in sorted((m.step, m.value) for m in alone)])
+        assert np.allclose([v for _, v in packed_curve], [v for _, v in alone_curve])
     pack_keys = json.loads(read_artifact_text(client, by_pack[LORA_CELL], layout.PACK_ARTIFACT))
     assert sorted(pack_keys) == sorted(runs.index[runs["cell_key"] == LORA_CELL])
