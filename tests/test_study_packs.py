@@ -138,12 +138,13 @@ def test_a_pack_too_big_for_its_gpu_is_refused_in_one_line_before_anything_start
     seeds = "seeds: [1, 2, 3, 4, 5, 6, 7, 8]\nmethods:"  # ViT-B/16: 16 x 32 images ~ 35.1 GiB at bfloat16
     path = write(tmp_path, block.format(gpus=0.5), name="big", backbone="vit_b16")
     path.write_text(path.read_text().replace("seeds: [1, 2]\nmethods:", seeds))
-    plan = plan_study(load_study(path), nodes, "a test cluster")
+    spec = load_study(path)
+    plan = plan_study(spec, expand_cells(spec), nodes, "a test cluster")
     assert plan.fit.ok  # half of 80 GiB holds it
     assert "pack of 16, ~35.1 GiB of 40.0 GiB" in describe_plan(plan)
     path.write_text(path.read_text().replace("gpus: 0.5", "gpus: 0.25"))
     spec = load_study(path)
-    plan = plan_study(spec, nodes, "a test cluster")
+    plan = plan_study(spec, expand_cells(spec), nodes, "a test cluster")
     (problem,) = plan.fit.problems
     assert problem.startswith(
         f"{tmp_path / 'big.yaml'}: methods[1].pack: the pack of lora/vit_b16/synthetic/"

@@ -22,7 +22,7 @@ from ray import tune
 from cytotune.config import TrialConfig
 from cytotune.study.packs import pack_rungs
 from cytotune.study.spec import AshaSettings
-from cytotune.study.trainable import report_state, resume_state, trial_context, write_result
+from cytotune.study.trainable import report_state, resume_state, trial_config, trial_context, write_result
 from cytotune.tracking.layout import PACK_FINAL, PACK_KEY, PACK_RESULTS
 from cytotune.train.packed_lora import PackedOutcome
 
@@ -31,7 +31,7 @@ def pack_trainable(config: dict[str, Any]) -> None:
     """Run the pack described by a pack's Ray config (see packs.PackPlan.ray_config) and report it to Tune."""
     started_at = time.time()
     members = config[PACK_KEY]
-    cfgs = [TrialConfig.model_validate(member["trial"]) for member in members]
+    cfgs = [trial_config(member) for member in members]
     resume = resume_state()
     context = trial_context(cfgs[0], resume is not None, started_at)
     last_step = _last_step(cfgs[0], context["dataset_train"])

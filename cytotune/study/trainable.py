@@ -48,6 +48,12 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+def trial_config(config: dict[str, Any]) -> TrialConfig:
+    """The TrialConfig of a study's Ray config (as planned on the driver: Tune pickles it in its experiment
+    state), with this node's cache folder ($CYTOTUNE_CACHE or ~/.cache/cytotune)."""
+    return config["trial"].with_local_cache()
+
+
 def trial_context(cfg: TrialConfig, resumed: bool, started_at: float) -> dict[str, Any]:
     """What every report of a trial carries: its data (see _dataset_fields), start, whether it resumed, the
     resources Ray assigned it and its node."""
@@ -84,7 +90,7 @@ def study_trainable(config: dict[str, Any]) -> None:
 
         return pack_trainable(config)
     started_at = time.time()
-    cfg = TrialConfig.model_validate(config["trial"])
+    cfg = trial_config(config)
     resume = resume_state()
     timing = trial_context(cfg, resume is not None, started_at)
 
