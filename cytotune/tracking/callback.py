@@ -259,12 +259,13 @@ class MlflowCallback(Callback):
             self._claimed.add(chosen.info.run_id)
         return chosen
 
-    def _create(self, trial: Any) -> str:
+    def _run_tags(self, trial: Any, kind: str) -> dict[str, str]:
+        """The tags a Ray trial's new run starts with (kind: trial, or pack for a packed cell's Ray trial)."""
         config = trial.config
         tags = {
             layout.PARENT_RUN_ID: self.start_launch(),
             **self._source,
-            layout.KIND: layout.KIND_TRIAL,
+            layout.KIND: kind,
             layout.STUDY: self.study,
             layout.CELL_KEY: config["cell_key"],
             layout.TRIAL_KEY: config["trial_key"],
@@ -275,6 +276,11 @@ class MlflowCallback(Callback):
         }
         if "resources" in config:
             tags[layout.RESOURCES] = json.dumps(config["resources"], sort_keys=True)
+        return tags
+
+    def _create(self, trial: Any) -> str:
+        config = trial.config
+        tags = self._run_tags(trial, layout.KIND_TRIAL)
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=config["trial_key"])
         params = [Param(name, value) for name, value in layout.flatten_trial(config["trial"]).items()]
         for start in range(0, len(params), _BATCH):

@@ -7,7 +7,6 @@ artifacts).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,18 +122,7 @@ class PackedMlflowCallback(MlflowCallback):
     def _create_pack(self, trial: Any) -> str:
         config = trial.config
         members = config[PACK_KEY]
-        tags = {
-            layout.PARENT_RUN_ID: self.start_launch(),
-            **self._source,
-            layout.KIND: layout.KIND_PACK,
-            layout.STUDY: self.study,
-            layout.CELL_KEY: config["cell_key"],
-            layout.TRIAL_KEY: config["trial_key"],
-            layout.RAY_TRIAL_ID: trial.trial_id,
-            layout.STATUS: layout.RUNNING,
-            layout.LAUNCHES: self.parent_run_id,
-            layout.RESOURCES: json.dumps(config["resources"], sort_keys=True),
-        }
+        tags = self._run_tags(trial, layout.KIND_PACK)
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=config["trial_key"])
         shared = layout.flatten_trial(members[0]["trial"])
         params = [Param(name, value) for name, value in shared.items() if name not in ("lr", "seed")]
