@@ -11,7 +11,7 @@ from cytotune.errors import CytotuneError
 from cytotune.study.grid import expand_cells, expand_trials
 from cytotune.study.prepare import check_registries, prepare_data
 from cytotune.study.spec import load_study
-from cytotune.tracking.layout import flatten_trial
+from cytotune.tracking.schema import flatten_trial
 
 TWO_FOLDERS = """
 name: own
@@ -122,7 +122,7 @@ def test_a_name_is_a_key_part(tmp_path):
 
 def test_a_trial_reads_its_named_dataset_through_its_layout(tmp_path):
     from cytotune.config import TrialConfig
-    from cytotune.train.subsets import trial_data
+    from cytotune.train.trial_data import trial_data
 
     root = make_folder(tmp_path / "herlev", ("a", "b"), per_class=10, seed=0)
     cfg = TrialConfig(

@@ -6,7 +6,7 @@ import pytest
 
 from cytotune.errors import CytotuneError
 from cytotune.report.paper import paper_linear_probe, parse_reference
-from cytotune.tracking.layout import flatten_trial
+from cytotune.tracking.schema import flatten_trial
 from cytotune.tracking.uri import artifact_location, check_tracking, default_tracking_uri
 
 

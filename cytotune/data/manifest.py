@@ -16,7 +16,7 @@ import pandas as pd
 from cytotune.config import default_cache_dir
 from cytotune.data.files import atomic_write_bytes, file_lock, is_writable_dir
 from cytotune.data.images import inspect_image
-from cytotune.data.progress import map_with_progress
+from cytotune.data.progress_bar import map_with_progress
 from cytotune.data.registry import DatasetListing, DatasetSpec, get_dataset
 from cytotune.data.splits import SPLITS, check_split_fractions, stratified_split
 from cytotune.errors import CytotuneError

@@ -264,7 +264,7 @@ def _outcomes(path: str) -> list[TrialOutcome]:
     """Each trial of the experiment at `path` as Ray Tune saved it (status, config, last result)."""
     from ray.tune import ExperimentAnalysis
 
-    from cytotune.study.progress import trial_status
+    from cytotune.study.progress_line import trial_status
 
     out = []
     for trial in ExperimentAnalysis(path).trials:
@@ -468,7 +468,7 @@ def _tuner(
     """The study's Tuner: restored from its storage, or new over every trial of the plan."""
     from ray import tune
 
-    from cytotune.study.progress import ProgressLine
+    from cytotune.study.progress_line import ProgressLine
     from cytotune.study.scheduler import SeedGroupedASHA
     from cytotune.study.search import CellSearcher
     from cytotune.study.trainable import study_trainable_with_resources

@@ -91,8 +91,8 @@ def study_trainable(config: dict[str, Any]) -> None:
 
 
 def _dataset_fields(cfg: TrialConfig) -> dict[str, Any]:
-    """What the trial's MLflow run records of its data (see tracking.layout.DATASET_FIELDS)."""
-    from cytotune.train.subsets import trial_data
+    """What the trial's MLflow run records of its data (see tracking.schema.DATASET_FIELDS)."""
+    from cytotune.train.trial_data import trial_data
 
     data = trial_data(cfg)
     return {

@@ -25,7 +25,7 @@ from cytotune.train.linear_probe import probe_features
 from cytotune.train.result import TrialResult
 from cytotune.train.runtime import PeakMemory, resolve_device
 from cytotune.train.scoring import score_test_rows
-from cytotune.train.subsets import trial_data, write_trial_manifest
+from cytotune.train.trial_data import trial_data, write_trial_manifest
 
 CHUNK = 1024
 Scorer = Callable[[torch.Tensor], torch.Tensor]

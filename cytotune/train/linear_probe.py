@@ -23,7 +23,7 @@ from cytotune.train.head import HeadFit, HeadSchedule, fit_linear_heads
 from cytotune.train.result import TrialResult
 from cytotune.train.runtime import PeakMemory, resolve_device
 from cytotune.train.scoring import score_test_rows
-from cytotune.train.subsets import TrialData, trial_manifest, trial_rows, write_trial_manifest
+from cytotune.train.trial_data import TrialData, trial_manifest, trial_rows, write_trial_manifest
 
 SweepReport = Callable[[int, dict], None]
 

@@ -25,7 +25,7 @@ from cytotune.train.result import TrialResult
 from cytotune.train.runtime import PeakMemory, autocast, resolve_device, seed_everything
 from cytotune.train.schedule import warmup_cosine_lr
 from cytotune.train.scoring import score_test_rows
-from cytotune.train.subsets import TrialData, trial_data, write_trial_manifest
+from cytotune.train.trial_data import TrialData, trial_data, write_trial_manifest
 
 Report = Callable[[dict, dict | None], None]
 

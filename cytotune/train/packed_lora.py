@@ -49,7 +49,7 @@ from cytotune.train.result import TrialResult
 from cytotune.train.runtime import PeakMemory, autocast, resolve_device, seed_everything
 from cytotune.train.schedule import warmup_cosine_table
 from cytotune.train.scoring import score_test_rows
-from cytotune.train.subsets import trial_manifest, trial_rows, write_trial_manifest
+from cytotune.train.trial_data import trial_manifest, trial_rows, write_trial_manifest
 
 PackReport = Callable[[dict[int, dict], dict], None]
 

@@ -10,7 +10,7 @@ from cytotune.config import TrialConfig
 from cytotune.data.hierarchy import class_tree
 from cytotune.train.calibration import evaluate_probabilities
 from cytotune.train.result import TrialResult
-from cytotune.train.subsets import TrialData
+from cytotune.train.trial_data import TrialData
 
 
 def level_accuracies(

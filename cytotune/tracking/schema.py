@@ -1,4 +1,4 @@
-"""The MLflow run layout of a study: tag names, statuses, metric names and the flattened trial parameters."""
+"""The MLflow run schema of a study: tag names, statuses, metric names and the flattened trial parameters."""
 
 from __future__ import annotations
 
