@@ -25,6 +25,7 @@ bench_app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
+SPLIT_TEXT = "0.7,0.1,0.2"  # config.DEFAULT_SPLIT as --split reads it (written out: no pydantic at start-up)
 
 
 def _show_version(value: bool) -> None:
@@ -88,7 +89,7 @@ def data_prepare(
     level: int = typer.Option(3, "--level", help="HiCervix label level: 1, 2 or 3."),
     skip_corrupt: bool = typer.Option(False, "--skip-corrupt", help="Drop unreadable images, don't fail."),
     cache_size: int = typer.Option(256, "--cache-size", help="Side of the decoded-image cache, pixels."),
-    split: str = typer.Option("0.7,0.1,0.2", "--split", help="train,val,test fractions (no official split)."),
+    split: str = typer.Option(SPLIT_TEXT, "--split", help="train,val,test fractions (no official split)."),
     split_seed: int = typer.Option(0, "--split-seed", help="Seed of the split."),
     cache_dir: str = typer.Option(None, "--cache-dir", metavar="PATH", help="Cache [$CYTOTUNE_CACHE]."),
 ) -> None:
@@ -116,7 +117,7 @@ def data_info(
     dataset: str = typer.Argument(..., help="Dataset name."),
     root: str = typer.Option(..., "--root", metavar="PATH", help="The dataset folder."),
     level: int = typer.Option(3, "--level", help="HiCervix label level: 1, 2 or 3."),
-    split: str = typer.Option("0.7,0.1,0.2", "--split", help="train,val,test fractions."),
+    split: str = typer.Option(SPLIT_TEXT, "--split", help="train,val,test fractions."),
     split_seed: int = typer.Option(0, "--split-seed", help="Seed of the split."),
     cache_dir: str = typer.Option(None, "--cache-dir", metavar="PATH", help="Cache [$CYTOTUNE_CACHE]."),
     json_output: bool = typer.Option(False, "--json", help="Print the facts as JSON."),

@@ -32,6 +32,7 @@ from cytotune.study.resources import Fit, fit_cells, local_nodes
 from cytotune.study.signals import StopSignals, StudyInterrupted
 from cytotune.study.spec import StudySpec
 from cytotune.study.storage import StudyStorage, study_storage
+from cytotune.train.result import TEST_ACC
 
 OPTUNA_JOURNAL = "optuna.journal"
 CONNECT_TIMEOUT_S = 30.0
@@ -115,8 +116,8 @@ class StudyOutcome:
         for name in searched:
             if name not in frame.columns:
                 frame[name] = None
-        if "test_acc" not in frame.columns:
-            frame["test_acc"] = float("nan")
+        if TEST_ACC not in frame.columns:
+            frame[TEST_ACC] = float("nan")
         return select_best(frame, searched=searched or ("lr",))
 
 

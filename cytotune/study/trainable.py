@@ -22,6 +22,7 @@ from ray import tune
 from ray.tune import PlacementGroupFactory
 
 from cytotune.config import TrialConfig
+from cytotune.train.result import DONE_TRIAL, STEP, VAL_ACC
 
 STATE_FILE = "state.pt"
 RESULT_FILE = "result.json"
@@ -80,9 +81,9 @@ def study_trainable(config: dict[str, Any]) -> None:
         (out / RESULT_FILE).write_text(json.dumps(full, indent=1))
         final = {
             **result.metrics(),
-            "val_acc": result.best_val_acc,
-            "step": result.steps,
-            "done_trial": 1,
+            VAL_ACC: result.best_val_acc,
+            STEP: result.steps,
+            DONE_TRIAL: 1,
             **timing,
             "ended_at": time.time(),
             "elapsed_s": time.time() - started_at,

@@ -17,7 +17,9 @@ from ray.tune import Callback
 from cytotune import __version__
 from cytotune.tracking import schema
 from cytotune.tracking.confusion import confusion_figure
+from cytotune.tracking.runs import search_pages
 from cytotune.tracking.uri import artifact_location, resolve_tracking_uri
+from cytotune.train.result import DONE_TRIAL, STEP, TEST_ACC
 
 _BATCH = 100
 
@@ -135,9 +137,9 @@ class MlflowCallback(Callback):
         if node and self._nodes.get(trial.trial_id) != node:
             self.client.set_tag(run_id, schema.RAY_NODE_ID, node)
             self._nodes[trial.trial_id] = node
-        step = int(result.get("step", result.get("training_iteration", 0)))
+        step = int(result.get(STEP, result.get("training_iteration", 0)))
         names = list(schema.STEP_METRICS)
-        if result.get("done_trial"):
+        if result.get(DONE_TRIAL):
             names += [name for name in schema.FINAL_METRICS if name not in names]
         stamp = int(time.time() * 1000)
         metrics = [
@@ -159,7 +161,7 @@ class MlflowCallback(Callback):
         if trial.trial_id not in self._runs:
             return
         run_id = self._runs[trial.trial_id]
-        finished = bool((trial.last_result or {}).get("done_trial"))
+        finished = bool((trial.last_result or {}).get(DONE_TRIAL))
         if finished:
             self._log_final_artifacts(run_id, trial)
         self._end(trial, schema.FINISHED if finished else schema.STOPPED)
@@ -215,16 +217,7 @@ class MlflowCallback(Callback):
         return self.ray_address or "local"
 
     def _search(self, filter_string: str) -> list[Any]:
-        runs: list[Any] = []
-        token = None
-        while True:
-            page = self.client.search_runs(
-                [self.experiment_id], filter_string=filter_string, max_results=1000, page_token=token
-            )
-            runs.extend(page)
-            token = page.token
-            if not token:
-                return runs
+        return search_pages(self.client, [self.experiment_id], filter_string)
 
     def _existing_trial_runs(self) -> dict[str, list[Any]]:
         by_key: dict[str, list[Any]] = {}
@@ -320,7 +313,7 @@ class MlflowCallback(Callback):
         if not result.get("confusion_matrix") or not result.get("classes"):
             return
         cell, key = trial.config["cell_key"], trial.config["trial_key"]
-        acc = result.get("test_acc")
+        acc = result.get(TEST_ACC)
         title = cell + "\n" + key.removeprefix(cell + "/").replace("/", ", ")
         title += f": test accuracy {100 * acc:.2f}%" if _is_number(acc) else ""
         with tempfile.TemporaryDirectory() as tmp:

@@ -40,7 +40,7 @@ def rerun_study(
         resources = picked.iloc[0].get("resources")
         resources = json.loads(resources) if isinstance(resources, str) else {}
         seeds = sorted(int(seed) for seed in trials["seed"].unique())
-        blocks.append(_block(config, cell["cell_key"].split("/")[0], seeds, resources))
+        blocks.append(_block(config, schema.parse_cell_key(cell["cell_key"]).block, seeds, resources))
         if config.weights is not None:
             weights[config.backbone] = str(config.weights)
     study: dict[str, Any] = {"name": name}

@@ -44,17 +44,25 @@ def experiment_id(client: MlflowClient, experiment: str) -> str:
     return found.experiment_id
 
 
-def search_all(client: MlflowClient, experiment: str, filter_string: str, order_by: list[str] | None = None):
-    """Every run of an experiment matching an MLflow filter string (all pages)."""
-    ids = [experiment_id(client, experiment)]
+def search_pages(
+    client: MlflowClient, experiment_ids: list[str], filter_string: str, order_by: list[str] | None = None
+) -> list[Run]:
+    """Every run of these experiments (by id) matching an MLflow filter string, read page after page."""
     runs: list[Run] = []
     token = None
     while True:
-        page = client.search_runs(ids, filter_string, max_results=1000, order_by=order_by, page_token=token)
+        page = client.search_runs(
+            experiment_ids, filter_string, max_results=1000, order_by=order_by, page_token=token
+        )
         runs.extend(page)
         token = page.token
         if not token:
             return runs
+
+
+def search_all(client: MlflowClient, experiment: str, filter_string: str, order_by: list[str] | None = None):
+    """Every run of an experiment (by name) matching an MLflow filter string (all pages)."""
+    return search_pages(client, [experiment_id(client, experiment)], filter_string, order_by)
 
 
 def runs_frame(
