@@ -123,18 +123,15 @@ def data_info(
     json_output: bool = typer.Option(False, "--json", help="Print the facts as JSON."),
 ) -> None:
     """Show what is in a dataset folder, and its manifest and image caches if prepared."""
-    from cytotune.data.summary import dataset_facts, dataset_info, parse_split
+    from cytotune.data.summary import parse_split, survey_dataset
 
-    if json_output:
-        facts = dataset_facts(
-            dataset, root, level=level, split=parse_split(split), split_seed=split_seed, cache_dir=cache_dir
-        )
-        echo_json(facts)
-        return
-    text = dataset_info(
+    survey = survey_dataset(
         dataset, root, level=level, split=parse_split(split), split_seed=split_seed, cache_dir=cache_dir
     )
-    typer.echo(text)
+    if json_output:
+        echo_json(survey.facts())
+        return
+    typer.echo(survey.text())
 
 
 # --- backbones and one trial ----------------------------------------------------------------------

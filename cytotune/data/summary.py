@@ -49,22 +49,76 @@ def manifest_summary(manifest: Manifest) -> str:
 
 
 @dataclass(frozen=True)
-class _Survey:
-    """What is at a dataset's root: its layout, images found per class, images named but missing, the
-    loader's notes, and the manifest and this cache layout's image caches when prepared."""
+class DatasetSurvey:
+    """What is at a dataset's root (`cytotune data info`): its layout, images found per class, images named
+    but missing, the loader's notes, and the manifest and this cache layout's image caches when prepared."""
 
+    name: str
+    root: Path | str  # as given
+    level: int | None
     layout: str
-    uses_level: bool
     found: dict[str, int]
     missing: int
     notes: tuple[str, ...]
     manifest: Manifest | None
     caches: list[Path]
 
+    def text(self) -> str:
+        """Classes and images found, and the manifest and caches if made, as printable lines."""
+        lines = [f"{self.name} at {Path(self.root).resolve()}; layout: {self.layout}"]
+        lines += [f"  {class_name}: {count} images" for class_name, count in self.found.items()]
+        if self.missing:
+            lines.append(f"  {self.missing} images named but not found")
+        lines += [f"  {note}" for note in self.notes]
+        if self.manifest is None:
+            lines.append(
+                f"not prepared (or changed since): run `cytotune data prepare {self.name} --root {self.root}`"
+            )
+            return "\n".join(lines)
+        lines.append(manifest_summary(self.manifest))
+        lines += [f"image cache: {path}" for path in self.caches] or ["image cache: none yet"]
+        return "\n".join(lines)
 
-def _survey(
-    name: str, root: Path, level: int, split: Sequence[float], split_seed: int, cache_dir: Path | None
-) -> _Survey:
+    def facts(self) -> dict:
+        """The survey as plain data (`data info --json`): images found per class, and the manifest (images
+        per class and split, digest) and image caches when prepared (null and [] otherwise)."""
+        manifest = self.manifest
+        facts = {
+            "dataset": self.name,
+            "root": str(Path(self.root).resolve()),
+            "layout": self.layout,
+            "level": self.level,
+            "classes": self.found,
+            "missing": self.missing,
+            "notes": list(self.notes),
+            "manifest": None,
+            "image_caches": [str(path) for path in self.caches],
+        }
+        if manifest is None:
+            return facts
+        counts = manifest.counts()
+        facts["manifest"] = {
+            "path": str(manifest.path),
+            "digest": manifest.digest,
+            "images": len(manifest),
+            "split": "official" if manifest.split is None else list(manifest.split),
+            "split_seed": None if manifest.split is None else manifest.split_seed,
+            "counts": {c: {k: int(v) for k, v in row.items()} for c, row in counts.iterrows()},
+            "dropped": list(manifest.dropped),
+        }
+        return facts
+
+
+def survey_dataset(
+    name: str,
+    root: Path | str,
+    *,
+    level: int = 3,
+    split: Sequence[float] = DEFAULT_SPLIT,
+    split_seed: int = 0,
+    cache_dir: Path | str | None = None,
+) -> DatasetSurvey:
+    """What is at `root` for dataset `name`, without preparing anything."""
     spec = get_dataset(name)
     listing = scan_dataset(name, root, level=level)
     found = listing.frame["class_name"].value_counts().reindex(list(listing.classes), fill_value=0)
@@ -72,79 +126,16 @@ def _survey(
     caches = []
     if manifest is not None:
         cache_base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        pattern = (
-            f"{name}-{manifest.digest[:16]}-*-v{CACHE_LAYOUT}.u8"  # this layout's training and eval views
-        )
+        pattern = f"{name}-{manifest.digest[:16]}-*-v{CACHE_LAYOUT}.u8"  # this layout's train and eval views
         caches = sorted((cache_base / "images").glob(pattern))
-    return _Survey(
+    return DatasetSurvey(
+        name=name,
+        root=root,
+        level=level if spec.uses_level else None,
         layout=spec.layout,
-        uses_level=spec.uses_level,
         found={class_name: int(count) for class_name, count in found.items()},
         missing=len(listing.missing),
         notes=tuple(listing.notes),
         manifest=manifest,
         caches=caches,
     )
-
-
-def dataset_info(
-    name: str,
-    root: Path,
-    *,
-    level: int = 3,
-    split: Sequence[float] = DEFAULT_SPLIT,
-    split_seed: int = 0,
-    cache_dir: Path | None = None,
-) -> str:
-    """What is at `root` for dataset `name`: classes and images found, and manifest and caches if made."""
-    survey = _survey(name, root, level, split, split_seed, cache_dir)
-    lines = [f"{name} at {Path(root).resolve()}; layout: {survey.layout}"]
-    lines += [f"  {class_name}: {count} images" for class_name, count in survey.found.items()]
-    if survey.missing:
-        lines.append(f"  {survey.missing} images named but not found")
-    lines += [f"  {note}" for note in survey.notes]
-    if survey.manifest is None:
-        lines.append(f"not prepared (or changed since): run `cytotune data prepare {name} --root {root}`")
-        return "\n".join(lines)
-    lines.append(manifest_summary(survey.manifest))
-    lines += [f"image cache: {path}" for path in survey.caches] or ["image cache: none yet"]
-    return "\n".join(lines)
-
-
-def dataset_facts(
-    name: str,
-    root: Path,
-    *,
-    level: int = 3,
-    split: Sequence[float] = DEFAULT_SPLIT,
-    split_seed: int = 0,
-    cache_dir: Path | None = None,
-) -> dict:
-    """`dataset_info` as plain data (`data info --json`): images found per class, and the manifest (images per
-    class and split, digest) and image caches when prepared (null and [] otherwise)."""
-    survey = _survey(name, root, level, split, split_seed, cache_dir)
-    manifest = survey.manifest
-    facts = {
-        "dataset": name,
-        "root": str(Path(root).resolve()),
-        "layout": survey.layout,
-        "level": level if survey.uses_level else None,
-        "classes": survey.found,
-        "missing": survey.missing,
-        "notes": list(survey.notes),
-        "manifest": None,
-        "image_caches": [str(path) for path in survey.caches],
-    }
-    if manifest is None:
-        return facts
-    counts = manifest.counts()
-    facts["manifest"] = {
-        "path": str(manifest.path),
-        "digest": manifest.digest,
-        "images": len(manifest),
-        "split": "official" if manifest.split is None else list(manifest.split),
-        "split_seed": None if manifest.split is None else manifest.split_seed,
-        "counts": {c: {k: int(v) for k, v in row.items()} for c, row in counts.iterrows()},
-        "dropped": list(manifest.dropped),
-    }
-    return facts
