@@ -41,6 +41,9 @@ def _decode(dim: OptunaDimension, value: Any) -> Any:
     return {format_value(c): c for c in dim.choices or ()}[value]
 
 
+OPTUNA_DIRECTION = {"max": "maximize", "min": "minimize"}[OBJECTIVE_MODE]
+
+
 def _sampler_seed(cell_key: str) -> int:
     return int(hashlib.sha1(cell_key.encode()).hexdigest()[:8], 16)
 
@@ -90,7 +93,7 @@ class CellSearcher(Searcher):
                 self._journal.parent.mkdir(parents=True, exist_ok=True)
                 storage = JournalStorage(JournalFileBackend(str(self._journal)))
             study = optuna.create_study(
-                storage=storage, study_name=cell_key, direction="maximize", load_if_exists=True
+                storage=storage, study_name=cell_key, direction=OPTUNA_DIRECTION, load_if_exists=True
             )
             # seeded per cell and by the trials already there, so a resumed study does not redraw its past
             seed = _sampler_seed(cell_key) + len(study.get_trials(deepcopy=False))
