@@ -118,11 +118,11 @@ def run_probe_sweep(
         on_eval=on_eval,
         where=[f"linear probe {c.backbone}/{c.dataset} lr={c.lr} seed={c.seed}" for c in cfgs],
     )
-    tests, artifacts = [], []
+    test_probabilities, artifacts = [], []
     for index, (data, fit) in enumerate(zip(datas, fits, strict=True)):
         test_rows = torch.from_numpy(data.test).to(device)
         logits = features[test_rows] @ fit.weight.T + fit.bias
-        tests.append(torch.softmax(logits.double(), 1).cpu().numpy())
+        test_probabilities.append(torch.softmax(logits.double(), 1).cpu().numpy())
         out_dir = out_dirs[index] if out_dirs is not None else None
         written = {}
         if out_dir is not None:
@@ -147,7 +147,9 @@ def run_probe_sweep(
             steps=fit.steps,
             artifacts=written,
         )
-        for cfg, data, fit, probabilities, written in zip(cfgs, datas, fits, tests, artifacts, strict=True)
+        for cfg, data, fit, probabilities, written in zip(
+            cfgs, datas, fits, test_probabilities, artifacts, strict=True
+        )
     ]
 
 
