@@ -69,7 +69,7 @@ class SeedGroupedASHA(FIFOScheduler):
             return TrialScheduler.CONTINUE
         stop = rungs.result(
             configuration_key(trial.config["trial_key"]),
-            trial.config["trial"]["seed"],
+            trial.config["trial"].seed,
             step,
             value,
             result.get(LAST_STEP),
