@@ -26,8 +26,8 @@ from cytotune.study.runner import describe_plan, plan_study, run_study
 from cytotune.study.scheduler import SeedGroupedASHA
 from cytotune.study.search import CellSearcher
 from cytotune.study.spec import AshaSettings, load_study
-from cytotune.tracking import best_configs, layout, runs_frame
-from cytotune.tracking.layout import PACK_FINAL, PACK_KEY, PACK_RESULTS
+from cytotune.tracking import best_configs, runs_frame, schema
+from cytotune.tracking.schema import PACK_FINAL, PACK_KEY, PACK_RESULTS
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 STUDY = STUDY_YAML + "    asha: {{grace_period: 10, reduction_factor: 2, max_steps: 40}}\n    {block}\n"
@@ -221,11 +221,11 @@ def test_a_pack_s_trials_are_child_runs_laid_out_as_separate_trials(tmp_path, ml
 
     client = MlflowClient(mlflow_sqlite_uri)
     experiment = client.get_experiment_by_name("packs").experiment_id
-    (pack_run,) = client.search_runs([experiment], f"tags.`{layout.KIND}` = '{layout.KIND_PACK}'")
-    (launch,) = client.search_runs([experiment], f"tags.`{layout.KIND}` = '{layout.KIND_LAUNCH}'")
+    (pack_run,) = client.search_runs([experiment], f"tags.`{schema.KIND}` = '{schema.KIND_PACK}'")
+    (launch,) = client.search_runs([experiment], f"tags.`{schema.KIND}` = '{schema.KIND_LAUNCH}'")
     assert launch.info.status == "FAILED"  # a trial of the pack failed (as it would alone)
     assert (
-        pack_run.data.tags[layout.PARENT_RUN_ID] == launch.info.run_id and pack_run.info.status == "FINISHED"
+        pack_run.data.tags[schema.PARENT_RUN_ID] == launch.info.run_id and pack_run.info.status == "FINISHED"
     )
     assert pack_run.data.params["pack.trials"] == "4" and "lr" not in pack_run.data.params
     frame = runs_frame("packs", mlflow_sqlite_uri).set_index("trial_key")
@@ -260,13 +260,13 @@ def test_a_failed_pack_fails_its_open_trials_and_resume_continues_every_run(tmp_
 
     client = MlflowClient(mlflow_sqlite_uri)
     experiment = client.get_experiment_by_name("packs").experiment_id
-    packs = client.search_runs([experiment], f"tags.`{layout.KIND}` = '{layout.KIND_PACK}'")
+    packs = client.search_runs([experiment], f"tags.`{schema.KIND}` = '{schema.KIND_PACK}'")
     assert len(packs) == 1 and packs[0].info.status == "FAILED"
     frame = runs_frame("packs", mlflow_sqlite_uri)
     assert len(frame) == 4 and (frame["status"] == "failed").all()
     assert frame["error"].str.contains("CUDA out of memory").all()
-    runs = client.search_runs([experiment], f"tags.`{layout.KIND}` = '{layout.KIND_TRIAL}'")
-    assert len(runs) == 4 and all(len(r.data.tags[layout.LAUNCHES].split(",")) == 2 for r in runs)
+    runs = client.search_runs([experiment], f"tags.`{schema.KIND}` = '{schema.KIND_TRIAL}'")
+    assert len(runs) == 4 and all(len(r.data.tags[schema.LAUNCHES].split(",")) == 2 for r in runs)
     for run in runs:  # the evaluations of the first launch stay in the continued run
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [10, 20]
 

@@ -15,7 +15,7 @@ from cytotune.study.grid import expand_cells
 from cytotune.study.launch import study_callback
 from cytotune.study.runner import run_study
 from cytotune.study.spec import load_study
-from cytotune.tracking import best_configs, layout, runs_frame
+from cytotune.tracking import best_configs, runs_frame, schema
 from cytotune.tracking.runs import read_artifact_text
 
 pytestmark = pytest.mark.slow
@@ -73,9 +73,9 @@ def test_a_packed_study_reads_back_as_the_unpacked_one(small_ray, tmp_path, mlfl
         assert len(outcome.trials) == 8 and outcome.counts()["finished"] == 8 and not outcome.interrupted
     client = MlflowClient(mlflow_sqlite_uri)
     experiment = client.get_experiment_by_name("packed").experiment_id
-    packs = client.search_runs([experiment], f"tags.`{layout.KIND}` = '{layout.KIND_PACK}'")
-    assert sorted(run.data.tags[layout.CELL_KEY] for run in packs) == [PROBE_CELL, LORA_CELL]
-    launch = client.search_runs([experiment], f"tags.`{layout.KIND}` = '{layout.KIND_LAUNCH}'")[0]
+    packs = client.search_runs([experiment], f"tags.`{schema.KIND}` = '{schema.KIND_PACK}'")
+    assert sorted(run.data.tags[schema.CELL_KEY] for run in packs) == [PROBE_CELL, LORA_CELL]
+    launch = client.search_runs([experiment], f"tags.`{schema.KIND}` = '{schema.KIND_LAUNCH}'")[0]
     assert launch.info.status == "FINISHED"
 
     best = {name: best_configs(name, mlflow_sqlite_uri).set_index("cell_key") for name in ("packed", "alone")}
@@ -92,7 +92,7 @@ def test_a_packed_study_reads_back_as_the_unpacked_one(small_ray, tmp_path, mlfl
     for column in EXACT:
         assert (runs[column] == separate.loc[runs.index, column]).all(), column
     assert np.allclose(runs["test_nll"], separate.loc[runs.index, "test_nll"], rtol=1e-3)
-    by_pack = {run.data.tags[layout.CELL_KEY]: run.info.run_id for run in packs}
+    by_pack = {run.data.tags[schema.CELL_KEY]: run.info.run_id for run in packs}
     assert (runs["parent_run_id"] == runs["cell_key"].map(by_pack)).all()
 
     lora = runs[runs["cell_key"] == LORA_CELL].iloc[0]
@@ -104,5 +104,5 @@ def test_a_packed_study_reads_back_as_the_unpacked_one(small_ray, tmp_path, mlfl
         alone_curve = sorted((m.step, m.value) for m in alone)
         assert [step for step, _ in packed_curve] == ([4, 8, 8] if name == "val_acc" else [4, 8])
         assert np.allclose([v for _, v in packed_curve], [v for _, v in alone_curve])
-    pack_keys = json.loads(read_artifact_text(client, by_pack[LORA_CELL], layout.PACK_ARTIFACT))
+    pack_keys = json.loads(read_artifact_text(client, by_pack[LORA_CELL], schema.PACK_ARTIFACT))
     assert sorted(pack_keys) == sorted(runs.index[runs["cell_key"] == LORA_CELL])

@@ -23,8 +23,9 @@ from cytotune.config import TrialConfig
 from cytotune.study.packs import pack_rungs
 from cytotune.study.spec import AshaSettings
 from cytotune.study.trainable import report_state, resume_state, trial_config, trial_context, write_result
-from cytotune.tracking.layout import PACK_FINAL, PACK_KEY, PACK_RESULTS
+from cytotune.tracking.schema import PACK_FINAL, PACK_KEY, PACK_RESULTS
 from cytotune.train.packed_lora import PackedOutcome
+from cytotune.train.result import BEST_VAL_ACC, DONE_TRIAL, LAST_STEP, STEP, VAL_ACC
 
 
 def pack_trainable(config: dict[str, Any]) -> None:
@@ -37,13 +38,13 @@ def pack_trainable(config: dict[str, Any]) -> None:
     last_step = _last_step(cfgs[0], context["dataset_train"])
 
     def report(metrics: dict[int, dict], state: dict | None) -> None:
-        evaluated = {str(i): {**m, "last_step": last_step} for i, m in metrics.items()}
-        best = max(m["best_val_acc"] for m in metrics.values())
+        evaluated = {str(i): {**m, LAST_STEP: last_step} for i, m in metrics.items()}
+        best = max(m[BEST_VAL_ACC] for m in metrics.values())
         top = {
-            "step": max(m["step"] for m in metrics.values()),
-            "val_acc": max(m["val_acc"] for m in metrics.values()),
-            "best_val_acc": best,
-            "last_step": last_step,
+            STEP: max(m[STEP] for m in metrics.values()),
+            VAL_ACC: max(m[VAL_ACC] for m in metrics.values()),
+            BEST_VAL_ACC: best,
+            LAST_STEP: last_step,
             PACK_RESULTS: evaluated,
         }
         report_state({**top, **context, "elapsed_s": time.time() - started_at}, state)
@@ -64,11 +65,11 @@ def pack_trainable(config: dict[str, Any]) -> None:
         bests = [end.best_val_acc for end in ends if end.status == "finished"] or [float("nan")]
         tune.report(
             {
-                "val_acc": max(bests),
-                "best_val_acc": max(bests),
-                "step": max(end.steps for end in ends),
-                "last_step": last_step,
-                "done_trial": 1,
+                VAL_ACC: max(bests),
+                BEST_VAL_ACC: max(bests),
+                STEP: max(end.steps for end in ends),
+                LAST_STEP: last_step,
+                DONE_TRIAL: 1,
                 PACK_FINAL: final,
                 **context,
                 "ended_at": time.time(),
@@ -120,10 +121,10 @@ def _final_metrics(end: PackedOutcome) -> dict[str, Any]:
     out: dict[str, Any] = {
         "status": end.status,
         "error": end.error,
-        "step": end.steps,
-        "best_val_acc": end.best_val_acc,
+        STEP: end.steps,
+        BEST_VAL_ACC: end.best_val_acc,
         "best_step": end.best_step,
     }
     if end.result is not None:
-        out.update({**end.result.metrics(), "val_acc": end.result.best_val_acc, "step": end.result.steps})
+        out.update({**end.result.metrics(), VAL_ACC: end.result.best_val_acc, STEP: end.result.steps})
     return out

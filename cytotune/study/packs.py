@@ -22,7 +22,7 @@ from cytotune.study.grid import CellPlan, TrialPlan
 from cytotune.study.resources import Fit
 from cytotune.study.rungs import rung_steps
 from cytotune.study.spec import AshaSettings
-from cytotune.tracking.layout import PACK_FINAL, PACK_KEY
+from cytotune.tracking.schema import PACK_FINAL, PACK_KEY
 
 # activations a transformer block keeps per token and channel for its backward pass: about 17 (34 bytes at
 # 16 bits: Korthikanti et al. 2022, "Reducing activation recomputation in large transformer models"),

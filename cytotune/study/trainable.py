@@ -22,6 +22,7 @@ from ray import tune
 from ray.tune import PlacementGroupFactory
 
 from cytotune.config import TrialConfig
+from cytotune.train.result import DONE_TRIAL, STEP, VAL_ACC
 
 STATE_FILE = "state.pt"
 RESULT_FILE = "result.json"
@@ -82,7 +83,7 @@ def report_state(metrics: dict, state: dict | None) -> None:
 def study_trainable(config: dict[str, Any]) -> None:
     """Run the trial described by a study's Ray config (see TrialPlan.ray_config) and report it to Tune; a
     pack's config (study/packs.py) runs as a pack."""
-    from cytotune.tracking.layout import is_pack_config
+    from cytotune.tracking.schema import is_pack_config
     from cytotune.train import run_trial
 
     if is_pack_config(config):
@@ -103,9 +104,9 @@ def study_trainable(config: dict[str, Any]) -> None:
         write_result(out, result, config["trial_key"])
         final = {
             **result.metrics(),
-            "val_acc": result.best_val_acc,
-            "step": result.steps,
-            "done_trial": 1,
+            VAL_ACC: result.best_val_acc,
+            STEP: result.steps,
+            DONE_TRIAL: 1,
             **timing,
             "ended_at": time.time(),
             "elapsed_s": time.time() - started_at,
@@ -114,8 +115,8 @@ def study_trainable(config: dict[str, Any]) -> None:
 
 
 def _dataset_fields(cfg: TrialConfig) -> dict[str, Any]:
-    """What the trial's MLflow run records of its data (see tracking.layout.DATASET_FIELDS)."""
-    from cytotune.train.subsets import trial_data
+    """What the trial's MLflow run records of its data (see tracking.schema.DATASET_FIELDS)."""
+    from cytotune.train.trial_data import trial_data
 
     data = trial_data(cfg)
     return {

@@ -15,9 +15,10 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from ray.tune import Checkpoint
 
-from cytotune.tracking import layout
+from cytotune.tracking import schema
 from cytotune.tracking.callback import MlflowCallback, _error_text, _is_number
-from cytotune.tracking.layout import PACK_FINAL, PACK_KEY, PACK_RESULTS, is_pack_config
+from cytotune.tracking.schema import PACK_FINAL, PACK_KEY, PACK_RESULTS, is_pack_config
+from cytotune.train.result import DONE_TRIAL, STEP
 
 
 @dataclass
@@ -50,10 +51,10 @@ class PackedMlflowCallback(MlflowCallback):
             return super().on_trial_result(iteration, trials, trial, result, **info)
         pack_run = self._pack_run(trial)
         stamp = int(time.time() * 1000)
-        self._log_metrics(pack_run, result, layout.STEP_METRICS, stamp)
-        names = list(layout.STEP_METRICS)
-        if result.get("done_trial"):
-            names += [name for name in layout.FINAL_METRICS if name not in names]
+        self._log_metrics(pack_run, result, schema.STEP_METRICS, stamp)
+        names = list(schema.STEP_METRICS)
+        if result.get(DONE_TRIAL):
+            names += [name for name in schema.FINAL_METRICS if name not in names]
         members = {**result.get(PACK_RESULTS, {}), **result.get(PACK_FINAL, {})}
         for index, metrics in members.items():
             run_id = self._runs[_member_id(trial, index)]
@@ -67,25 +68,25 @@ class PackedMlflowCallback(MlflowCallback):
         if trial.trial_id not in self._runs:
             return
         final = (
-            (trial.last_result or {}).get(PACK_FINAL) if (trial.last_result or {}).get("done_trial") else None
+            (trial.last_result or {}).get(PACK_FINAL) if (trial.last_result or {}).get(DONE_TRIAL) else None
         )
         if final is None:
             for member in self._members(trial):
-                self._end(member, layout.STOPPED)
-            self._end(trial, layout.STOPPED)
+                self._end(member, schema.STOPPED)
+            self._end(trial, schema.STOPPED)
             return
         with trial.checkpoint.as_directory() as folder:
             for index, member in enumerate(self._members(trial)):
                 end = final.get(str(index), {})
-                status = end.get("status", layout.STOPPED)
-                if status == layout.FINISHED:
+                status = end.get("status", schema.STOPPED)
+                if status == schema.FINISHED:
                     member.checkpoint = Checkpoint.from_directory(str(Path(folder) / str(index)))
                     self._log_final_artifacts(self._runs[member.trial_id], member)
-                elif status == layout.FAILED:
+                elif status == schema.FAILED:
                     self._fail(member, end.get("error") or "failed inside its pack; no error text")
                     continue
                 self._end(member, status)
-        self._end(trial, layout.FINISHED)
+        self._end(trial, schema.FINISHED)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """The pack failed for good: its run and every trial run still open end FAILED with its error."""
@@ -115,31 +116,31 @@ class PackedMlflowCallback(MlflowCallback):
         self._runs[trial.trial_id] = run_id
         for member in self._members(trial):
             child = self._run_of(member)
-            tags = {layout.PARENT_RUN_ID: run_id, layout.RAY_TRIAL_ID: trial.trial_id}
+            tags = {schema.PARENT_RUN_ID: run_id, schema.RAY_TRIAL_ID: trial.trial_id}
             self.client.log_batch(child, tags=[RunTag(key, value) for key, value in tags.items()])
         return run_id
 
     def _create_pack(self, trial: Any) -> str:
         config = trial.config
         members = config[PACK_KEY]
-        tags = self._run_tags(trial, layout.KIND_PACK)
+        tags = self._run_tags(trial, schema.KIND_PACK)
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=config["trial_key"])
-        shared = layout.flatten_trial(members[0]["trial"])
+        shared = schema.flatten_trial(members[0]["trial"])
         params = [Param(name, value) for name, value in shared.items() if name not in ("lr", "seed")]
         params.append(Param("pack.trials", str(len(members))))
         self.client.log_batch(run.info.run_id, params=params)
         keys = [member["trial_key"] for member in members]
-        self.client.log_dict(run.info.run_id, keys, layout.PACK_ARTIFACT)
+        self.client.log_dict(run.info.run_id, keys, schema.PACK_ARTIFACT)
         return run.info.run_id
 
     def _previous_pack(self, pack_key: str) -> Any | None:
-        kind = f"tags.`{layout.KIND}` = '{layout.KIND_PACK}'"
-        runs = self._search(f"{kind} and tags.`{layout.TRIAL_KEY}` = '{pack_key}'")
+        kind = f"tags.`{schema.KIND}` = '{schema.KIND_PACK}'"
+        runs = self._search(f"{kind} and tags.`{schema.TRIAL_KEY}` = '{pack_key}'")
         runs.sort(key=lambda run: run.info.start_time or 0, reverse=True)
         return runs[0] if runs else None
 
     def _log_metrics(self, run_id: str, metrics: dict, names: Any, stamp: int) -> None:
-        step = int(metrics.get("step", 0))
+        step = int(metrics.get(STEP, 0))
         batch = [
             Metric(name, float(metrics[name]), stamp, step) for name in names if _is_number(metrics.get(name))
         ]
@@ -148,9 +149,9 @@ class PackedMlflowCallback(MlflowCallback):
 
     def _fail(self, trial: Any, text: str) -> None:
         run_id = self._runs[trial.trial_id]
-        self.client.set_tag(run_id, layout.ERROR, layout.clip_tag(text))
+        self.client.set_tag(run_id, schema.ERROR, schema.clip_tag(text))
         self.client.log_text(run_id, text, "error.txt")
-        self._end(trial, layout.FAILED)
+        self._end(trial, schema.FAILED)
         self._failed.add(run_id)
 
 
