@@ -32,7 +32,7 @@ def probe_features(cfg: TrialConfig, data: TrialData, device: torch.device) -> C
     """Features of the trial's whole manifest, from the shared feature cache (computed once)."""
     return cached_features(
         data.manifest,
-        cfg.backbone,
+        cfg.backbone_ref,
         cfg.weights,
         cache_dir=cfg.cache_dir,
         batch_size=cfg.train.eval_batch_size,
@@ -64,7 +64,7 @@ def _schedule(cfg: TrialConfig) -> HeadSchedule:
 
 def _save_head(directory: Path, cfg: TrialConfig, classes: Sequence[str], fit: HeadFit) -> Path:
     """The probe's model files (cytotune.models.files): its chosen head, backbone and preprocessing."""
-    spec = get_backbone_spec(cfg.backbone)
+    spec = get_backbone_spec(cfg.backbone_ref)
     head = nn.Linear(spec.feature_dim, len(classes))
     with torch.no_grad():
         head.weight.copy_(fit.weight)
