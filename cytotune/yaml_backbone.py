@@ -61,7 +61,8 @@ class YamlBackbone(BaseModel):
         allowed = FEATURES[self.library]
         if self.feature is not None and self.feature not in allowed:
             raise ValueError(
-                f"feature: {self.feature!r} is not a {self.library} feature; expected {' or '.join(allowed)}"
+                f"feature: {self.feature!r} is not among the {self.library} features; "
+                f"expected {' or '.join(allowed)}"
             )
         return self
 
