@@ -15,6 +15,7 @@ import timm
 import torch
 import yaml
 from safetensors.torch import save_file
+from test_own_data_ray import small_ray  # noqa: F401  (fixture: a one-node Ray on a free port)
 from timm.models._hub import save_for_hf
 from typer.testing import CliRunner
 
@@ -26,9 +27,12 @@ from cytotune.models import get_backbone_spec, load_backbone
 from cytotune.models.hub import check_yaml_backbone
 from cytotune.models.lora import add_lora, load_adapter, lora_target_modules
 from cytotune.study.grid import expand_cells, expand_trials
+from cytotune.study.launch import study_callback
 from cytotune.study.prepare import check_registries
+from cytotune.study.runner import run_study
 from cytotune.study.spec import load_study
 from cytotune.tracking.layout import flatten_trial
+from cytotune.tracking.runs import runs_frame
 from cytotune.train.features import weights_identity
 from cytotune.yaml_backbone import YamlBackbone
 
@@ -358,3 +362,40 @@ def test_cytotune_train_with_a_yaml_backbone(tmp_path, hub):
     assert str(bad.exception) == (
         "cytotune train: backbone_definition: expected one source, `timm` or `open_clip`, got neither"
     )
+
+
+STUDY = """
+name: hub_study
+backbones:
+  - {{name: tiny_hub_vit, timm: "hf-hub:{timm}", feature: avg}}
+  - {{name: tiny_hub_clip, open_clip: "hf-hub:{clip}"}}
+datasets: [{{name: synthetic, root: {root}}}]
+seeds: [1]
+train: {{device: cpu, image_cache_size: 32, batch_size: 8, probe_epochs: 2, max_steps: 2}}
+methods:
+  - {{method: linear_probe, lr: 0.1}}
+  - {{method: lora, lr: 0.01, backbones: [tiny_hub_clip]}}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("hub", "small_ray")  # in this order: the workers inherit HF_HUB_CACHE
+def test_a_study_on_ray_with_yaml_backbones(tmp_path, mlflow_sqlite_uri):
+    """The workers get only the trial configs (and their own environment's hub cache)."""
+    root = generate_synthetic(tmp_path / "synthetic", classes=2, per_class=12, size=32, seed=0)
+    path = tmp_path / "hub.yaml"
+    path.write_text(STUDY.format(timm=TIMM_REPO, clip=CLIP_REPO, root=root))
+    spec = load_study(path)
+    tracking = study_callback(spec, expand_cells(spec), mlflow_sqlite_uri)
+    outcome = run_study(spec, storage=tmp_path / "ray", callbacks=[tracking], say=lambda _: None)
+    assert outcome.counts()["finished"] == 3 and not outcome.interrupted
+    runs = runs_frame("hub_study", mlflow_sqlite_uri).set_index("cell_key")
+    assert set(runs.index) == {
+        "linear_probe/tiny_hub_vit/synthetic/full",
+        "linear_probe/tiny_hub_clip/synthetic/full",
+        "lora/tiny_hub_clip/synthetic/full/rank=2,targets=qv",
+    }
+    vit = runs.loc["linear_probe/tiny_hub_vit/synthetic/full"]
+    definition = (vit["backbone_definition.timm"], vit["backbone_definition.feature"])
+    assert definition == (f"hf-hub:{TIMM_REPO}", "avg")
+    assert runs["test_acc"].between(0, 1).all()
