@@ -142,15 +142,21 @@ def data_info(
 @app.command()
 def backbones(
     json_output: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+    study: Annotated[
+        Path | None, typer.Option(help="Also list the backbones this study YAML defines by their source.")
+    ] = None,
 ) -> None:
     """List the backbone registry: library, identifier, input size, feature width, where weights stand."""
     from cytotune.models import backbone_rows, format_backbone_table
     from cytotune.models.table import backbone_records
+    from cytotune.study.spec import load_study
 
+    spec = load_study(study) if study is not None else None
+    definitions = [] if spec is None else spec.backbone_definitions()
     if json_output:
-        echo_json(backbone_records())
+        echo_json(backbone_records(definitions))
         return
-    typer.echo(format_backbone_table(backbone_rows()))
+    typer.echo(format_backbone_table(backbone_rows(definitions)))
 
 
 @app.command()

@@ -364,6 +364,31 @@ def test_cytotune_train_with_a_yaml_backbone(tmp_path, hub):
     )
 
 
+def test_backbones_lists_a_study_s_definitions(tmp_path, hub):
+    local = tmp_path / "clip"
+    shutil.copytree(hub.hub / f"models--owner--tiny-clip/snapshots/{COMMIT}", local)
+    entries = [
+        VIT.model_dump(exclude_none=True),
+        {"name": "local_clip", "open_clip": str(local)},
+        {"name": "absent", "timm": "hf-hub:owner/absent"},
+    ]
+    path = write_study(tmp_path, entries)
+    result = CliRunner().invoke(app, ["backbones", "--study", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    records = {record["name"]: record for record in json.loads(result.output)}
+    assert records["tiny_hub_vit"]["input_size"] == 32 and records["tiny_hub_vit"]["feature"] == "cls"
+    assert (records["tiny_hub_vit"]["mean"], records["tiny_hub_vit"]["weights"]) == (list(MEAN), "cached")
+    assert (records["local_clip"]["std"], records["local_clip"]["weights"]) == (list(MEAN), "local folder")
+    assert records["absent"] == {
+        "name": "absent",
+        "library": "timm",
+        "identifier": "hf-hub:owner/absent",
+        "weights": "config not found",
+    }
+    table = CliRunner().invoke(app, ["backbones", "--study", str(path)]).output.splitlines()
+    assert [line.split()[0] for line in table[-3:]] == ["tiny_hub_vit", "local_clip", "absent"]
+
+
 STUDY = """
 name: hub_study
 backbones:

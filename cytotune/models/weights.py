@@ -69,7 +69,10 @@ def resolve_weights(spec: BackboneSpec, weights: Path | str | None) -> Path | No
 
 
 def weights_status(spec: BackboneSpec) -> str:
-    """ "test-size", "cached" (in the hub cache) or "local file needed", for listings."""
+    """ "test-size", "cached" (in the hub cache), "local folder" (a YAML backbone's) or "local file needed",
+    for listings."""
     if spec.test_size:
         return "test-size"
+    if spec.definition is not None and spec.definition.hub_repo is None:
+        return "local folder"
     return "cached" if find_cached_weights(spec) is not None else "local file needed"

@@ -415,12 +415,17 @@ class StudySpec(Frozen):
             for j, entry in enumerate(entries or ())
         ]
 
+    def backbone_definitions(self) -> list[YamlBackbone]:
+        """The backbones the study defines by their source, each once, in the order they first appear."""
+        found: dict[str, YamlBackbone] = {}
+        for _, entry in self._backbone_entries():
+            if not isinstance(entry, str):
+                found.setdefault(entry.name, entry)
+        return list(found.values())
+
     def backbone_definition(self, name: str) -> YamlBackbone | None:
         """The study's YAML definition of backbone `name`, None when it names a registry backbone."""
-        for _, entry in self._backbone_entries():
-            if not isinstance(entry, str) and entry.name == name:
-                return entry
-        return None
+        return next((d for d in self.backbone_definitions() if d.name == name), None)
 
     @model_validator(mode="after")
     def _one_dataset_per_name(self) -> StudySpec:
