@@ -424,3 +424,22 @@ def test_a_study_on_ray_with_yaml_backbones(tmp_path, mlflow_sqlite_uri):
     definition = (vit["backbone_definition.timm"], vit["backbone_definition.feature"])
     assert definition == (f"hf-hub:{TIMM_REPO}", "avg")
     assert runs["test_acc"].between(0, 1).all()
+
+
+def test_a_rerun_study_keeps_the_definition(tmp_path, mlflow_sqlite_uri):
+    """`cytotune best --rerun` writes the YAML backbone's definition, not just its name (no hub cache needed:
+    the fake study only tracks)."""
+    from tracking_fakes import STUDY_YAML, run_fake_study
+
+    from cytotune.tracking.callback import MlflowCallback
+    from cytotune.tracking.rerun import write_rerun
+
+    defined = '[{name: dino, timm: "hf-hub:owner/dino", feature: avg}]'
+    text = STUDY_YAML.format(name="defined").replace("[tiny_clip]", defined)
+    path = tmp_path / "defined.yaml"
+    path.write_text(text)
+    callback = MlflowCallback("defined", mlflow_sqlite_uri, study_yaml=text)
+    run_fake_study(callback, expand_trials(load_study(path)), tmp_path / "ckpt")
+    again = expand_trials(load_study(write_rerun("defined", tmp_path / "rerun.yaml", mlflow_sqlite_uri)))
+    expected = YamlBackbone(name="dino", timm="hf-hub:owner/dino", feature="avg")
+    assert again and {t.config.backbone_definition for t in again} == {expected}
