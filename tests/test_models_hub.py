@@ -215,6 +215,25 @@ def test_local_folder_or_file_source(hub, tmp_path):
         get_backbone_spec(YamlBackbone(name="dino", timm=str(empty)))
 
 
+@pytest.mark.parametrize(
+    ("repo", "file", "section", "key", "value"),
+    [
+        (TIMM_REPO, "config.json", "pretrained_cfg", "interpolation", "bilinear"),
+        (CLIP_REPO, "open_clip_config.json", "preprocess_cfg", "resize_mode", "squash"),
+    ],
+)
+def test_a_resize_the_pipeline_does_not_do_is_refused(hub, tmp_path, repo, file, section, key, value):
+    folder = tmp_path / "model"
+    shutil.copytree(hub.hub / f"models--{repo.replace('/', '--')}/snapshots/{COMMIT}", folder)
+    config = json.loads((folder / file).read_text())
+    config[section][key] = value
+    (folder / file).write_text(json.dumps(config))
+    library = "timm" if file == "config.json" else "open_clip"
+    with pytest.raises(CytotuneError) as err:
+        get_backbone_spec(YamlBackbone(name="odd", **{library: str(folder)}))
+    assert str(err.value).startswith(f"odd: {folder / file} asks for {key} {value!r}; cytotune's image")
+
+
 def write_study(tmp_path: Path, backbones: list, methods: list | None = None) -> Path:
     study = {
         "name": "hub",
