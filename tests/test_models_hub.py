@@ -38,15 +38,26 @@ from cytotune.yaml_backbone import YamlBackbone
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 TIMM_REPO, CLIP_REPO, BEIT_REPO = "owner/tiny-vit", "owner/tiny-clip", "owner/tiny-beit"
+TRUNK_REPO = "owner/tiny-biomedclip"
 MEAN, STD = (0.1, 0.2, 0.3), (0.4, 0.5, 0.6)
 CLIP_CFG = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 16},
     "text_cfg": {"context_length": 16, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1},
 }
+TRUNK_CFG = {  # BiomedCLIP's kind of tower: open_clip TimmModel, timm ViT trunk, CLS token, linear projection
+    **CLIP_CFG,
+    "vision_cfg": {
+        "timm_model_name": "cytotune_tiny_vit",
+        "timm_pool": "",
+        "timm_proj": "linear",
+        "image_size": 32,
+    },
+}
 VIT = YamlBackbone(name="tiny_hub_vit", timm=f"hf-hub:{TIMM_REPO}")
 CLIP = YamlBackbone(name="tiny_hub_clip", open_clip=f"hf-hub:{CLIP_REPO}")
 BEIT = YamlBackbone(name="tiny_hub_beit", timm=f"hf-hub:{BEIT_REPO}")
+TRUNK = YamlBackbone(name="tiny_hub_trunk", open_clip=f"hf-hub:{TRUNK_REPO}")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -66,7 +77,19 @@ class Saved:
 
     hub: Path
     vit: torch.nn.Module
-    clip: torch.nn.Module
+    clips: dict[str, torch.nn.Module]  # by definition name
+
+
+def save_open_clip(hub: Path, repo: str, model_cfg: dict) -> torch.nn.Module:
+    """A random open_clip CLIP saved as open_clip's hub repos hold it, with its own mean and std."""
+    clip = open_clip.model.CLIP(**model_cfg).eval()
+    folder = snapshot(hub, repo)
+    state = {k: v.contiguous() for k, v in clip.state_dict().items()}
+    save_file(state, str(folder / "open_clip_model.safetensors"))
+    preprocess = {"mean": list(STD), "std": list(MEAN), "interpolation": "bicubic", "resize_mode": "shortest"}
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess}
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    return clip
 
 
 @pytest.fixture(scope="module")
@@ -82,21 +105,16 @@ def saved(tmp_path_factory) -> Saved:
     config["pretrained_cfg"].update(mean=list(MEAN), std=list(STD))
     (folder / "config.json").write_text(json.dumps(config))
 
-    clip = open_clip.model.CLIP(**CLIP_CFG).eval()
-    folder = snapshot(hub, CLIP_REPO)
-    save_file(
-        {k: v.contiguous() for k, v in clip.state_dict().items()}, str(folder / "open_clip_model.safetensors")
-    )
-    preprocess = {"mean": list(STD), "std": list(MEAN), "interpolation": "bicubic", "resize_mode": "shortest"}
-    (folder / "open_clip_config.json").write_text(
-        json.dumps({"model_cfg": CLIP_CFG, "preprocess_cfg": preprocess})
-    )
+    clips = {
+        CLIP.name: save_open_clip(hub, CLIP_REPO, CLIP_CFG),
+        TRUNK.name: save_open_clip(hub, TRUNK_REPO, TRUNK_CFG),
+    }
 
     beit = timm.create_model(
         "beit_base_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=0
     )
     save_for_hf(beit, str(snapshot(hub, BEIT_REPO)), safe_serialization=True)
-    return Saved(hub, vit, clip)
+    return Saved(hub, vit, clips)
 
 
 @pytest.fixture
@@ -137,26 +155,23 @@ def test_timm_outputs_equal_the_saved_model(hub, feature):
     assert backbone.weights_path == hub.hub / f"models--owner--tiny-vit/snapshots/{COMMIT}/model.safetensors"
 
 
-def test_open_clip_preprocessing_and_outputs_equal_the_saved_model(hub):
-    spec = get_backbone_spec(CLIP)
-    assert (spec.input_size, spec.mean, spec.std) == (
-        32,
-        STD,
-        MEAN,
-    )  # preprocess_cfg's, not open_clip's defaults
+@pytest.mark.parametrize("definition", [CLIP, TRUNK], ids=["vision_transformer", "timm_trunk"])
+def test_open_clip_preprocessing_and_outputs_equal_the_saved_model(hub, definition):
+    spec = get_backbone_spec(definition)
+    assert (spec.input_size, spec.mean, spec.std) == (32, STD, MEAN)  # preprocess_cfg's, not the defaults
     assert (spec.library, spec.feature, spec.feature_dim, spec.layers) == (
         "open_clip",
         "image_embedding",
         32,
         2,
     )
-    backbone = load_backbone(CLIP)
+    backbone = load_backbone(definition)
     x = images()
     with torch.no_grad():
-        assert torch.equal(backbone(x), hub.clip.encode_image(x))
+        assert torch.equal(backbone(x), hub.clips[definition.name].encode_image(x))
 
 
-@pytest.mark.parametrize("definition", [VIT, CLIP], ids=["timm", "open_clip"])
+@pytest.mark.parametrize("definition", [VIT, CLIP, TRUNK], ids=["timm", "open_clip", "open_clip_timm_trunk"])
 def test_lora_split_equals_the_original_before_training(hub, definition):
     original = load_backbone(definition)
     settings = LoraSettings(targets=("q", "k", "v", "o"), rank=2)
