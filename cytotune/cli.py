@@ -194,7 +194,8 @@ def cost_command(
     spec = load_study(space)
     trials = list(planned_trials(expand_cells(spec)))
     sizes = study_sizes(spec, dict(parse_size(text) for text in size or ()))
-    forward = {name: forward_flops(name) for name in sorted({cfg.backbone for _, cfg in trials})}
+    backbones = {cfg.backbone: cfg.backbone_ref for _, cfg in trials}  # YAML backbones by their definition
+    forward = {name: forward_flops(ref) for name, ref in sorted(backbones.items())}
     lines = study_cost(trials, sizes, forward)
     if json_output:
         echo_json([{**vars(line), "gpu_hours": line.gpu_hours(tflops), "tflops": tflops} for line in lines])

@@ -26,6 +26,7 @@ from cytotune.errors import CytotuneError
 from cytotune.models import get_backbone_spec, load_backbone
 from cytotune.models.hub import check_yaml_backbone
 from cytotune.models.lora import add_lora, load_adapter, lora_target_modules
+from cytotune.study.cost import forward_flops
 from cytotune.study.grid import expand_cells, expand_trials
 from cytotune.study.launch import study_callback
 from cytotune.study.prepare import check_registries
@@ -421,6 +422,20 @@ def test_backbones_lists_a_study_s_definitions(tmp_path, hub):
     }
     table = CliRunner().invoke(app, ["backbones", "--study", str(path)]).output.splitlines()
     assert [line.split()[0] for line in table[-3:]] == ["tiny_hub_vit", "local_clip", "absent"]
+
+
+def test_cost_counts_a_yaml_backbone_s_forward(hub, tmp_path):
+    from test_study_cost import vit_forward_flops
+
+    hand = vit_forward_flops(tokens=17, width=64, hidden=256, depth=2, patch=8, patches=16)
+    assert forward_flops(VIT) == hand
+    path = write_study(tmp_path, [VIT.model_dump(exclude_none=True)])
+    result = CliRunner().invoke(app, ["cost", str(path), "--size", "synthetic=100:2", "--json"])
+    assert result.exit_code == 0, result.output
+    lines = json.loads(result.output)
+    assert {line["backbone"] for line in lines} == {"tiny_hub_vit"}
+    features = next(line for line in lines if line["part"] == "features")
+    assert features["flops"] == features["forwards"] * hand
 
 
 STUDY = """
