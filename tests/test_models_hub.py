@@ -250,9 +250,9 @@ def test_a_resize_the_pipeline_does_not_do_is_refused(hub, tmp_path, repo, file,
     assert str(err.value).startswith(f"odd: {folder / file} asks for {key} {value!r}; cytotune's image")
 
 
-def write_study(tmp_path: Path, backbones: list, methods: list | None = None) -> Path:
+def write_study(tmp_path: Path, backbones: list, methods: list | None = None, name: str = "hub") -> Path:
     study = {
-        "name": "hub",
+        "name": name,
         "backbones": backbones,
         "datasets": [{"name": "synthetic", "root": str(tmp_path / "synthetic")}],
         "seeds": [1],
@@ -478,15 +478,14 @@ def test_a_study_on_ray_with_yaml_backbones(tmp_path, mlflow_sqlite_uri):
 def test_a_rerun_study_keeps_the_definition(tmp_path, mlflow_sqlite_uri):
     """`cytotune best --rerun` writes the YAML backbone's definition, not just its name (no hub cache needed:
     the fake study only tracks)."""
-    from tracking_fakes import STUDY_YAML, run_fake_study
+    from tracking_fakes import run_fake_study
 
     from cytotune.tracking.callback import MlflowCallback
     from cytotune.tracking.rerun import write_rerun
 
-    defined = '[{name: dino, timm: "hf-hub:owner/dino", feature: avg}]'
-    text = STUDY_YAML.format(name="defined").replace("[tiny_clip]", defined)
-    path = tmp_path / "defined.yaml"
-    path.write_text(text)
+    entry = {"name": "dino", "timm": "hf-hub:owner/dino", "feature": "avg"}
+    path = write_study(tmp_path, [entry], name="defined")
+    text = path.read_text()
     callback = MlflowCallback("defined", mlflow_sqlite_uri, study_yaml=text)
     run_fake_study(callback, expand_trials(load_study(path)), tmp_path / "ckpt")
     again = expand_trials(load_study(write_rerun("defined", tmp_path / "rerun.yaml", mlflow_sqlite_uri)))
