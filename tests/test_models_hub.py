@@ -33,8 +33,8 @@ from cytotune.study.launch import study_callback
 from cytotune.study.prepare import check_registries
 from cytotune.study.runner import run_study
 from cytotune.study.spec import load_study
-from cytotune.tracking.layout import flatten_trial
 from cytotune.tracking.runs import runs_frame
+from cytotune.tracking.schema import flatten_trial
 from cytotune.train.features import weights_identity
 from cytotune.yaml_backbone import YamlBackbone
 
