@@ -2,14 +2,15 @@
 
 A shipped study YAML is planned with the real grid expansion and run by `run_study` (seed-grouped ASHA, the
 cell searcher, the MLflow callback, Ray Tune) on a local Ray node declaring many GPUs, each trial asking one
-GPU and no CPU; only the trainable is simulated (`simulated.py`: synthetic learning curves, sleeps so a whole
-trial lasts about `seconds`). The driver runs in a child process of its own (so its CPU time, peak memory and
-MLflow calls are its own, and it can be killed); it logs to a real `mlflow server` on PostgreSQL. Afterwards
-the runs are counted from MLflow against the plan and Ray Tune's own result records (runs per trial,
-duplicates, trials without a run, metric steps Tune received that MLflow lacks), and `cytotune best` and
-`cytotune report` are timed over every run. Faults: `driver-kill` (SIGKILL the driver's process group a
-third of the way in, then resume), `mlflow-restart` (stop the tracking server a third of the way in and
-start it again on the same store).
+GPU and a hundredth of a CPU; only the trainable is simulated (`simulated.py`: synthetic learning curves,
+sleeps so a whole trial lasts about `seconds`). The driver runs in a child process of its own (so its CPU
+time, peak memory and MLflow calls are its own, and it can be killed); it logs to a real `mlflow server` on
+PostgreSQL. Afterwards the runs are counted from MLflow against the plan and Ray Tune's own result records
+(runs per trial, duplicates, trials without a run, metric steps Tune received that MLflow lacks), and
+`cytotune best` and `cytotune report` are timed over every run. Faults: `driver-kill` (SIGKILL the driver's
+session a third of the way in, then resume: the first launch's own figures are lost with it),
+`mlflow-restart` (stop the tracking server a third of the way in, start it again on the same store 5 s
+later).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import yaml
 from cytotune.errors import CytotuneError
 
 FAULTS = ("none", "driver-kill", "mlflow-restart")
+TRIAL_CPUS = 0.01
 AXES = ("backbones", "datasets", "lora.rank", "shots")  # trimmed from the end, in this order, for --trials
 
 
@@ -137,7 +139,7 @@ def _axis(raw: dict[str, Any], axis: str) -> list | None:
 
 def bench_yaml(space: Path, work: Path, trials: int | None = None) -> Path:
     """The bench's copy of a study YAML in `work`: named scale_NAME, storage and data under `work`, no
-    tracking URI, each trial asking 1 CPU for the fit check (the simulated trainable asks its GPUs only);
+    tracking URI, each trial asking 1 GPU and a hundredth of a CPU (so two real cores drive many slots);
     with `trials`, axes trimmed from their end (backbones, datasets, ranks, shots) to at most that many."""
     try:
         raw = yaml.safe_load(space.read_text())
@@ -146,7 +148,7 @@ def bench_yaml(space: Path, work: Path, trials: int | None = None) -> Path:
     raw = {**raw, "name": f"scale_{raw['name']}", "storage": str(work / "ray_results")}
     raw["data_dir"] = str(work / "data")
     raw.pop("tracking_uri", None)
-    raw["methods"] = [{**m, "resources": {"cpus": 1, "gpus": 1}} for m in raw["methods"]]
+    raw["methods"] = [{**m, "resources": {"cpus": TRIAL_CPUS, "gpus": 1}} for m in raw["methods"]]
     work.mkdir(parents=True, exist_ok=True)
     path = work / f"{raw['name']}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -257,6 +259,22 @@ def _driver_process(yaml_path: Path, uri: str, slots: int, seconds: float, resum
         text=True,
         start_new_session=True,
     )
+
+
+def kill_session(sid: int) -> int:
+    """SIGKILL every process of session `sid` (the driver's, with the Ray processes it started, which put
+    themselves in process groups of their own); how many were killed."""
+    killed = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            session = int(stat.read_text().rsplit(")", 1)[1].split()[3])
+        except (OSError, IndexError, ValueError):
+            continue
+        if session == sid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+                killed += 1
+    return killed
 
 
 def _driver_figures(process: subprocess.Popen) -> DriverFigures | None:
@@ -416,8 +434,7 @@ def bench_scale(
                 f"bench scale: killing the driver (pid {process.pid}) after {ended_trials(events)} trials "
                 "ended"
             )
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+            kill_session(process.pid)
             process.wait()
             process = _driver_process(path, tracking_uri, slots, seconds, resume=True)
             launches = 2

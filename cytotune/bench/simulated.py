@@ -136,12 +136,9 @@ def simulated_trainable(seconds: float, events: Path) -> Callable[[dict[str, Any
 
 
 def simulated_trainable_with_resources(seconds: float, events: Path):
-    """The simulated trainable asking each trial's GPUs and no CPU (a node declaring many GPUs runs as many
-    trials at once on few real cores)."""
+    """The simulated trainable asking each trial's resources from its config, as the study's does."""
     from ray import tune
 
-    def ask(config: dict[str, Any]):
-        gpus = float(config.get("resources", {}).get("GPU", 0.0))
-        return tune.PlacementGroupFactory([{"GPU": gpus}] if gpus > 0 else [{"CPU": 0.001}])
+    from cytotune.study.trainable import trial_resources
 
-    return tune.with_resources(simulated_trainable(seconds, events), ask)
+    return tune.with_resources(simulated_trainable(seconds, events), trial_resources)

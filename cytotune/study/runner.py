@@ -28,7 +28,7 @@ from cytotune.study.launch import (
     study_fields,
     write_record,
 )
-from cytotune.study.resources import Fit, fit_cells, local_nodes
+from cytotune.study.resources import Fit, fit_cells, local_nodes, pending_trials_limit
 from cytotune.study.signals import StopSignals, StudyInterrupted
 from cytotune.study.spec import StudySpec
 from cytotune.study.storage import StudyStorage, study_storage
@@ -425,7 +425,7 @@ def run_study(
                         spec, plan, store, restore, max_concurrent, callbacks, reuse_actors, trainable
                     )
                     say(f"running {plan.n_trials} trials on Ray Tune" + (" (resumed)" if resume else ""))
-                    with signals.tune_phase():
+                    with signals.tune_phase(), pending_trials_limit(plan.fit.cells, plan.nodes):
                         tuner.fit()
         except CytotuneError:
             if new_folder is not None and not (path / "tuner.pkl").exists():
