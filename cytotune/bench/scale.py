@@ -10,7 +10,8 @@ PostgreSQL. Afterwards the runs are counted from MLflow against the plan and Ray
 `cytotune best` and `cytotune report` are timed over every run. Faults: `driver-kill` (SIGKILL the driver's
 session a third of the way in, then resume: the first launch's own figures are lost with it),
 `mlflow-restart` (stop the tracking server a third of the way in, start it again on the same store 5 s
-later).
+later), `node-loss` (a head and two GPU worker nodes; one worker node removed a third of the way in: its
+trials are retried from their checkpoints, `max_failures` of the YAML).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -34,7 +36,7 @@ import yaml
 
 from cytotune.errors import CytotuneError
 
-FAULTS = ("none", "driver-kill", "mlflow-restart")
+FAULTS = ("none", "driver-kill", "mlflow-restart", "node-loss")
 TRIAL_CPUS = 0.01
 AXES = ("backbones", "datasets", "lora.rank", "shots")  # trimmed from the end, in this order, for --trials
 
@@ -198,10 +200,64 @@ class HttpCounter:
                 module.http_request = original
 
 
-def drive(yaml_path: Path, tracking_uri: str, slots: int, seconds: float, resume: bool) -> DriverFigures:
-    """Run (or resume) the bench study in this process on a local Ray node declaring `slots` GPUs."""
+@contextlib.contextmanager
+def local_ray(slots: int, events: Path, lose_node_after: int | None = None) -> Iterator[None]:
+    """A local Ray node with 2 CPUs declaring `slots` GPUs for the block. With `lose_node_after`, a
+    multi-node `ray.cluster_utils.Cluster` instead: a head with the CPUs and two worker nodes with half the
+    GPUs each, the second removed (its raylet killed) once that many trials ended."""
     import ray
 
+    memory = 100 * 1024**2
+    if lose_node_after is None:
+        ray.init(
+            address="local",
+            num_cpus=2,
+            num_gpus=slots,
+            include_dashboard=False,
+            object_store_memory=memory,
+            log_to_driver=False,
+        )
+        try:
+            yield
+        finally:
+            ray.shutdown()
+        return
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": memory})
+    nodes = [cluster.add_node(num_cpus=1, num_gpus=slots // 2, object_store_memory=memory) for _ in range(2)]
+    ray.init(address=cluster.address, log_to_driver=False)
+    stop = threading.Event()
+
+    def lose() -> None:
+        while not stop.wait(0.5):
+            if ended_trials(events) >= lose_node_after:
+                print(
+                    f"bench scale: removing a worker node after {lose_node_after} trials ended",
+                    file=sys.stderr,
+                )
+                cluster.remove_node(nodes[1])
+                return
+
+    watcher = threading.Thread(target=lose, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def drive(
+    yaml_path: Path,
+    tracking_uri: str,
+    slots: int,
+    seconds: float,
+    resume: bool,
+    lose_node_after: int | None = None,
+) -> DriverFigures:
+    """Run (or resume) the bench study in this process on Ray from `local_ray`."""
     from cytotune.bench.simulated import simulated_trainable_with_resources
     from cytotune.study.grid import expand_cells
     from cytotune.study.launch import study_callback
@@ -210,18 +266,11 @@ def drive(yaml_path: Path, tracking_uri: str, slots: int, seconds: float, resume
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     spec = load_study(yaml_path)
-    ray.init(
-        address="local",
-        num_cpus=2,
-        num_gpus=slots,
-        include_dashboard=False,
-        object_store_memory=100 * 1024**2,
-        log_to_driver=False,
-    )
+    events = yaml_path.parent / "events.tsv"
     counter = HttpCounter()
-    try:
+    with local_ray(slots, events, lose_node_after):
         callback = study_callback(spec, expand_cells(spec), tracking_uri, resume=resume)
-        trainable = simulated_trainable_with_resources(seconds, yaml_path.parent / "events.tsv")
+        trainable = simulated_trainable_with_resources(seconds, events)
         with counter.installed():
             before = resource.getrusage(resource.RUSAGE_SELF)
             outcome = run_study(
@@ -234,8 +283,6 @@ def drive(yaml_path: Path, tracking_uri: str, slots: int, seconds: float, resume
             )
             callback.close(interrupted=outcome.interrupted)
             after = resource.getrusage(resource.RUSAGE_SELF)
-    finally:
-        ray.shutdown()
     return DriverFigures(
         trials=len(outcome.trials),
         wall_s=outcome.wall_s,
@@ -249,8 +296,10 @@ def drive(yaml_path: Path, tracking_uri: str, slots: int, seconds: float, resume
     )
 
 
-def _driver_process(yaml_path: Path, uri: str, slots: int, seconds: float, resume: bool) -> subprocess.Popen:
-    args = json.dumps([str(yaml_path), uri, slots, seconds, resume])
+def _driver_process(
+    yaml_path: Path, uri: str, slots: int, seconds: float, resume: bool, lose_node_after: int | None = None
+) -> subprocess.Popen:
+    args = json.dumps([str(yaml_path), uri, slots, seconds, resume, lose_node_after])
     log = (yaml_path.parent / "driver.log").open("a")
     return subprocess.Popen(
         [sys.executable, "-m", "cytotune.bench.scale", args],
@@ -426,9 +475,10 @@ def bench_scale(
     events = work / "events.tsv"
     say(f"bench scale: {spec.name}: {n_trials} trials, {slots} slots, {seconds:g} s a trial, fault {fault}")
     parts: list[DriverFigures] = []
-    process = _driver_process(path, tracking_uri, slots, seconds, resume=False)
+    lose = n_trials // 3 if fault == "node-loss" else None
+    process = _driver_process(path, tracking_uri, slots, seconds, resume=False, lose_node_after=lose)
     launches = 1
-    if fault != "none" and _wait_for_third(process, events, n_trials):
+    if fault in ("driver-kill", "mlflow-restart") and _wait_for_third(process, events, n_trials):
         if fault == "driver-kill":
             say(
                 f"bench scale: killing the driver (pid {process.pid}) after {ended_trials(events)} trials "
@@ -500,6 +550,6 @@ def figures_json(columns: list[ScaleFigures]) -> list[dict[str, Any]]:
 if (
     __name__ == "__main__"
 ):  # the driver process: python -m cytotune.bench.scale '[yaml, uri, slots, s, resume]'
-    yaml_arg, uri_arg, slots_arg, seconds_arg, resume_arg = json.loads(sys.argv[1])
-    result = drive(Path(yaml_arg), uri_arg, int(slots_arg), float(seconds_arg), bool(resume_arg))
+    yaml_arg, uri_arg, slots_arg, seconds_arg, resume_arg, lose_arg = json.loads(sys.argv[1])
+    result = drive(Path(yaml_arg), uri_arg, int(slots_arg), float(seconds_arg), bool(resume_arg), lose_arg)
     print(json.dumps(asdict(result)), flush=True)
