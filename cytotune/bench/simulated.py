@@ -135,10 +135,17 @@ def simulated_trainable(seconds: float, events: Path) -> Callable[[dict[str, Any
     return trainable
 
 
-def simulated_trainable_with_resources(seconds: float, events: Path):
-    """The simulated trainable asking each trial's resources from its config, as the study's does."""
+def trial_ask(config: dict[str, Any]):
+    """A trial's resources from its config, as the study trainable asks them (without importing it, and with
+    it torch, into each Ray worker)."""
     from ray import tune
 
-    from cytotune.study.trainable import trial_resources
+    ask = config.get("resources", {"CPU": 1.0, "GPU": 0.0})
+    return tune.PlacementGroupFactory([{name: amount for name, amount in ask.items() if amount > 0}])
 
-    return tune.with_resources(simulated_trainable(seconds, events), trial_resources)
+
+def simulated_trainable_with_resources(seconds: float, events: Path):
+    """The simulated trainable asking each trial's resources from its config."""
+    from ray import tune
+
+    return tune.with_resources(simulated_trainable(seconds, events), trial_ask)
