@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from cytotune.bench.scale import bench_scale, table
@@ -15,6 +16,7 @@ from cytotune.tracking.runs import search_all
 EXP2 = Path(__file__).resolve().parents[1] / "search_spaces" / "exp2_lora_fewshot.yaml"
 
 
+@pytest.mark.slow
 def test_bench_scale_counts_one_run_per_trial_and_every_metric(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     with tracking_server(tmp_path) as server:
