@@ -153,6 +153,50 @@ def backbones(
     typer.echo(format_backbone_table(backbone_rows()))
 
 
+@app.command("cost")
+def cost_command(
+    space: Annotated[Path, typer.Argument(metavar="SPACE.yaml", help="The study YAML (see search_spaces/).")],
+    size: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME=IMAGES:CLASSES for a dataset not at hand (repeatable; else its root is listed)."
+        ),
+    ] = None,
+    tflops: Annotated[
+        float, typer.Option(help="Sustained 10^12 FLOP/s of one GPU (measure yours: cytotune bench gpu).")
+    ] = 300.0,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the lines as JSON.")] = False,
+) -> None:
+    """Estimate a study's backbone FLOPs and GPU-hours from its plan and its datasets' sizes; nothing runs.
+
+    Counted on each backbone's architecture: LoRA training images as forward + backward (about two forwards),
+    evaluation images and probe features as one forward. Few-shot batches (4-32 images) run well below a GPU's
+    sustained rate unless packed: read the GPU-hours as a lower bound for them."""
+    from cytotune.study.cost import (
+        cost_table,
+        forward_flops,
+        parse_size,
+        planned_trials,
+        study_cost,
+        study_sizes,
+    )
+    from cytotune.study.grid import expand_cells
+    from cytotune.study.spec import load_study
+
+    if tflops <= 0:
+        raise CytotuneError(f"--tflops {tflops:g}: expected a positive rate")
+    spec = load_study(space)
+    trials = list(planned_trials(expand_cells(spec)))
+    sizes = study_sizes(spec, dict(parse_size(text) for text in size or ()))
+    forward = {name: forward_flops(name) for name in sorted({cfg.backbone for _, cfg in trials})}
+    lines = study_cost(trials, sizes, forward)
+    if json_output:
+        echo_json([{**vars(line), "gpu_hours": line.gpu_hours(tflops), "tflops": tflops} for line in lines])
+        return
+    typer.echo(f"study {spec.name}: {len(trials)} trials; GPU-hours at {tflops:g} TFLOP/s sustained")
+    typer.echo(cost_table(lines, tflops))
+
+
 @app.command()
 def train(
     method: Annotated[str, typer.Option(help="linear_probe, lora, knn or simpleshot.")],
@@ -279,8 +323,9 @@ def run_command(
             from cytotune.study.summary import outcome_dict, plan_dict
 
             spec = load_study(space)
+            cells = expand_cells(spec)  # the launch's one plan: the runner and MLflow get this object
             if dry_run:
-                plan = plan_only(spec, address=address, connect_timeout_s=connect_timeout)
+                plan = plan_only(spec, cells=cells, address=address, connect_timeout_s=connect_timeout)
                 if json_output:
                     echo_json(plan_dict(plan))
                 else:
@@ -291,7 +336,7 @@ def run_command(
             choice = tracking_choice(tracking_uri, spec.tracking_uri, launch=launch)
             tracking = study_callback(
                 spec,
-                expand_cells(spec),
+                cells,
                 choice.uri,
                 resume=resume,
                 address=address,
@@ -299,6 +344,7 @@ def run_command(
             )
             outcome = run_study(
                 spec,
+                cells=cells,
                 address=address,
                 tracking_uri=tracking.tracking_uri,
                 storage=storage,
@@ -376,9 +422,10 @@ def demo_command(
     from cytotune.tracking.uri import choose_tracking_uri
 
     spec = demo_spec(out)
+    cells = expand_cells(spec)
     choice = choose_tracking_uri(None)
-    tracking = study_callback(spec, expand_cells(spec), choice.uri, announcement=choice.line())
-    outcome = run_demo(out, callbacks=[tracking], say=say)
+    tracking = study_callback(spec, cells, choice.uri, announcement=choice.line())
+    outcome = run_demo(out, spec=spec, cells=cells, callbacks=[tracking], say=say)
     counts = outcome.counts()
     typer.echo(
         f"demo: {len(outcome.trials)} trials ({counts['finished']} finished, {counts['stopped']} stopped "
