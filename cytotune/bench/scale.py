@@ -269,12 +269,14 @@ def drive(
     events = yaml_path.parent / "events.tsv"
     counter = HttpCounter()
     with local_ray(slots, events, lose_node_after):
-        callback = study_callback(spec, expand_cells(spec), tracking_uri, resume=resume)
+        cells = expand_cells(spec)
+        callback = study_callback(spec, cells, tracking_uri, resume=resume)
         trainable = simulated_trainable_with_resources(seconds, events)
         with counter.installed():
             before = resource.getrusage(resource.RUSAGE_SELF)
             outcome = run_study(
                 spec,
+                cells,
                 tracking_uri=tracking_uri,
                 resume=resume,
                 callbacks=[callback],

@@ -91,13 +91,14 @@ def _log(events: Path, *fields: Any) -> None:
 
 
 def simulated_trainable(seconds: float, events: Path) -> Callable[[dict[str, Any]], None]:
-    """A Ray Tune function trainable over a study's Ray configs (TrialPlan.ray_config) whose full schedule
-    lasts `seconds`, logging its starts and ends to `events` (trial key, event, step, time)."""
+    """A Ray Tune function trainable over a study's Ray configs (TrialPlan.ray_config, the TrialConfig under
+    "trial") whose full schedule lasts `seconds`, logging its starts and ends to `events` (trial key, event,
+    step, time)."""
 
     def trainable(config: dict[str, Any]) -> None:
         from ray import tune
 
-        trial, key = config["trial"], config["trial_key"]
+        trial, key = config["trial"].model_dump(mode="json"), config["trial_key"]
         evals = schedule(trial)
         pause = seconds / len(evals)
         state = {"step": 0, "best": 0.0, "best_step": 0, "sim_s": 0.0}
