@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 
 from cytotune.bench.scale import bench_scale, table
 from cytotune.bench.servers import tracking_server
-from cytotune.tracking import layout
+from cytotune.tracking import schema
 from cytotune.tracking.runs import search_all
 
 EXP2 = Path(__file__).resolve().parents[1] / "search_spaces" / "exp2_lora_fewshot.yaml"
@@ -23,7 +23,7 @@ def test_bench_scale_counts_one_run_per_trial_and_every_metric(tmp_path, monkeyp
         figures = bench_scale(
             EXP2, tmp_path / "work", server.uri, slots=8, seconds=0.2, trials=20, queries=False, say=print
         )
-        runs = search_all(MlflowClient(server.uri), figures.study, f"tags.`{layout.KIND}` = 'trial'")
+        runs = search_all(MlflowClient(server.uri), figures.study, f"tags.`{schema.KIND}` = 'trial'")
         client = MlflowClient(server.uri)
         steps = {
             run.info.run_id: sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc"))
@@ -35,12 +35,12 @@ def test_bench_scale_counts_one_run_per_trial_and_every_metric(tmp_path, monkeyp
     assert sum(figures.driver.counts.values()) == 15 and figures.driver.counts["failed"] == 0
     # shots 1: 50 + 100 steps, evaluated every 50; seed-grouped ASHA (grace 100) stops some before the end
     for run in runs:
-        status, logged = run.data.tags[layout.STATUS], steps[run.info.run_id]
-        assert status in (layout.FINISHED, layout.STOPPED)
-        if status == layout.FINISHED:
-            assert logged == [50, 100, 150], run.data.tags[layout.TRIAL_KEY]
+        status, logged = run.data.tags[schema.STATUS], steps[run.info.run_id]
+        assert status in (schema.FINISHED, schema.STOPPED)
+        if status == schema.FINISHED:
+            assert logged == [50, 100, 150], run.data.tags[schema.TRIAL_KEY]
         else:
-            assert logged in ([50], [50, 100]), run.data.tags[layout.TRIAL_KEY]
+            assert logged in ([50], [50, 100]), run.data.tags[schema.TRIAL_KEY]
     assert figures.metric_steps == sum(len(s) for s in steps.values())
     assert figures.driver.mlflow_calls > 0 and figures.driver.sim_s > 0
     assert "duplicate runs" in table([figures])

@@ -7,7 +7,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from tracking_fakes import FakeTrial, launch_callback, plans, write_study
 
-from cytotune.tracking import layout
+from cytotune.tracking import schema
 
 STEPS = list(range(10, 110, 10))
 
@@ -69,18 +69,18 @@ def test_every_buffered_step_lands_when_trials_finish_fail_or_the_launch_is_inte
 
     client = MlflowClient(uri)
     runs = {run_id: client.get_run(run_id) for run_id in callback._runs.values()}
-    by_key = {run.data.tags[layout.TRIAL_KEY]: run for run in runs.values()}
+    by_key = {run.data.tags[schema.TRIAL_KEY]: run for run in runs.values()}
     expected = {
-        finished.trial_key: (STEPS, "FINISHED", layout.FINISHED),
-        failed.trial_key: (STEPS[:5], "FAILED", layout.FAILED),
-        interrupted.trial_key: (STEPS[:7], "KILLED", layout.RUNNING),
-        refused.trial_key: (STEPS[:6], "KILLED", layout.RUNNING),
+        finished.trial_key: (STEPS, "FINISHED", schema.FINISHED),
+        failed.trial_key: (STEPS[:5], "FAILED", schema.FAILED),
+        interrupted.trial_key: (STEPS[:7], "KILLED", schema.RUNNING),
+        refused.trial_key: (STEPS[:6], "KILLED", schema.RUNNING),
     }
     for key, (steps, run_status, status) in expected.items():
         run = by_key[key]
         assert run.info.status == run_status, key
-        for metric in layout.STEP_METRICS:
+        for metric in schema.STEP_METRICS:
             assert _steps(client, run.info.run_id, metric) == steps, (key, metric)
-        assert run.data.tags[layout.STATUS] == status
-    assert by_key[failed.trial_key].data.tags[layout.ERROR] == "RuntimeError: loss is NaN"
+        assert run.data.tags[schema.STATUS] == status
+    assert by_key[failed.trial_key].data.tags[schema.ERROR] == "RuntimeError: loss is NaN"
     assert client.get_run(callback.parent_run_id).info.status == "KILLED"

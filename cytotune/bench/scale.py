@@ -395,14 +395,14 @@ def mlflow_counts(study: str, uri: str, planned: set[str], steps: dict[str, set[
     without a run, and val_acc steps Tune received that the trial's runs lack."""
     from mlflow import MlflowClient
 
-    from cytotune.tracking import layout
+    from cytotune.tracking import schema
     from cytotune.tracking.runs import search_all
 
     client = MlflowClient(uri)
-    runs = search_all(client, study, f"tags.`{layout.KIND}` = '{layout.KIND_TRIAL}'")
+    runs = search_all(client, study, f"tags.`{schema.KIND}` = '{schema.KIND_TRIAL}'")
     by_key: dict[str, list[str]] = {}
     for run in runs:
-        by_key.setdefault(run.data.tags.get(layout.TRIAL_KEY, ""), []).append(run.info.run_id)
+        by_key.setdefault(run.data.tags.get(schema.TRIAL_KEY, ""), []).append(run.info.run_id)
 
     def logged(run_ids: list[str]) -> set[int]:
         return {m.step for run_id in run_ids for m in client.get_metric_history(run_id, "val_acc")}

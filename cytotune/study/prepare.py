@@ -52,7 +52,7 @@ def prepare_data(
     and (with `features`) compute each linear-probe backbone's feature cache once: the cells' templates give
     the same manifest and feature request their trials will ask for (trial_manifest, feature_request)."""
     from cytotune.data import open_image_cache
-    from cytotune.train.subsets import trial_manifest
+    from cytotune.train.trial_data import trial_manifest
 
     manifests = {}
     images: set[tuple] = set()
