@@ -670,6 +670,62 @@ def bench_asha_command(
     typer.echo("target: <= 0.50x the steps at >= 90% agreement")
 
 
+@bench_app.command("scale")
+def bench_scale_command(
+    space: Annotated[
+        list[Path] | None,
+        typer.Option(help="Study YAMLs, one column each (repeatable; default: Experiment 2)."),
+    ] = None,
+    work_dir: Annotated[Path, typer.Option(help="Ray storage, events and reports.")] = Path("scale_bench"),
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="An MLflow server to log to (default: a throwaway one on PostgreSQL).")
+    ] = None,
+    slots: Annotated[int, typer.Option(help="GPUs the local Ray node declares (trials at once).")] = 64,
+    seconds: Annotated[float, typer.Option(help="Simulated seconds of a whole trial.")] = 1.0,
+    trials: Annotated[int | None, typer.Option(help="At most this many trials (axes trimmed).")] = None,
+    fault: Annotated[str, typer.Option(help="none, driver-kill, mlflow-restart or node-loss.")] = "none",
+    queries: Annotated[bool, typer.Option(help="Time `cytotune best` and `cytotune report`.")] = True,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """The real runner (seed-grouped ASHA, cell searcher, MLflow callback, Ray Tune) over a simulated
+    trainable on a node declaring many GPUs, logging to an MLflow server on PostgreSQL: driver CPU and wall
+    overhead per trial, wall vs ideal, MLflow calls, peak memory, runs and lost metrics counted, `best` and
+    `report` timed."""
+    from contextlib import nullcontext
+
+    from cytotune.bench.scale import bench_scale, figures_json, table
+    from cytotune.bench.servers import tracking_server
+
+    columns = []
+    for index, path in enumerate(space or [Path("search_spaces/exp2_lora_fewshot.yaml")]):
+        work = work_dir.resolve() / f"{index}_{path.stem}"
+        if work.exists():
+            raise CytotuneError(f"bench scale: {work} exists; expected a new --work-dir")
+        work.mkdir(parents=True)
+        own = tracking_server(work) if tracking_uri is None else nullcontext(None)
+        with own as server:
+            uri = server.uri if server is not None else tracking_uri
+            restart = None if server is None else server.restart
+            columns.append(
+                bench_scale(
+                    path,
+                    work,
+                    uri,
+                    slots=slots,
+                    seconds=seconds,
+                    trials=trials,
+                    fault=fault,
+                    restart=restart,
+                    queries=queries,
+                    say=say,
+                )
+            )
+    if json_output:
+        echo_json(figures_json(columns))
+    else:
+        typer.echo(table(columns))
+
+
 @bench_app.command("gpu")
 def bench_gpu_command(
     out: Annotated[Path, typer.Option(help="JSON file of the figures (rewritten after each case).")] = Path(

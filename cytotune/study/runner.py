@@ -37,7 +37,7 @@ from cytotune.study.packs import (
     ray_trial_count,
     with_pack_checks,
 )
-from cytotune.study.resources import Fit, fit_cells, local_nodes
+from cytotune.study.resources import Fit, fit_cells, local_nodes, pending_trials_limit
 from cytotune.study.signals import StopSignals, StudyInterrupted
 from cytotune.study.spec import StudySpec
 from cytotune.study.storage import StudyStorage, study_storage
@@ -393,6 +393,7 @@ def run_study(
     connect_timeout_s: float = CONNECT_TIMEOUT_S,
     signals: StopSignals | None = None,
     say: Callable[[str], None] = print,
+    trainable: Any | None = None,
 ) -> StudyOutcome:
     """Run (or with `resume`, continue) a study on Ray Tune and return each trial's outcome. `cells`: the
     study's plan (expand_cells), made by the caller once for the launch and its MLflow callback; expanded
@@ -406,7 +407,9 @@ def run_study(
     A resume is refused when the study changed since its launch, and starts the study afresh when its launch
     was stopped before Tune saved a trial. SIGINT and SIGTERM stop the study cleanly at any moment: the
     outcome says which signal came (`stop_signal`) and that the study was interrupted. `signals`: handlers
-    the caller installed already (else run_study installs its own for the call).
+    the caller installed already (else run_study installs its own for the call). `trainable`: a Ray Tune
+    trainable (with its resources) run instead of the study's, e.g. a benchmark's simulated one; the data is
+    then not prepared.
     """
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own tables off: ProgressLine reports
@@ -454,10 +457,13 @@ def run_study(
                     plan = _require_fit(plan_study(spec, cells, _live_nodes(), where))
                     for note in plan.fit.notes:
                         say(note)
-                    prepare_data(spec, plan.fit.cells, features=address is None, say=say)
-                    tuner = _tuner(spec, plan, store, restore, max_concurrent, callbacks, reuse_actors)
+                    if trainable is None:
+                        prepare_data(spec, plan.fit.cells, features=address is None, say=say)
+                    tuner = _tuner(
+                        spec, plan, store, restore, max_concurrent, callbacks, reuse_actors, trainable
+                    )
                     say(f"running {plan.n_trials} trials on Ray Tune" + (" (resumed)" if resume else ""))
-                    with signals.tune_phase():
+                    with signals.tune_phase(), pending_trials_limit(plan.fit.cells, plan.nodes):
                         tuner.fit()
         except CytotuneError:
             if new_folder is not None and not (path / "tuner.pkl").exists():
@@ -502,6 +508,7 @@ def _tuner(
     max_concurrent: int | None,
     callbacks: Sequence[Any],
     reuse_actors: bool,
+    trainable: Any | None = None,
 ):
     """The study's Tuner: restored from its storage, or new over every trial of the plan."""
     from ray import tune
@@ -513,7 +520,7 @@ def _tuner(
 
     cells = plan.fit.cells
     progress = ProgressLine(ray_trial_count(cells))
-    trainable = study_trainable_with_resources()
+    trainable = trainable or study_trainable_with_resources()
     if restore:
         tuner = tune.Tuner.restore(store.experiment, trainable, resume_errored=True)
         restored_callbacks(tuner, [*callbacks, progress])

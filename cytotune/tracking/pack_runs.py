@@ -144,8 +144,7 @@ class PackedMlflowCallback(MlflowCallback):
         batch = [
             Metric(name, float(metrics[name]), stamp, step) for name in names if _is_number(metrics.get(name))
         ]
-        if batch:
-            self.client.log_batch(run_id, metrics=batch)
+        self._buffered(run_id)[0].extend(batch)  # written with the callback's batched flushes
 
     def _fail(self, trial: Any, text: str) -> None:
         run_id = self._runs[trial.trial_id]
