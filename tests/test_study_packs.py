@@ -251,7 +251,8 @@ def test_a_pack_s_trials_are_child_runs_laid_out_as_separate_trials(tmp_path, ml
 
 def test_a_failed_pack_fails_its_open_trials_and_resume_continues_every_run(tmp_path, mlflow_sqlite_uri):
     config, plans, first = pack_launch(tmp_path, mlflow_sqlite_uri)
-    drive_pack(first, config, plans, "trial_00000", tmp_path / "ckpt", ends=None)  # the driver dies here
+    drive_pack(first, config, plans, "trial_00000", tmp_path / "ckpt", ends=None)
+    first.get_state()  # Tune saved its experiment state (the callback wrote its buffer); the driver dies here
     _, _, second = pack_launch(tmp_path, mlflow_sqlite_uri, resume=True)
     trial = FakeTrial("trial_00000", config, error="RuntimeError: CUDA out of memory")
     second.on_trial_start(0, [], trial)
