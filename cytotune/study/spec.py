@@ -32,8 +32,8 @@ from cytotune.config import (
     TrialConfig,
 )
 from cytotune.errors import CytotuneError
+from cytotune.metric_names import OBJECTIVE, STEP
 from cytotune.study.storage import is_uri
-from cytotune.train.result import OBJECTIVE, STEP
 
 SEARCHABLE_LORA = ("rank", "alpha", "dropout", "targets", "scaling")
 
