@@ -140,15 +140,21 @@ def data_info(
 @app.command()
 def backbones(
     json_output: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+    study: Annotated[
+        Path | None, typer.Option(help="Also list the backbones this study YAML defines by their source.")
+    ] = None,
 ) -> None:
     """List the backbone registry: library, identifier, input size, feature width, where weights stand."""
     from cytotune.models import backbone_rows, format_backbone_table
     from cytotune.models.table import backbone_records
+    from cytotune.study.spec import load_study
 
+    spec = load_study(study) if study is not None else None
+    definitions = [] if spec is None else spec.backbone_definitions()
     if json_output:
-        echo_json(backbone_records())
+        echo_json(backbone_records(definitions))
         return
-    typer.echo(format_backbone_table(backbone_rows()))
+    typer.echo(format_backbone_table(backbone_rows(definitions)))
 
 
 @app.command("cost")
@@ -186,7 +192,8 @@ def cost_command(
     spec = load_study(space)
     trials = list(planned_trials(expand_cells(spec)))
     sizes = study_sizes(spec, dict(parse_size(text) for text in size or ()))
-    forward = {name: forward_flops(name) for name in sorted({cfg.backbone for _, cfg in trials})}
+    backbones = {cfg.backbone: cfg.backbone_ref for _, cfg in trials}  # YAML backbones by their definition
+    forward = {name: forward_flops(ref) for name, ref in sorted(backbones.items())}
     lines = study_cost(trials, sizes, forward)
     if json_output:
         echo_json([{**vars(line), "gpu_hours": line.gpu_hours(tflops), "tflops": tflops} for line in lines])
@@ -198,7 +205,12 @@ def cost_command(
 @app.command()
 def train(
     method: Annotated[str, typer.Option(help="linear_probe, lora, knn or simpleshot.")],
-    backbone: Annotated[str, typer.Option(help="Backbone name (see `cytotune backbones`).")],
+    backbone: Annotated[
+        str,
+        typer.Option(
+            help="Backbone name (see `cytotune backbones`), or the name given to --timm/--open-clip."
+        ),
+    ],
     dataset: Annotated[str, typer.Option(help="Dataset: bcfc, mlcc, sipakmed, hicervix, folder, synthetic.")],
     root: Annotated[Path, typer.Option(help="The dataset folder.")],
     lr: Annotated[float | None, typer.Option(help="Learning rate (linear_probe and lora).")] = None,
@@ -213,6 +225,19 @@ def train(
     targets: Annotated[str, typer.Option(help="LoRA targets, a comma-separated subset of q,k,v,o.")] = "q,v",
     alpha: Annotated[float, typer.Option(help="LoRA alpha (scale alpha/sqrt(rank), rsLoRA).")] = 1.0,
     weights: Annotated[Path | None, typer.Option(help="Local checkpoint file of the backbone.")] = None,
+    timm_source: Annotated[
+        str | None,
+        typer.Option("--timm", help="Define --backbone as this timm model: hf-hub:owner/repo or a folder."),
+    ] = None,
+    open_clip_source: Annotated[
+        str | None,
+        typer.Option(
+            "--open-clip", help="Define --backbone as this open_clip model: hf-hub:owner/repo or a folder."
+        ),
+    ] = None,
+    feature: Annotated[
+        str | None, typer.Option(help="Feature of a --timm backbone: cls or avg (default: the model's own).")
+    ] = None,
     max_steps: Annotated[int | None, typer.Option(help="Cap on LoRA optimisation steps.")] = None,
     probe_epochs: Annotated[int, typer.Option(help="Linear-probe epochs over cached features.")] = 100,
     level: Annotated[int, typer.Option(help="HiCervix label level (1, 2 or 3).")] = 3,
@@ -250,8 +275,11 @@ def train(
     )
     if cache_dir is not None:
         fields["cache_dir"] = cache_dir
+    if timm_source is not None or open_clip_source is not None or feature is not None:
+        sources = {"timm": timm_source, "open_clip": open_clip_source}
+        fields["backbone_definition"] = {"name": backbone, "feature": feature, **sources}
     try:
-        cfg = TrialConfig(**fields)
+        cfg = TrialConfig.model_validate(fields, context={"source_dir": Path.cwd()})
     except ValidationError as err:
         raise CytotuneError(format_validation_error("cytotune train", err)) from err
     result = run_trial(cfg, out_dir=out)
@@ -657,22 +685,28 @@ def bench_gpu_command(
         bool, typer.Option("--compile/--no-compile", help="Include torch.compile.")
     ] = True,
     device: Annotated[str, typer.Option(help="cuda, or cpu to try the cases on a small model.")] = "cuda",
+    pack: Annotated[
+        int, typer.Option(help="Configurations of the packed cases at few-shot batches (0: none).")
+    ] = 15,
 ) -> None:
     """Feature extraction and LoRA training images/s of B/16- and L/14-sized random backbones in bf16, with
-    SDPA, channels-last and torch.compile on and off, and peak memory: one prepared run for a GPU machine."""
+    SDPA, channels-last and torch.compile on and off, packed cells beside separate trials at few-shot
+    batches, and peak memory: one prepared run for a GPU machine."""
     import torch
 
-    from cytotune.bench.gpu import BACKBONES, HEADER, LORA_BATCHES, plan_cases, run_gpu_bench
+    from cytotune.bench.gpu import BACKBONES, HEADER, LORA_BATCHES, pack_ratios, plan_cases, run_gpu_bench
 
     if device == "cuda" and not torch.cuda.is_available():
         raise CytotuneError(
             "bench gpu: no CUDA device here (torch.cuda.is_available() is False); "
             "expected a machine with a GPU"
         )
-    cases = plan_cases(backbone or BACKBONES, batch or LORA_BATCHES, feature_batch, compile_cases)
+    cases = plan_cases(backbone or BACKBONES, batch or LORA_BATCHES, feature_batch, compile_cases, pack)
     typer.echo(f"gpu benchmark: {len(cases)} cases, ~{seconds:g} s each after warm-up; figures -> {out}")
     typer.echo(HEADER)
-    run_gpu_bench(cases, out, device=torch.device(device), seconds=seconds, say=typer.echo)
+    figures = run_gpu_bench(cases, out, device=torch.device(device), seconds=seconds, say=typer.echo)
+    for line in pack_ratios(figures):
+        typer.echo(line)
 
 
 @bench_app.command("pack")

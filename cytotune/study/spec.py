@@ -12,8 +12,10 @@ from typing import Annotated, Any, Literal, get_args
 import yaml
 from pydantic import (
     BaseModel,
+    Discriminator,
     Field,
     PrivateAttr,
+    Tag,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
@@ -34,8 +36,21 @@ from cytotune.config import (
 from cytotune.errors import CytotuneError
 from cytotune.metric_names import OBJECTIVE, STEP
 from cytotune.study.storage import is_uri
+from cytotune.yaml_backbone import YamlBackbone
 
 SEARCHABLE_LORA = ("rank", "alpha", "dropout", "targets", "scaling")
+ENTRY_TAGS = ("backbone-name", "backbone-definition")  # pydantic's union tags, left out of error paths
+
+
+def _entry_kind(value: object) -> str:
+    return ENTRY_TAGS[1] if isinstance(value, (dict, YamlBackbone)) else ENTRY_TAGS[0]
+
+
+# A `backbones:` entry: a registry name, or a mapping defining a backbone by its source
+BackboneEntry = Annotated[
+    Annotated[str, Tag(ENTRY_TAGS[0])] | Annotated[YamlBackbone, Tag(ENTRY_TAGS[1])],
+    Discriminator(_entry_kind),
+]
 
 
 def _as_list(value: object) -> list:
@@ -240,7 +255,7 @@ class MethodBlock(Frozen):
 
     method: Method
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
-    backbones: tuple[str, ...] | None = Field(None, min_length=1)
+    backbones: tuple[BackboneEntry, ...] | None = Field(None, min_length=1)
     datasets: tuple[DatasetEntry, ...] | None = Field(None, min_length=1)
     seeds: tuple[int, ...] | None = Field(None, min_length=1)
     shots: tuple[int, ...] | None = None
@@ -356,7 +371,7 @@ class StudySpec(Frozen):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     data_dir: Path | None = None
-    backbones: tuple[str, ...] | None = Field(None, min_length=1)
+    backbones: tuple[BackboneEntry, ...] | None = Field(None, min_length=1)
     datasets: tuple[DatasetEntry, ...] | None = Field(None, min_length=1)
     seeds: tuple[int, ...] = Field((1, 2, 3), min_length=1)
     weights: dict[str, Path] = Field(default_factory=dict)
@@ -377,6 +392,43 @@ class StudySpec(Frozen):
         return self
 
     _datasets = field_validator("datasets", mode="after")(_distinct_datasets)
+
+    @model_validator(mode="after")
+    def _one_definition_per_name(self) -> StudySpec:
+        """A backbone name stands for one backbone in the whole study: a YAML definition given again (in
+        another block) must be the same; elsewhere the plain name refers to it."""
+        first: dict[str, tuple[str, YamlBackbone]] = {}
+        for where, entry in self._backbone_entries():
+            if isinstance(entry, str):
+                continue
+            seen_at, seen = first.setdefault(entry.name, (where, entry))
+            if seen != entry:
+                raise ValueError(
+                    f"{where}: backbone {entry.name!r} is also defined at {seen_at} with another definition; "
+                    "expected one definition per name (elsewhere, the plain name refers to it)"
+                )
+        return self
+
+    def _backbone_entries(self) -> list[tuple[str, str | YamlBackbone]]:
+        scopes = [("", self.backbones)]
+        scopes += [(f"methods[{i}].", block.backbones) for i, block in enumerate(self.methods)]
+        return [
+            (f"{scope}backbones[{j}]", entry)
+            for scope, entries in scopes
+            for j, entry in enumerate(entries or ())
+        ]
+
+    def backbone_definitions(self) -> list[YamlBackbone]:
+        """The backbones the study defines by their source, each once, in the order they first appear."""
+        found: dict[str, YamlBackbone] = {}
+        for _, entry in self._backbone_entries():
+            if not isinstance(entry, str):
+                found.setdefault(entry.name, entry)
+        return list(found.values())
+
+    def backbone_definition(self, name: str) -> YamlBackbone | None:
+        """The study's YAML definition of backbone `name`, None when it names a registry backbone."""
+        return next((d for d in self.backbone_definitions() if d.name == name), None)
 
     @model_validator(mode="after")
     def _one_dataset_per_name(self) -> StudySpec:
@@ -436,16 +488,23 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
         field = model.model_fields.get(part)
         if field is None:
             return None
-        candidates = [field.annotation, *get_args(field.annotation)]
-        candidates += [a for c in list(candidates) for a in get_args(c)]
+        candidates = list(_type_args(field.annotation))
         model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
     return model
+
+
+def _type_args(annotation: Any):
+    """An annotation and every type nested in it (optionals, tuples, unions, Annotated)."""
+    yield annotation
+    for arg in get_args(annotation):
+        yield from _type_args(arg)
 
 
 def format_validation_error(where: str, err: ValidationError) -> str:
     """One line for the first error of a validation: `file: field.path: expected ..., got ...`."""
     first = err.errors(include_url=False)[0]
     loc, kind, msg = first["loc"], first["type"], first["msg"]
+    loc = tuple(part for part in loc if part not in ENTRY_TAGS)
     field = _loc(loc)
     if not field:
         return f"{where}: {msg.removeprefix('Value error, ')}"
@@ -466,7 +525,7 @@ def format_validation_error(where: str, err: ValidationError) -> str:
 
 def load_study(path: str | Path) -> StudySpec:
     """Read a study YAML into a StudySpec; relative dataset roots resolve against data_dir or the YAML's
-    folder, relative data_dir, storage and weights paths against the YAML's folder."""
+    folder, relative data_dir, storage, weights and YAML backbone sources against the YAML's folder."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -490,7 +549,7 @@ def load_study(path: str | Path) -> StudySpec:
         weights = {k: os.path.normpath(base / Path(str(v)).expanduser()) for k, v in raw["weights"].items()}
         raw = {**raw, "weights": weights}
     try:
-        spec = StudySpec.model_validate(raw, context={"data_dir": data_dir or base})
+        spec = StudySpec.model_validate(raw, context={"data_dir": data_dir or base, "source_dir": base})
     except ValidationError as err:
         raise CytotuneError(format_validation_error(str(path), err)) from err
     spec._source = path

@@ -58,7 +58,7 @@ def _schedule(cfg: TrialConfig) -> HeadSchedule:
 
 def _save_head(directory: Path, cfg: TrialConfig, classes: Sequence[str], fit: HeadFit) -> Path:
     """The probe's model files (cytotune.models.files): its chosen head, backbone and preprocessing."""
-    spec = get_backbone_spec(cfg.backbone)
+    spec = get_backbone_spec(cfg.backbone_ref)
     head = nn.Linear(spec.feature_dim, len(classes))
     with torch.no_grad():
         head.weight.copy_(fit.weight)
