@@ -20,11 +20,11 @@ import numpy as np
 import pandas as pd
 
 from cytotune.errors import CytotuneError
+from cytotune.metric_names import BEST_VAL_ACC, STEP, TEST_ACC, VAL_ACC
 from cytotune.study.grid import CellPlan, configuration_key
 from cytotune.study.rungs import CellRungs
 from cytotune.study.spec import AshaSettings, StudySpec, load_study
 from cytotune.tracking.selection import select_best
-from cytotune.train.result import BEST_VAL_ACC, STEP, TEST_ACC, VAL_ACC
 
 BENCH_YAML = """\
 # cytotune bench asha: the same study with and without early stopping

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from cytotune.metric_names import TEST_ECE, TEST_NLL
 from cytotune.tracking.schema import parse_cell_key
 from cytotune.train.calibration import parse_correctness
-from cytotune.train.result import TEST_ECE, TEST_NLL
 
 RESAMPLES = 2000
 LEVEL = 0.95

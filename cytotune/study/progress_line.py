@@ -9,8 +9,8 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
+from cytotune.metric_names import BEST_VAL_ACC, DONE_TRIAL
 from cytotune.tracking.schema import FAILED, FINISHED, STOPPED
-from cytotune.train.result import BEST_VAL_ACC, DONE_TRIAL
 
 
 def trial_status(ray_status: str, last_result: dict | None) -> str:

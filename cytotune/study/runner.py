@@ -18,6 +18,7 @@ import pandas as pd
 
 from cytotune.config import TrialConfig
 from cytotune.errors import CytotuneError
+from cytotune.metric_names import TEST_ACC
 from cytotune.study.grid import CellPlan, count_trials, expand_cells
 from cytotune.study.launch import (
     OWN_FILES,
@@ -42,7 +43,6 @@ from cytotune.study.signals import StopSignals, StudyInterrupted
 from cytotune.study.spec import StudySpec
 from cytotune.study.storage import StudyStorage, study_storage
 from cytotune.tracking.schema import is_pack_config
-from cytotune.train.result import TEST_ACC
 
 OPTUNA_JOURNAL = "optuna.journal"
 CONNECT_TIMEOUT_S = 30.0

@@ -21,11 +21,11 @@ from typing import Any
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from cytotune.metric_names import DONE_TRIAL, LAST_STEP, OBJECTIVE, OBJECTIVE_MODE
 from cytotune.study.grid import CellPlan, configuration_key
 from cytotune.study.packs import is_packed
 from cytotune.study.rungs import CellRungs
 from cytotune.study.spec import AshaSettings
-from cytotune.train.result import DONE_TRIAL, LAST_STEP, OBJECTIVE, OBJECTIVE_MODE
 
 
 class SeedGroupedASHA(FIFOScheduler):

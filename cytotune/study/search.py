@@ -20,11 +20,11 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from ray.tune.search import Searcher
 
+from cytotune.metric_names import BEST_VAL_ACC, DONE_TRIAL, OBJECTIVE, OBJECTIVE_MODE, VAL_ACC
 from cytotune.study.grid import CellPlan, format_value
 from cytotune.study.packs import is_packed, pack_of
 from cytotune.study.spec import OptunaDimension
 from cytotune.tracking.schema import FAILED, FINISHED, STOPPED
-from cytotune.train.result import BEST_VAL_ACC, DONE_TRIAL, OBJECTIVE, OBJECTIVE_MODE, VAL_ACC
 
 
 def optuna_distribution(dim: OptunaDimension) -> BaseDistribution:

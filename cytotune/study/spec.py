@@ -34,8 +34,8 @@ from cytotune.config import (
     TrialConfig,
 )
 from cytotune.errors import CytotuneError
+from cytotune.metric_names import OBJECTIVE, STEP
 from cytotune.study.storage import is_uri
-from cytotune.train.result import OBJECTIVE, STEP
 from cytotune.yaml_backbone import YamlBackbone
 
 SEARCHABLE_LORA = ("rank", "alpha", "dropout", "targets", "scaling")

@@ -22,7 +22,7 @@ from ray import tune
 from ray.tune import PlacementGroupFactory
 
 from cytotune.config import TrialConfig
-from cytotune.train.result import DONE_TRIAL, STEP, VAL_ACC
+from cytotune.metric_names import DONE_TRIAL, STEP, VAL_ACC
 
 STATE_FILE = "state.pt"
 RESULT_FILE = "result.json"

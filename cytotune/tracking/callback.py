@@ -15,11 +15,11 @@ from mlflow.entities import Metric, Param, RunTag
 from ray.tune import Callback
 
 from cytotune import __version__
+from cytotune.metric_names import DONE_TRIAL, STEP, TEST_ACC
 from cytotune.tracking import schema
 from cytotune.tracking.confusion import confusion_figure
 from cytotune.tracking.runs import search_pages
 from cytotune.tracking.uri import artifact_location, resolve_tracking_uri
-from cytotune.train.result import DONE_TRIAL, STEP, TEST_ACC
 
 _BATCH = 100  # MLflow's limit of params (and of tags) in one log_batch
 _METRIC_BATCH = 1000  # ... and of metrics

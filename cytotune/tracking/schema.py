@@ -12,7 +12,8 @@ from typing import Any
 from mlflow.entities import Dataset, DatasetInput, InputTag
 
 from cytotune.config import TrialConfig
-from cytotune.train.result import BEST_VAL_ACC, SCALAR_FIELDS, TRAIN_LOSS, VAL_ACC
+from cytotune.metric_names import BEST_VAL_ACC, TRAIN_LOSS, VAL_ACC
+from cytotune.train.result import SCALAR_FIELDS
 
 KIND = "cytotune.kind"
 KIND_LAUNCH = "launch"

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from cytotune.errors import CytotuneError
+from cytotune.metric_names import BEST_VAL_ACC, TEST_ACC, TEST_BALANCED_ACC, TEST_MACRO_F1
 from cytotune.tracking.schema import FINISHED
-from cytotune.train.result import BEST_VAL_ACC, TEST_ACC, TEST_BALANCED_ACC, TEST_MACRO_F1
 
 CHOSEN = "chosen"
 NO_COMPLETE = "no configuration finished on every seed"

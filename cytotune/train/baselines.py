@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from cytotune.config import TrialConfig
+from cytotune.metric_names import BEST_VAL_ACC, STEP, VAL_ACC
 from cytotune.train.linear_probe import probe_features
-from cytotune.train.result import BEST_VAL_ACC, STEP, VAL_ACC, TrialResult
+from cytotune.train.result import TrialResult
 from cytotune.train.runtime import PeakMemory, resolve_device
 from cytotune.train.scoring import scored_result
 from cytotune.train.trial_data import trial_data, write_trial_manifest

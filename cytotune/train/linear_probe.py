@@ -15,12 +15,13 @@ from torch import nn
 
 from cytotune.config import TrialConfig
 from cytotune.errors import CytotuneError
+from cytotune.metric_names import BEST_VAL_ACC, LAST_STEP, STEP, TRAIN_LOSS, VAL_ACC
 from cytotune.models.files import save_model_files
 from cytotune.models.registry import get_backbone_spec
 from cytotune.models.weights import resolve_weights
 from cytotune.train.features import CachedFeatures, feature_request
 from cytotune.train.head import HeadFit, HeadSchedule, fit_linear_heads
-from cytotune.train.result import BEST_VAL_ACC, LAST_STEP, STEP, TRAIN_LOSS, VAL_ACC, TrialResult
+from cytotune.train.result import TrialResult
 from cytotune.train.runtime import PeakMemory, resolve_device
 from cytotune.train.scoring import scored_result
 from cytotune.train.trial_data import TrialData, trial_manifest, trial_rows, write_trial_manifest

@@ -15,13 +15,14 @@ from torch import nn
 from cytotune.config import TrialConfig
 from cytotune.data import open_eval_cache, open_image_cache
 from cytotune.data.transforms import eval_transform, train_transform
+from cytotune.metric_names import BEST_VAL_ACC, LAST_STEP, STEP, TRAIN_LOSS, VAL_ACC
 from cytotune.models import get_backbone_spec, load_backbone
 from cytotune.models.lora import add_lora, load_lora_state_dict, lora_state_dict, save_adapter
 from cytotune.models.params import count_parameters
 from cytotune.train.batches import BatchStream
 from cytotune.train.best import BestTracker
 from cytotune.train.guard import ensure_finite_loss
-from cytotune.train.result import BEST_VAL_ACC, LAST_STEP, STEP, TRAIN_LOSS, VAL_ACC, TrialResult
+from cytotune.train.result import TrialResult
 from cytotune.train.runtime import PeakMemory, autocast, resolve_device, seed_everything
 from cytotune.train.schedule import warmup_cosine_lr
 from cytotune.train.scoring import scored_result

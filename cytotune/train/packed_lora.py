@@ -32,6 +32,7 @@ from cytotune.config import TrialConfig
 from cytotune.data import open_eval_cache, open_image_cache
 from cytotune.data.transforms import eval_transform, train_transform
 from cytotune.errors import CytotuneError
+from cytotune.metric_names import BEST_VAL_ACC, STEP, TRAIN_LOSS, VAL_ACC
 from cytotune.models import get_backbone_spec, load_backbone
 from cytotune.models.grouped_lora import (
     adapter_state_dict,
@@ -45,7 +46,7 @@ from cytotune.train.best import BestTracker
 from cytotune.train.guard import ensure_finite_loss
 from cytotune.train.head import AdamW
 from cytotune.train.lora_finetune import _cpu_copy, lora_steps
-from cytotune.train.result import BEST_VAL_ACC, STEP, TRAIN_LOSS, VAL_ACC, TrialResult
+from cytotune.train.result import TrialResult
 from cytotune.train.runtime import PeakMemory, autocast, resolve_device, seed_everything
 from cytotune.train.schedule import warmup_cosine_table
 from cytotune.train.scoring import scored_result

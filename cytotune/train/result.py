@@ -1,5 +1,4 @@
-"""TrialResult: the final numbers of one trial, and the names of what trials report (the contract between
-trainers, the study and its tracking)."""
+"""TrialResult: the final numbers of one trial (the contract between trainers and the study)."""
 
 from __future__ import annotations
 
@@ -7,27 +6,15 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cytotune.metric_names import (
+    BEST_VAL_ACC,
+    TEST_ACC,
+    TEST_BALANCED_ACC,
+    TEST_ECE,
+    TEST_MACRO_F1,
+    TEST_NLL,
+)
 from cytotune.train.calibration import Evaluation
-
-# What a trainer reports at each evaluation: the step, the last step of its schedule (LoRA and the probe),
-# the mean train loss since the last report, the validation accuracy and the best one so far.
-STEP = "step"
-LAST_STEP = "last_step"
-TRAIN_LOSS = "train_loss"
-VAL_ACC = "val_acc"
-BEST_VAL_ACC = "best_val_acc"
-# 1 in the study's final report of a trial that ran its whole schedule (the report with the final metrics).
-DONE_TRIAL = "done_trial"
-# Final test metrics, at the best-validation step (TrialResult's fields of the same names).
-TEST_ACC = "test_acc"
-TEST_BALANCED_ACC = "test_balanced_acc"
-TEST_MACRO_F1 = "test_macro_f1"
-TEST_NLL = "test_nll"
-TEST_ECE = "test_ece"
-# What a study maximises: VAL_ACC as trials report it (the searcher and the scheduler watch it); selection
-# compares BEST_VAL_ACC, the best each trial reached, averaged over seeds.
-OBJECTIVE = VAL_ACC
-OBJECTIVE_MODE = "max"
 
 SCALAR_FIELDS = (
     BEST_VAL_ACC,
