@@ -20,12 +20,12 @@ from typing import Any
 from ray import tune
 
 from cytotune.config import TrialConfig
+from cytotune.metric_names import BEST_VAL_ACC, DONE_TRIAL, LAST_STEP, STEP, VAL_ACC
 from cytotune.study.packs import pack_rungs
 from cytotune.study.spec import AshaSettings
 from cytotune.study.trainable import report_state, resume_state, trial_config, trial_context, write_result
 from cytotune.tracking.schema import PACK_FINAL, PACK_KEY, PACK_RESULTS
 from cytotune.train.packed_lora import PackedOutcome
-from cytotune.train.result import BEST_VAL_ACC, DONE_TRIAL, LAST_STEP, STEP, VAL_ACC
 
 
 def pack_trainable(config: dict[str, Any]) -> None:
