@@ -15,10 +15,10 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from ray.tune import Checkpoint
 
+from cytotune.metric_names import DONE_TRIAL, STEP
 from cytotune.tracking import schema
 from cytotune.tracking.callback import MlflowCallback, _error_text, _is_number
 from cytotune.tracking.schema import PACK_FINAL, PACK_KEY, PACK_RESULTS, is_pack_config
-from cytotune.train.result import DONE_TRIAL, STEP
 
 
 @dataclass
