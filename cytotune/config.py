@@ -10,13 +10,15 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    field_validator,
     model_validator,
 )
 
 LoraTarget = Literal["q", "k", "v", "o"]
-Method = Literal["linear_probe", "lora", "knn", "simpleshot"]
-TRAINED_METHODS = ("linear_probe", "lora")  # methods that train with a learning rate
-FEATURE_METHODS = ("linear_probe", "knn", "simpleshot")  # methods on the cached probe features
+Method = Literal["linear_probe", "lora", "knn", "simpleshot", "zero_shot"]
+TRAINED_METHODS = ("linear_probe", "lora")  # methods that train with a learning rate (and a head)
+FEATURE_METHODS = ("linear_probe", "knn", "simpleshot", "zero_shot")  # methods on the cached probe features
+HeadInit = Literal["random", "text"]
 
 
 def default_cache_dir() -> Path:
@@ -74,6 +76,35 @@ class TrainSettings(Frozen):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+class PromptSettings(Frozen):
+    """How the classes of a dataset are put into words for a vision-language backbone's text tower.
+
+    templates: sentences with one `{}` where a class's text goes (default: data/prompts.py);
+    classes: class name -> its text, or a list of texts (default: the dataset's own descriptions, else the
+    class name). Each class's prompts are every template filled with each of its texts.
+    """
+
+    templates: tuple[str, ...] | None = Field(None, min_length=1)
+    classes: dict[str, str | tuple[str, ...]] = Field(default_factory=dict)
+
+    @field_validator("templates", mode="after")
+    @classmethod
+    def _one_slot(cls, templates: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for template in templates or ():
+            if template.count("{}") != 1:
+                raise ValueError(f"expected each template to hold `{{}}` once, got {template!r}")
+        return templates
+
+    @field_validator("classes", mode="after")
+    @classmethod
+    def _texts(cls, classes: dict[str, str | tuple[str, ...]]) -> dict[str, str | tuple[str, ...]]:
+        for name, text in classes.items():
+            texts = (text,) if isinstance(text, str) else text
+            if not texts or not all(t.strip() for t in texts):
+                raise ValueError(f"{name}: expected a non-empty text or a non-empty list of texts")
+        return classes
+
+
 class TrialConfig(Frozen):
     """Everything one trial needs; trainers take this and nothing from Ray or MLflow."""
 
@@ -91,9 +122,16 @@ class TrialConfig(Frozen):
     lr: float | None = Field(None, gt=0)
     k: int | None = Field(None, ge=1)
     seed: int = 0
+    head_init: HeadInit = "random"  # text: the head starts from the prompts' text embeddings
+    prompts: PromptSettings | None = None  # the dataset's class prompts (zero_shot, head_init: text)
     lora: LoraSettings = LoraSettings()
     train: TrainSettings = TrainSettings()
     cache_dir: Path = Field(default_factory=default_cache_dir)
+
+    @property
+    def uses_text(self) -> bool:
+        """Whether the trial needs the backbone's text tower (zero_shot, or a text-initialised head)."""
+        return self.method == "zero_shot" or self.head_init == "text"
 
     @property
     def dataset_layout(self) -> str:
@@ -109,4 +147,8 @@ class TrialConfig(Frozen):
             raise ValueError(f"{self.method}: expected {'an lr' if trained else 'no lr (it does not train)'}")
         if (self.method == "knn") != (self.k is not None):
             raise ValueError(f"{self.method}: expected {'k' if self.method == 'knn' else 'no k (knn only)'}")
+        if self.method == "zero_shot" and (self.shots is not None or self.fraction is not None):
+            raise ValueError("zero_shot: uses no train images; expected no shots or fraction")
+        if self.head_init == "text" and not trained:
+            raise ValueError(f"{self.method}: has no head; expected head_init: random (text: probe, LoRA)")
         return self

@@ -5,16 +5,18 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from cytotune.config import FEATURE_METHODS, default_cache_dir
+from cytotune.config import FEATURE_METHODS, TRAINED_METHODS, default_cache_dir
 from cytotune.errors import CytotuneError
 from cytotune.study.grid import CellPlan
 from cytotune.study.spec import StudySpec
 
 
 def check_registries(spec: StudySpec) -> None:
-    """Every backbone and dataset of the study is registered; else one line naming the field, known ones."""
+    """Every backbone and dataset of the study is registered, and has a text tower where a block uses it
+    (zero_shot, head_init: text); else one line naming the field and the known ones."""
     from cytotune.data.registry import list_datasets
     from cytotune.models import get_backbone_spec
+    from cytotune.models.text import text_tower_spec
 
     datasets = set(list_datasets())
     for index, block in enumerate(spec.methods):
@@ -22,6 +24,8 @@ def check_registries(spec: StudySpec) -> None:
         for j, name in enumerate(block.backbones or spec.backbones or ()):
             try:
                 get_backbone_spec(name)
+                if block.method == "zero_shot" or block.head_init == "text":
+                    text_tower_spec(name)
             except CytotuneError as err:
                 raise CytotuneError(f"{spec.where()}: {scope}backbones[{j}]: {err}") from err
         scope = f"methods[{index}]." if block.datasets is not None else ""
@@ -49,12 +53,14 @@ def prepare_data(
     spec: StudySpec, cells: list[CellPlan], *, features: bool, say: Callable[[str], None] = _to_stderr
 ) -> None:
     """Prepare each dataset's manifest and image cache once, check shots against the smallest train class,
+    make each text classifier (zero_shot, head_init: text) once, checking its prompts against the classes,
     and (with `features`) compute each linear-probe backbone's feature cache once."""
     from cytotune.data import open_image_cache, prepare_dataset
 
     manifests = {}
     images: set[tuple] = set()
     probes: set[tuple] = set()
+    texts: set[tuple] = set()
     for cell in cells:
         base = cell.base
         key = _manifest_key(cell)
@@ -86,6 +92,10 @@ def prepare_data(
         if features and base["method"] in FEATURE_METHODS and probe not in probes:
             probes.add(probe)
             _probe_features(cell, manifest, cache_dir, say)
+        text = (key, base["backbone"], str(base["weights"]), repr(base["prompts"]))
+        if (base["method"] == "zero_shot" or base["head_init"] == "text") and text not in texts:
+            texts.add(text)
+            _text_classifier(spec, cell, manifest, cache_dir, say)
 
 
 def _check_shots(spec: StudySpec, cell: CellPlan, manifest) -> None:
@@ -126,3 +136,19 @@ def _probe_features(cell: CellPlan, manifest, cache_dir, say: Callable[[str], No
     )
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def _text_classifier(
+    spec: StudySpec, cell: CellPlan, manifest, cache_dir, say: Callable[[str], None]
+) -> None:
+    from cytotune.config import TrialConfig
+    from cytotune.train.text_classifier import text_classifier
+
+    base = cell.base
+    lr = (base["lr"] or 1.0) if base["method"] in TRAINED_METHODS else None  # a searched lr: any will do
+    cfg = TrialConfig(**{**base, "seed": cell.seeds[0], "lr": lr, "cache_dir": cache_dir})
+    say(f"text classifier of {base['backbone']} for {base['dataset']}")
+    try:
+        text_classifier(cfg, list(manifest.classes))
+    except CytotuneError as err:
+        raise CytotuneError(f"{spec.where()}: methods[{cell.block_index}]: {err}") from err
