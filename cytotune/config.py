@@ -87,6 +87,9 @@ class PromptSettings(Frozen):
     templates: tuple[str, ...] | None = Field(None, min_length=1)
     classes: dict[str, str | tuple[str, ...]] = Field(default_factory=dict)
 
+    def __hash__(self) -> int:  # trial configs are hashed (cells): the class texts as sorted pairs
+        return hash((self.templates, tuple(sorted(self.classes.items()))))
+
     @field_validator("templates", mode="after")
     @classmethod
     def _one_slot(cls, templates: tuple[str, ...] | None) -> tuple[str, ...] | None:
