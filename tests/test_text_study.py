@@ -3,12 +3,10 @@ and text-initialised probe and LoRA heads run as trials, are tracked, selected b
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
-import ray
-from ray.cluster_utils import Cluster
+from test_own_data_ray import small_ray  # noqa: F401  (fixture: a one-node Ray with the test's cache)
 
 from cytotune.data.synthetic import generate_synthetic
 from cytotune.report import build_report
@@ -17,40 +15,15 @@ from cytotune.study.launch import study_callback
 from cytotune.study.runner import run_study
 from cytotune.study.spec import load_study
 from cytotune.tracking import best_configs
+from cytotune.tracking.rerun import write_rerun
 
 pytestmark = pytest.mark.slow
 SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "demo_baselines.yaml"
 TEXT_BLOCKS = ("zero_shot", "linear_probe_text", "lora_text")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def small_ray(tmp_path, monkeypatch):
-    """A one-node Ray (2 CPUs) on a free port, with the test's cache folder in its workers' environment."""
-    monkeypatch.setenv("CYTOTUNE_CACHE", str(tmp_path / "cache"))
-    if ray.is_initialized():
-        ray.shutdown()
-    head = {
-        "num_cpus": 2,
-        "include_dashboard": False,
-        "object_store_memory": 100 * 1024**2,
-        "gcs_server_port": free_port(),
-    }
-    cluster = Cluster(initialize_head=True, head_node_args=head)
-    try:
-        ray.init(address=cluster.address, log_to_driver=False)
-        yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-
-
-def test_demo_text_blocks_run_are_selected_and_reported(small_ray, tmp_path, mlflow_sqlite_uri, monkeypatch):
+@pytest.mark.usefixtures("small_ray")
+def test_demo_text_blocks_run_are_selected_and_reported(tmp_path, mlflow_sqlite_uri, monkeypatch):
     monkeypatch.chdir(tmp_path)
     shipped = load_study(SPACE)
     data = generate_synthetic(tmp_path / "synthetic", classes=4, per_class=16, size=40, seed=0)
@@ -83,3 +56,9 @@ def test_demo_text_blocks_run_are_selected_and_reported(small_ray, tmp_path, mlf
     text = (tmp_path / "report" / "report.md").read_text()
     assert "zero_shot/tiny_clip/synthetic/full" in text and "linear_probe_text/tiny_clip" in text
     assert "zero_shot/tiny_clip/synthetic/full" in set(report.best["cell_key"])
+
+    rerun = load_study(write_rerun("demo_baselines", tmp_path / "rerun.yaml", mlflow_sqlite_uri))
+    blocks = {block.label: block for block in rerun.methods}
+    assert blocks["zero_shot"].seeds == (1,) and blocks["zero_shot"].lr is None
+    assert blocks["linear_probe_text"].head_init == blocks["lora_text"].head_init == "text"
+    assert blocks["lora_text"].datasets[0].prompts == entry.prompts

@@ -135,7 +135,7 @@ def shots_figure(best: pd.DataFrame, path: Path) -> Path | None:
         for (_, row), y in zip(lines.iterrows(), level, strict=True):
             name = METHOD_LABELS[row["method"]]
             label = f"{backbone_label(row['backbone'])} {name}" + (
-                " (full)" if row["method"] != "linear_probe" else ""
+                " (full)" if row["method"] not in ("linear_probe", "zero_shot") else ""
             )
             index = backbones.index(row["backbone"])
             equal = list(lines.index[level == y])  # equal lines get interleaved dashes, so each stays visible
