@@ -23,7 +23,7 @@ from cytotune.errors import CytotuneError
 from cytotune.models.registry import get_backbone_spec
 from cytotune.models.text import load_text_encoder, text_tower_spec
 from cytotune.study.grid import expand_cells
-from cytotune.study.prepare import check_registries
+from cytotune.study.prepare import check_registries, prepare_data
 from cytotune.study.spec import load_study
 from cytotune.train import run_trial
 from cytotune.train.baselines import run_baseline
@@ -267,3 +267,22 @@ def test_prompts_default_per_dataset_and_unknown_classes_are_refused():
     )
     with pytest.raises(ValidationError, match="`{}` once"):
         PromptSettings(templates=("a photo of a cell.",))
+
+
+def test_prompts_naming_a_class_the_dataset_lacks_stop_the_study_before_trials(
+    synthetic, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("CYTOTUNE_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "study.yaml"
+    path.write_text(
+        "name: s\nbackbones: [tiny_clip]\nseeds: [1]\ntrain: {device: cpu, image_cache_size: 32}\n"
+        f"datasets: [{{name: synthetic, root: {synthetic}, prompts: {{classes: {{class_9: x}}}}}}]\n"
+        "methods:\n  - {method: knn, k: 1}\n  - {method: lora, lr: 0.1, head_init: text}\n"
+    )
+    spec = load_study(path)
+    with pytest.raises(CytotuneError) as err:
+        prepare_data(spec, expand_cells(spec), features=False, say=lambda _: None)
+    assert str(err.value) == (
+        f"{path}: methods[1]: prompts.classes of dataset 'synthetic': 'class_9' not a class of it; "
+        "expected some of: class_0, class_1, class_2, class_3"
+    )
