@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from cytotune.models.registry import get_backbone_spec, list_backbones
+from cytotune.models.text import has_text_tower
 from cytotune.models.weights import weights_status
 
-COLUMNS = ("name", "library", "identifier", "input", "features", "weights")
+COLUMNS = ("name", "library", "identifier", "input", "features", "weights", "text")
 
 
 def backbone_rows() -> list[dict[str, str]]:
-    """One row per registered backbone: name, library, identifier, input, feature width, weights status."""
+    """One row per registered backbone: name, library, identifier, input, feature width, weights status,
+    and whether it has a text tower (zero_shot, head_init: text)."""
     rows = []
     for name in list_backbones():
         spec = get_backbone_spec(name)
@@ -23,6 +25,7 @@ def backbone_rows() -> list[dict[str, str]]:
                 "input": str(spec.input_size),
                 "features": f"{spec.feature_dim} {spec.feature}",
                 "weights": weights_status(spec),
+                "text": "yes" if has_text_tower(name) else "-",
             }
         )
     return rows
@@ -48,6 +51,7 @@ def backbone_records() -> list[dict]:
                 "gated": spec.gated,
                 "test_size": spec.test_size,
                 "weights": weights_status(spec),
+                "text_tower": has_text_tower(name),
             }
         )
     return out

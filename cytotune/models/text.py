@@ -68,6 +68,11 @@ def register_text_tower(name: str, spec: TextTowerSpec) -> None:
     _TEXT_TOWERS[name] = spec
 
 
+def has_text_tower(backbone: str) -> bool:
+    """Whether `backbone` (NAME@random: NAME) has a text tower for zero_shot and head_init: text."""
+    return backbone.removesuffix(RANDOM_SUFFIX) in _TEXT_TOWERS
+
+
 def text_tower_spec(backbone: str) -> TextTowerSpec:
     """The text tower of `backbone` (NAME@random: that of NAME); CytotuneError saying why there is none."""
     spec = get_backbone_spec(backbone)
