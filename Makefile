@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/cytotune demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=20 tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check cytotune tests

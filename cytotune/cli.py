@@ -153,6 +153,50 @@ def backbones(
     typer.echo(format_backbone_table(backbone_rows()))
 
 
+@app.command("cost")
+def cost_command(
+    space: Annotated[Path, typer.Argument(metavar="SPACE.yaml", help="The study YAML (see search_spaces/).")],
+    size: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME=IMAGES:CLASSES for a dataset not at hand (repeatable; else its root is listed)."
+        ),
+    ] = None,
+    tflops: Annotated[
+        float, typer.Option(help="Sustained 10^12 FLOP/s of one GPU (measure yours: cytotune bench gpu).")
+    ] = 300.0,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the lines as JSON.")] = False,
+) -> None:
+    """Estimate a study's backbone FLOPs and GPU-hours from its plan and its datasets' sizes; nothing runs.
+
+    Counted on each backbone's architecture: LoRA training images as forward + backward (about two forwards),
+    evaluation images and probe features as one forward. Few-shot batches (4-32 images) run well below a GPU's
+    sustained rate unless packed: read the GPU-hours as a lower bound for them."""
+    from cytotune.study.cost import (
+        cost_table,
+        forward_flops,
+        parse_size,
+        planned_trials,
+        study_cost,
+        study_sizes,
+    )
+    from cytotune.study.grid import expand_cells
+    from cytotune.study.spec import load_study
+
+    if tflops <= 0:
+        raise CytotuneError(f"--tflops {tflops:g}: expected a positive rate")
+    spec = load_study(space)
+    trials = list(planned_trials(expand_cells(spec)))
+    sizes = study_sizes(spec, dict(parse_size(text) for text in size or ()))
+    forward = {name: forward_flops(name) for name in sorted({cfg.backbone for _, cfg in trials})}
+    lines = study_cost(trials, sizes, forward)
+    if json_output:
+        echo_json([{**vars(line), "gpu_hours": line.gpu_hours(tflops), "tflops": tflops} for line in lines])
+        return
+    typer.echo(f"study {spec.name}: {len(trials)} trials; GPU-hours at {tflops:g} TFLOP/s sustained")
+    typer.echo(cost_table(lines, tflops))
+
+
 @app.command()
 def train(
     method: Annotated[str, typer.Option(help="linear_probe, lora, knn, simpleshot or zero_shot.")],
