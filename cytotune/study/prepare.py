@@ -53,8 +53,8 @@ def prepare_data(
     spec: StudySpec, cells: list[CellPlan], *, features: bool, say: Callable[[str], None] = _to_stderr
 ) -> None:
     """Prepare each dataset's manifest and image cache once, check shots against the smallest train class,
-    make each text classifier (zero_shot, head_init: text) once, checking its prompts against the classes,
-    and (with `features`) compute each linear-probe backbone's feature cache once."""
+    check the class prompts of zero_shot and head_init: text against the classes, and (with `features`)
+    compute each feature-method backbone's feature cache and each text classifier once."""
     from cytotune.data import open_image_cache, prepare_dataset
 
     manifests = {}
@@ -95,7 +95,7 @@ def prepare_data(
         text = (key, base["backbone"], str(base["weights"]), repr(base["prompts"]))
         if (base["method"] == "zero_shot" or base["head_init"] == "text") and text not in texts:
             texts.add(text)
-            _text_classifier(spec, cell, manifest, cache_dir, say)
+            _text_classifier(spec, cell, manifest, cache_dir, features, say)
 
 
 def _check_shots(spec: StudySpec, cell: CellPlan, manifest) -> None:
@@ -139,16 +139,21 @@ def _probe_features(cell: CellPlan, manifest, cache_dir, say: Callable[[str], No
 
 
 def _text_classifier(
-    spec: StudySpec, cell: CellPlan, manifest, cache_dir, say: Callable[[str], None]
+    spec: StudySpec, cell: CellPlan, manifest, cache_dir, compute: bool, say: Callable[[str], None]
 ) -> None:
+    """Check the cell's prompts against the dataset's classes and, with `compute`, make its text
+    classifier (on a remote cluster the workers make it: the weights may be theirs alone)."""
     from cytotune.config import TrialConfig
+    from cytotune.data.prompts import class_prompts
     from cytotune.train.text_classifier import text_classifier
 
     base = cell.base
-    lr = (base["lr"] or 1.0) if base["method"] in TRAINED_METHODS else None  # a searched lr: any will do
-    cfg = TrialConfig(**{**base, "seed": cell.seeds[0], "lr": lr, "cache_dir": cache_dir})
-    say(f"text classifier of {base['backbone']} for {base['dataset']}")
     try:
-        text_classifier(cfg, list(manifest.classes))
+        class_prompts(base["layout"], base["dataset"], list(manifest.classes), base["prompts"])
+        if compute:
+            lr = (base["lr"] or 1.0) if base["method"] in TRAINED_METHODS else None  # searched: any will do
+            cfg = TrialConfig(**{**base, "seed": cell.seeds[0], "lr": lr, "cache_dir": cache_dir})
+            say(f"text classifier of {base['backbone']} for {base['dataset']}")
+            text_classifier(cfg, list(manifest.classes))
     except CytotuneError as err:
         raise CytotuneError(f"{spec.where()}: methods[{cell.block_index}]: {err}") from err
