@@ -61,13 +61,6 @@ _NO_TEXT_REASONS = {
 }
 
 
-def register_text_tower(name: str, spec: TextTowerSpec) -> None:
-    """Give backbone `name` a text tower (open_clip TextTransformer) built as `spec` says."""
-    if name in _TEXT_TOWERS:
-        raise ValueError(f"text tower of {name!r} registered twice")
-    _TEXT_TOWERS[name] = spec
-
-
 def has_text_tower(backbone: str) -> bool:
     """Whether `backbone` (NAME@random: NAME) has a text tower for zero_shot and head_init: text."""
     return backbone.removesuffix(RANDOM_SUFFIX) in _TEXT_TOWERS

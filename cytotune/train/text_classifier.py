@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,11 +44,12 @@ def _classifier_path(cache_dir: Path, key: dict) -> Path:
 
 def text_classifier(cfg: TrialConfig, classes: list[str]) -> TextClassifier:
     """The text classifier of the trial's backbone for its dataset's classes and prompts (cached on disk)."""
-    text_tower_spec(cfg.backbone)
+    tower = text_tower_spec(cfg.backbone)
     prompts = class_prompts(cfg.dataset_layout, cfg.dataset, classes, cfg.prompts)
     key = {
         "backbone": cfg.backbone,
         "weights": weights_identity(cfg.backbone, cfg.weights),
+        "text_tower": asdict(tower),
         "prompts": prompts,
     }
     path = _classifier_path(cfg.cache_dir, key)
