@@ -327,8 +327,9 @@ def run_command(
             from cytotune.study.summary import outcome_dict, plan_dict
 
             spec = load_study(space)
+            cells = expand_cells(spec)  # the launch's one plan: the runner and MLflow get this object
             if dry_run:
-                plan = plan_only(spec, address=address, connect_timeout_s=connect_timeout)
+                plan = plan_only(spec, cells=cells, address=address, connect_timeout_s=connect_timeout)
                 if json_output:
                     echo_json(plan_dict(plan))
                 else:
@@ -339,7 +340,7 @@ def run_command(
             choice = tracking_choice(tracking_uri, spec.tracking_uri, launch=launch)
             tracking = study_callback(
                 spec,
-                expand_cells(spec),
+                cells,
                 choice.uri,
                 resume=resume,
                 address=address,
@@ -347,6 +348,7 @@ def run_command(
             )
             outcome = run_study(
                 spec,
+                cells=cells,
                 address=address,
                 tracking_uri=tracking.tracking_uri,
                 storage=storage,
@@ -424,9 +426,10 @@ def demo_command(
     from cytotune.tracking.uri import choose_tracking_uri
 
     spec = demo_spec(out)
+    cells = expand_cells(spec)
     choice = choose_tracking_uri(None)
-    tracking = study_callback(spec, expand_cells(spec), choice.uri, announcement=choice.line())
-    outcome = run_demo(out, callbacks=[tracking], say=say)
+    tracking = study_callback(spec, cells, choice.uri, announcement=choice.line())
+    outcome = run_demo(out, spec=spec, cells=cells, callbacks=[tracking], say=say)
     counts = outcome.counts()
     typer.echo(
         f"demo: {len(outcome.trials)} trials ({counts['finished']} finished, {counts['stopped']} stopped "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -108,8 +108,9 @@ class PromptSettings(Frozen):
         return classes
 
 
-class TrialConfig(Frozen):
-    """Everything one trial needs; trainers take this and nothing from Ray or MLflow."""
+class TrialTemplate(Frozen):
+    """A trial's settings, each field checked on its own: what a study cell fixes before its searched values
+    and seed are set (the checks across fields, e.g. an lr for trained methods, come with TrialConfig)."""
 
     method: Method
     backbone: str
@@ -140,6 +141,15 @@ class TrialConfig(Frozen):
     def dataset_layout(self) -> str:
         """The registered layout (loader) that lists the root."""
         return self.layout or self.dataset
+
+    def with_local_cache(self) -> Self:
+        """The same settings with this machine's cache folder ($CYTOTUNE_CACHE or ~/.cache/cytotune): a
+        study is planned on the driver, and each machine that prepares or runs its trials uses its own."""
+        return self.model_copy(update={"cache_dir": default_cache_dir()})
+
+
+class TrialConfig(TrialTemplate):
+    """Everything one trial needs; trainers take this and nothing from Ray or MLflow."""
 
     @model_validator(mode="after")
     def _one_data_budget(self) -> TrialConfig:

@@ -96,3 +96,36 @@ def test_run_json_prints_only_the_summary_on_stdout(tmp_path, monkeypatch):
     ]
     plain = invoke("run", str(REPO / "search_spaces" / "demo.yaml"))
     assert plain.stdout.startswith("study demo: 1 trials (1 finished") and "preparing" in plain.stderr
+
+
+def test_a_launch_expands_its_study_once_and_hands_that_plan_to_the_runner_and_mlflow(tmp_path, monkeypatch):
+    import cytotune.study.grid as grid
+    import cytotune.study.launch as launch
+    import cytotune.study.runner as runner_module
+
+    expanded: list = []
+    given: dict = {}
+    expand, callback = grid.expand_cells, launch.study_callback
+
+    def counting(spec):
+        expanded.append(expand(spec))
+        return expanded[-1]
+
+    def recording_callback(spec, cells, *args, **kwargs):
+        given["callback"] = cells
+        return callback(spec, cells, *args, **kwargs)
+
+    def fake_run_study(spec, *, cells, **kwargs):
+        given["runner"] = cells
+        return StudyOutcome(spec.name, tmp_path / "ray", [], 1.0, tracking_uri=kwargs["tracking_uri"])
+
+    for module in (grid, runner_module):
+        monkeypatch.setattr(module, "expand_cells", counting)
+    monkeypatch.setattr(launch, "study_callback", recording_callback)
+    monkeypatch.setattr(runner_module, "run_study", fake_run_study)
+    space = str(REPO / "search_spaces" / "demo.yaml")
+    invoke("run", space, "--json")
+    assert len(expanded) == 1 and given["runner"] is given["callback"] is expanded[0]
+    expanded.clear()
+    invoke("run", space, "--dry-run")
+    assert len(expanded) == 1

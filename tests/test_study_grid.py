@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pickle
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from cytotune.config import TrialConfig
 from cytotune.errors import CytotuneError
 from cytotune.study.grid import count_trials, expand_cells, expand_trials
 from cytotune.study.resources import fit_cells, local_nodes
@@ -60,7 +62,7 @@ def test_rank_sweep_multiplies_experiment_2_cells_by_6_ranks():
     cells = expand_cells(sweep)
     assert len(cells) == len(base) * 6 == 720
     assert count_trials(cells) == len(expand_trials(sweep)) == 720 * 15
-    ranks = Counter(cell.base["lora"]["rank"] for cell in cells)
+    ranks = Counter(cell.template.lora.rank for cell in cells)
     assert ranks == {r: 120 for r in (1, 2, 4, 8, 16, 32)}
 
 
@@ -96,11 +98,11 @@ def test_searched_lora_field_leaves_the_cell_key(tmp_path):
     assert "/lora.rank=4/lr=0.001/seed=2" in {t.trial_key[len(t.cell_key) :] for t in trials}
 
 
-def test_ray_config_carries_keys_and_the_trial_as_json():
+def test_ray_config_carries_keys_and_the_trial_config_through_pickling():
     trial = expand_trials(load_study(SPACES / "demo.yaml"))[0]
-    config = trial.ray_config()
+    config = pickle.loads(pickle.dumps(trial.ray_config()))  # as Tune keeps it in its experiment state
     assert config["trial_key"] == trial.trial_key and config["cell_key"] == trial.cell_key
-    assert config["trial"]["lr"] == trial.config.lr and isinstance(config["trial"]["root"], str)
+    assert isinstance(config["trial"], TrialConfig) and config["trial"] == trial.config
     assert config["searched"] == {"lr": trial.config.lr}
 
 
@@ -160,5 +162,5 @@ def test_baselines_study_is_280_cells_1940_trials():
     cells = expand_cells(spec)
     assert len(cells) == 20 + 20 + 120 + 120
     assert count_trials(cells) == 120 + 20 + 1440 + 360
-    assert {c.base["method"] for c in cells} == {"knn", "simpleshot"}
-    assert all(c.base["lr"] is None for c in cells)
+    assert {c.template.method for c in cells} == {"knn", "simpleshot"}
+    assert all(c.template.lr is None for c in cells)

@@ -20,7 +20,9 @@ HARD = {f"hard{i}": [0.45 - 0.05 * i, 0.50 - 0.05 * i, 0.55 - 0.05 * i] for i in
 
 def trial(cell: str, lr: str, seed: int = 1) -> SimpleNamespace:
     key = f"{cell}/lr={lr}/seed={seed}"
-    return SimpleNamespace(trial_id=key, config={"cell_key": cell, "trial_key": key, "trial": {"seed": seed}})
+    return SimpleNamespace(
+        trial_id=key, config={"cell_key": cell, "trial_key": key, "trial": SimpleNamespace(seed=seed)}
+    )
 
 
 def play(scheduler) -> dict[str, int]:

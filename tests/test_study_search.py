@@ -18,8 +18,8 @@ SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 
 def accuracy(config: dict) -> float:
     """A made-up best val accuracy: peaks at lr = 1e-2, lower for the hard backbone, a little seed noise."""
-    lr, seed = config["trial"]["lr"], config["trial"]["seed"]
-    base = 0.9 if config["trial"]["backbone"] == "tiny_clip" else 0.5
+    lr, seed = config["trial"].lr, config["trial"].seed
+    base = 0.9 if config["trial"].backbone == "tiny_clip" else 0.5
     return base - 0.05 * abs(math.log10(lr) + 2) + 0.01 * seed
 
 
@@ -71,16 +71,16 @@ def test_optuna_per_cell_replicates_seeds_and_tells_the_mean(optuna_demo_study, 
     cells = expand_cells(optuna_demo_study)
     searcher = CellSearcher(cells, journal)
     suggested = drain(searcher)
-    probe = [c for _, c in suggested if c["trial"]["method"] == "linear_probe"]
+    probe = [c for _, c in suggested if c["trial"].method == "linear_probe"]
     assert len(suggested) == 16 + 2 * 3 * 2
     assert len({c["trial_key"] for _, c in suggested}) == len(suggested)
-    per_suggestion = Counter((c["cell_key"], c["trial"]["lr"]) for c in probe)
+    per_suggestion = Counter((c["cell_key"], c["trial"].lr) for c in probe)
     assert len(per_suggestion) == 6 and set(per_suggestion.values()) == {2}
-    assert all(1e-4 <= c["trial"]["lr"] <= 1e-1 for c in probe)
+    assert all(1e-4 <= c["trial"].lr <= 1e-1 for c in probe)
     by_suggestion: dict[tuple, list[str]] = {}
     for tid, c in suggested:
-        if c["trial"]["method"] == "linear_probe":
-            by_suggestion.setdefault((c["cell_key"], c["trial"]["lr"]), []).append(tid)
+        if c["trial"].method == "linear_probe":
+            by_suggestion.setdefault((c["cell_key"], c["trial"].lr), []).append(tid)
     first, second = list(by_suggestion.values())[:2]
     stopped, failed = {first[1]}, {second[0]}  # one seed of one suggestion each
     complete(searcher, suggested, stop=stopped, fail=failed)
@@ -109,7 +109,7 @@ def test_optuna_per_cell_replicates_seeds_and_tells_the_mean(optuna_demo_study, 
 def test_optuna_waits_for_every_seed(optuna_demo_study, tmp_path):
     searcher = CellSearcher(expand_cells(optuna_demo_study), tmp_path / "j.journal")
     suggested = drain(searcher)
-    first = [(tid, c) for tid, c in suggested if c["trial"]["method"] == "linear_probe"][:1]
+    first = [(tid, c) for tid, c in suggested if c["trial"].method == "linear_probe"][:1]
     complete(searcher, first)
     key = first[0][1]["cell_key"]
     study = searcher._study(key)
@@ -130,7 +130,7 @@ def test_resumed_searcher_continues_the_optuna_studies(optuna_demo_study, tmp_pa
     complete(second, rest)
     keys = [c["trial_key"] for _, c in head + rest]
     assert len(keys) == len(set(keys)) == 16 + 12
-    lrs = {c["trial"]["lr"] for _, c in head + rest if c["trial"]["method"] == "linear_probe"}
+    lrs = {c["trial"].lr for _, c in head + rest if c["trial"].method == "linear_probe"}
     assert len(lrs) == 6
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
     for cell in (c for c in cells if c.uses_optuna):

@@ -135,7 +135,19 @@ def test_a_packed_probe_sweep_gives_each_trial_its_own_numbers(three_classes, ca
     assert reports == [0, 1, 2, 3] * 30
     for cfg, result in zip(cfgs, packed, strict=True):
         alone = untimed(run_trial(cfg))
-        assert untimed(result) == alone
+        together = untimed(result)
+        # test probabilities come from a stacked matmul in the sweep: float32 rounding may differ in the last
+        # bits, so what is computed from probabilities (NLL, ECE, reliability bins) agrees to float32
+        # precision, the rest exactly
+        for name in ("test_nll", "test_ece"):
+            assert together.pop(name) == pytest.approx(alone.pop(name), rel=1e-5, abs=1e-7)
+        bins, alone_bins = together.pop("test_reliability"), alone.pop("test_reliability")
+        assert bins.keys() == alone_bins.keys()
+        for name in bins:
+            assert bins[name] == pytest.approx(alone_bins[name], rel=1e-5, abs=1e-7)
+        assert together.keys() == alone.keys()
+        for name, value in together.items():
+            assert value == alone[name] or (value != value and alone[name] != alone[name]), name
     with pytest.raises(CytotuneError, match="one cell"):
         run_probe_sweep([cfgs[0], cfgs[0].model_copy(update={"shots": 2})])
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import cytotune
+from cytotune.study.grid import CellPlan
 from cytotune.study.runner import StudyOutcome, experiment_path, run_study
 from cytotune.study.spec import DatasetEntry, StudySpec, load_study
 
@@ -29,7 +30,7 @@ def demo_spec(out_dir: Path, space: Path = DEMO_SPACE) -> StudySpec:
             "storage": out_dir / "ray_results",
         }
     )
-    demo._source = spec.source
+    demo._source, demo._text = spec.source, spec.text
     return demo
 
 
@@ -37,11 +38,14 @@ def run_demo(
     out_dir: Path = Path("demo_out"),
     *,
     space: Path = DEMO_SPACE,
+    spec: StudySpec | None = None,
+    cells: list[CellPlan] | None = None,
     callbacks: Sequence[Any] = (),
     reuse_actors: bool = True,
     say: Callable[[str], None] = print,
 ) -> StudyOutcome:
-    """Run the demo study afresh (an earlier demo run under out_dir is replaced) and return its outcome."""
-    spec = demo_spec(out_dir, space)
+    """Run the demo study afresh (an earlier demo run under out_dir is replaced) and return its outcome.
+    `spec` and `cells`: the demo study (demo_spec) and its plan when the caller made them already."""
+    spec = demo_spec(out_dir, space) if spec is None else spec
     shutil.rmtree(experiment_path(spec, None), ignore_errors=True)
-    return run_study(spec, callbacks=callbacks, reuse_actors=reuse_actors, say=say)
+    return run_study(spec, cells=cells, callbacks=callbacks, reuse_actors=reuse_actors, say=say)

@@ -9,7 +9,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from cytotune.config import LoraSettings, TrainSettings, TrialConfig
+from cytotune.config import LoraSettings, TrainSettings, TrialConfig, TrialTemplate
 from cytotune.errors import CytotuneError
 from cytotune.study.spec import DatasetEntry, MethodBlock, OptunaDimension, StudySpec
 
@@ -25,25 +25,25 @@ class TrialPlan:
     resources: dict[str, float]
 
     def ray_config(self) -> dict[str, Any]:
-        """The trial as Ray Tune's config: keys, searched values, resources and the TrialConfig as JSON
-        (without cache_dir: each node uses its own, $CYTOTUNE_CACHE or ~/.cache/cytotune)."""
+        """The trial as Ray Tune's config: keys, searched values, resources and the TrialConfig itself (Tune
+        pickles what is not JSON in its experiment state, so the trainable gets the same object back)."""
         return {
             "trial_key": self.trial_key,
             "cell_key": self.cell_key,
             "searched": dict(self.searched),
             "resources": dict(self.resources),
-            "trial": self.config.model_dump(mode="json", exclude={"cache_dir"}),
+            "trial": self.config,
         }
 
 
 @dataclass(frozen=True)
 class CellPlan:
-    """One cell: the fixed part of its trials, its searched dimensions, seeds and resources."""
+    """One cell: the fixed part of its trials (a template), its searched dimensions, seeds and resources."""
 
     cell_key: str
     block_index: int
     block: MethodBlock
-    base: dict[str, Any]
+    template: TrialTemplate
     seeds: tuple[int, ...]
     resources: dict[str, float]
     grid: dict[str, tuple[Any, ...]] = field(default_factory=dict)
@@ -76,17 +76,8 @@ class CellPlan:
 
     def trial(self, searched: dict[str, Any], seed: int, sample: int | None = None) -> TrialPlan:
         """The trial of this cell with these searched values and seed (and Optuna sample number)."""
-        settings = {
-            **self.base,
-            "seed": seed,
-            "lora": dict(self.base["lora"]),
-            "train": dict(self.base["train"]),
-        }
-        for path, value in searched.items():
-            section, _, name = path.rpartition(".")
-            (settings[section] if section else settings)[name] = value
         try:
-            config = TrialConfig(**settings)
+            config = _with_searched(self.template, searched, seed)
         except ValueError as err:
             reason = " ".join(str(err).split())
             raise CytotuneError(
@@ -94,6 +85,23 @@ class CellPlan:
             ) from err
         key = trial_key(self.cell_key, searched, seed, sample)
         return TrialPlan(self.cell_key, key, config, dict(searched), self.resources)
+
+
+def _with_searched(template: TrialTemplate, searched: dict[str, Any], seed: int) -> TrialConfig:
+    """The template with these searched values (dotted names: lr, k, lora.*, train.*) and seed, checked:
+    a section with searched values is built again from its fields, the others are taken as they are."""
+    fields: dict[str, Any] = {**dict(template), "seed": seed}
+    sections: dict[str, dict[str, Any]] = {}
+    for path, value in searched.items():
+        section, _, name = path.rpartition(".")
+        if section:
+            sections.setdefault(section, {})[name] = value
+        else:
+            fields[name] = value
+    for section, values in sections.items():
+        part = getattr(template, section)
+        fields[section] = type(part)(**{**dict(part), **values})
+    return TrialConfig(**fields)
 
 
 def _product(sizes) -> int:
@@ -190,30 +198,30 @@ def expand_cells(spec: StudySpec) -> list[CellPlan]:
                                 f"methods[{seen[key]}]; expected distinct `name`s for the two blocks"
                             )
                         seen[key] = index
-                        base = {
-                            "method": block.method,
-                            "backbone": backbone,
-                            "weights": spec.weights.get(backbone),
-                            "dataset": dataset.dataset,
-                            "layout": dataset.registered_layout,
-                            "root": dataset.root,
-                            "level": dataset.level,
-                            "split": dataset.split,
-                            "split_seed": dataset.split_seed,
-                            "lr": block.lr,
-                            "k": block.k,
-                            "head_init": block.head_init,
-                            "prompts": dataset.prompts,
-                            "lora": {**_fixed_lora(block), **lora},
-                            "train": train.model_dump(),
+                        template = TrialTemplate(
+                            method=block.method,
+                            backbone=backbone,
+                            weights=spec.weights.get(backbone),
+                            dataset=dataset.dataset,
+                            layout=dataset.registered_layout,
+                            root=dataset.root,
+                            level=dataset.level,
+                            split=dataset.split,
+                            split_seed=dataset.split_seed,
+                            lr=block.lr,
+                            k=block.k,
+                            head_init=block.head_init,
+                            prompts=dataset.prompts,
+                            lora=LoraSettings(**_fixed_lora(block), **lora),
+                            train=train,
                             **budget_fields,
-                        }
+                        )
                         cells.append(
                             CellPlan(
                                 cell_key=key,
                                 block_index=index,
                                 block=block,
-                                base=base,
+                                template=template,
                                 seeds=tuple(spec.block_seeds(block)),
                                 resources=resources_of(block),
                                 grid=grid,

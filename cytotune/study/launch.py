@@ -166,15 +166,13 @@ def study_callback(
     address: str | None = None,
     announcement: str | None = None,
 ) -> MlflowCallback:
-    """The MLflow callback of a launch of `spec` (its planned `cells`), writing to `tracking_uri`: the YAML as
-    the user wrote it, the trial count and the seeds of each cell recorded on the launch run; `announcement`
-    is said on stderr when the launch starts (after the checks)."""
+    """The MLflow callback of a launch of `spec` (its planned `cells`, the same list the runner gets), writing
+    to `tracking_uri`: the YAML as the user wrote it (the text load_study read, not the file again), the
+    trial count and the seeds of each cell recorded on the launch run; `announcement` is said on stderr when
+    the launch starts (after the checks)."""
     from cytotune.tracking.callback import MlflowCallback
 
-    if spec.source is not None and Path(spec.source).is_file():
-        text = Path(spec.source).read_text()
-    else:
-        text = yaml.safe_dump(spec.model_dump(mode="json", exclude_unset=True), sort_keys=False)
+    text = spec.text or yaml.safe_dump(spec.model_dump(mode="json", exclude_unset=True), sort_keys=False)
     return MlflowCallback(
         spec.name,
         tracking_uri,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
-from cytotune.config import FEATURE_METHODS, TRAINED_METHODS, default_cache_dir
+from cytotune.config import FEATURE_METHODS, TrialTemplate
 from cytotune.errors import CytotuneError
 from cytotune.study.grid import CellPlan
 from cytotune.study.spec import StudySpec
@@ -40,9 +41,8 @@ def check_registries(spec: StudySpec) -> None:
                 )
 
 
-def _manifest_key(cell: CellPlan) -> tuple:
-    base = cell.base
-    return (base["layout"], str(base["root"]), base["level"], tuple(base["split"]), base["split_seed"])
+def _manifest_key(t: TrialTemplate) -> tuple:
+    return (t.dataset_layout, str(t.root), t.level, tuple(t.split), t.split_seed, str(t.cache_dir))
 
 
 def _to_stderr(message: str) -> None:
@@ -54,55 +54,38 @@ def prepare_data(
 ) -> None:
     """Prepare each dataset's manifest and image cache once, check shots against the smallest train class,
     check the class prompts of zero_shot and head_init: text against the classes, and (with `features`)
-    compute each feature-method backbone's feature cache and each text classifier once."""
-    from cytotune.data import open_image_cache, prepare_dataset
+    compute each feature-method backbone's feature cache and each text classifier once: the cells' templates
+    give the same manifest, feature request and text classifier their trials will ask for."""
+    from cytotune.data import open_image_cache
+    from cytotune.train.subsets import trial_manifest
 
     manifests = {}
     images: set[tuple] = set()
-    probes: set[tuple] = set()
+    probes: set[Path] = set()
     texts: set[tuple] = set()
     for cell in cells:
-        base = cell.base
-        key = _manifest_key(cell)
-        cache_dir = default_cache_dir()
+        template = cell.template.with_local_cache()  # as the trainable sees its trials' configs
+        key = _manifest_key(template)
         if key not in manifests:
-            say(f"preparing {base['dataset']} ({base['layout']} layout) at {base['root']}")
-            manifests[key] = prepare_dataset(
-                base["layout"],
-                base["root"],
-                level=base["level"],
-                split=tuple(base["split"]),
-                split_seed=base["split_seed"],
-                cache_dir=cache_dir,
-            )
+            say(f"preparing {template.dataset} ({template.dataset_layout} layout) at {template.root}")
+            manifests[key] = trial_manifest(template)
         manifest = manifests[key]
         _check_shots(spec, cell, manifest)
-        size = base["train"]["image_cache_size"]
+        size = template.train.image_cache_size
         if (key, size) not in images:
             images.add((key, size))
-            open_image_cache(manifest, size=size, cache_dir=cache_dir)
-        probe = (
-            key,
-            size,
-            base["backbone"],
-            str(base["weights"]),
-            base["train"]["device"],
-            cell.resources["GPU"],
-        )
-        if features and base["method"] in FEATURE_METHODS and probe not in probes:
-            probes.add(probe)
-            _probe_features(cell, manifest, cache_dir, say)
-        text = (key, base["backbone"], str(base["weights"]), repr(base["prompts"]))
-        if (base["method"] == "zero_shot" or base["head_init"] == "text") and text not in texts:
-            texts.add(text)
-            _text_classifier(spec, cell, manifest, cache_dir, features, say)
+            open_image_cache(manifest, size=size, cache_dir=template.cache_dir)
+        if features and template.method in FEATURE_METHODS:
+            _probe_features(cell, template, manifest, probes, say)
+        if template.uses_text:
+            _text_classifier(spec, cell, template, manifest, texts, features, say)
 
 
 def _check_shots(spec: StudySpec, cell: CellPlan, manifest) -> None:
-    shots = cell.base.get("shots")
+    shots = cell.template.shots
     if shots is None:
         return
-    repeat = cell.base["train"]["short_class"] == "repeat"
+    repeat = cell.template.train.short_class == "repeat"
     train = manifest.frame[manifest.frame["split"] == "train"]
     counts = train["class_name"].value_counts()
     smallest = min(manifest.classes, key=lambda c: int(counts.get(c, 0)))
@@ -110,50 +93,68 @@ def _check_shots(spec: StudySpec, cell: CellPlan, manifest) -> None:
     if shots > have and not (repeat and have):
         raise CytotuneError(
             f"{spec.where()}: methods[{cell.block_index}].shots: {shots} shots per class, but class "
-            f"{smallest!r} of {cell.base['dataset']} has {have} train images; expected at most {have}"
+            f"{smallest!r} of {cell.template.dataset} has {have} train images; expected at most {have}"
             + ("" if repeat else " (or train.short_class: repeat to repeat its images)")
         )
 
 
-def _probe_features(cell: CellPlan, manifest, cache_dir, say: Callable[[str], None]) -> None:
+def _trial_device(cell: CellPlan):
+    """The torch device a trial of the cell gets on a local Ray: CPU when it asks no GPU (Ray hides the GPUs
+    from such a trial) or its train.device says cpu, else what the trainers resolve."""
     import torch
 
-    from cytotune.train.features import cached_features
     from cytotune.train.runtime import resolve_device
 
-    setting = cell.base["train"]["device"]
-    device = torch.device("cpu") if cell.resources["GPU"] == 0 else resolve_device(setting)
-    if setting == "cpu":
-        device = torch.device("cpu")
-    say(f"probe features of {cell.base['backbone']} on {cell.base['dataset']} ({device.type})")
-    cached_features(
-        manifest,
-        cell.base["backbone"],
-        cell.base["weights"],
-        cache_dir=cache_dir,
-        batch_size=cell.base["train"]["eval_batch_size"],
-        device=device,
-    )
+    setting = cell.template.train.device
+    if cell.resources["GPU"] == 0 or setting == "cpu":
+        return torch.device("cpu")
+    return resolve_device(setting)
+
+
+def _probe_features(
+    cell: CellPlan, template: TrialTemplate, manifest, done: set[Path], say: Callable[[str], None]
+) -> None:
+    """Compute the cell's probe features unless an earlier cell asked for the same ones."""
+    import torch
+
+    from cytotune.train.features import feature_request
+
+    device = _trial_device(cell)
+    request = feature_request(template, manifest, device)
+    path = request.path()
+    if path in done:
+        return
+    done.add(path)
+    say(f"probe features of {template.backbone} on {template.dataset} ({device.type})")
+    request.cached()
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
 
 def _text_classifier(
-    spec: StudySpec, cell: CellPlan, manifest, cache_dir, compute: bool, say: Callable[[str], None]
+    spec: StudySpec,
+    cell: CellPlan,
+    template: TrialTemplate,
+    manifest,
+    done: set[tuple],
+    compute: bool,
+    say: Callable[[str], None],
 ) -> None:
-    """Check the cell's prompts against the dataset's classes and, with `compute`, make its text
-    classifier (on a remote cluster the workers make it: the weights may be theirs alone)."""
-    from cytotune.config import TrialConfig
+    """Check the cell's prompts against the dataset's classes and, with `compute`, make its text classifier
+    unless an earlier cell made the same (on a remote cluster the workers make it: the weights may be theirs
+    alone)."""
     from cytotune.data.prompts import class_prompts
     from cytotune.train.text_classifier import text_classifier
 
-    base = cell.base
+    key = (template.backbone, template.weights, template.dataset, manifest.digest, template.prompts)
+    if key in done:
+        return
+    done.add(key)
+    classes = list(manifest.classes)
     try:
-        class_prompts(base["layout"], base["dataset"], list(manifest.classes), base["prompts"])
+        class_prompts(template.dataset_layout, template.dataset, classes, template.prompts)
         if compute:
-            lr = (base["lr"] or 1.0) if base["method"] in TRAINED_METHODS else None  # searched: any will do
-            cfg = TrialConfig(**{**base, "seed": cell.seeds[0], "lr": lr, "cache_dir": cache_dir})
-            say(f"text classifier of {base['backbone']} for {base['dataset']}")
-            text_classifier(cfg, list(manifest.classes))
+            say(f"text classifier of {template.backbone} for {template.dataset}")
+            text_classifier(template, classes)
     except CytotuneError as err:
         raise CytotuneError(f"{spec.where()}: methods[{cell.block_index}]: {err}") from err

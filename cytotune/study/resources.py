@@ -46,9 +46,11 @@ def fit_cells(cells: list[CellPlan], nodes: list[dict[str, float]], where: str) 
             if block.resources.allow_cpu_fallback:
                 if first:
                     notes.append(f"{field}: the cluster has no GPU; running {block.label} trials on CPU")
-                train = {**cell.base["train"], "device": "cpu"}
+                train = cell.template.train.model_copy(update={"device": "cpu"})
                 cell = dataclasses.replace(
-                    cell, resources={**ask, "GPU": 0.0}, base={**cell.base, "train": train}
+                    cell,
+                    resources={**ask, "GPU": 0.0},
+                    template=cell.template.model_copy(update={"train": train}),
                 )
             elif first:
                 problems.append(

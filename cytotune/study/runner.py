@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from cytotune.config import TrialConfig
 from cytotune.errors import CytotuneError
 from cytotune.study.grid import CellPlan, count_trials, expand_cells
 from cytotune.study.launch import (
@@ -207,24 +208,31 @@ def _live_nodes() -> list[dict[str, float]]:
     return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
 
 
-def plan_study(spec: StudySpec, nodes: list[dict[str, float]], cluster: str) -> StudyPlan:
+def plan_study(
+    spec: StudySpec, cells: list[CellPlan], nodes: list[dict[str, float]], cluster: str
+) -> StudyPlan:
     """The study's cells checked against the nodes' resources (nothing runs)."""
-    cells = expand_cells(spec)
     return StudyPlan(spec, cells, nodes, cluster, fit_cells(cells, nodes, spec.where()))
 
 
 def dry_run(
-    spec: StudySpec, *, address: str | None = None, connect_timeout_s: float = CONNECT_TIMEOUT_S
+    spec: StudySpec,
+    cells: list[CellPlan] | None = None,
+    *,
+    address: str | None = None,
+    connect_timeout_s: float = CONNECT_TIMEOUT_S,
 ) -> StudyPlan:
-    """Plan the study against the cluster at `address` (or this machine) without running anything."""
+    """Plan the study's cells (expanded here when not given) against the cluster at `address` (or this
+    machine) without running anything."""
     from cytotune.study.prepare import check_registries
 
     check_registries(spec)
+    cells = expand_cells(spec) if cells is None else cells
     if address is None:
         cpus, gpus = _machine()
-        return plan_study(spec, local_nodes(cpus, gpus), f"this machine ({cpus} CPU, {gpus} GPU)")
+        return plan_study(spec, cells, local_nodes(cpus, gpus), f"this machine ({cpus} CPU, {gpus} GPU)")
     with ray_session(address, connect_timeout_s=connect_timeout_s) as where:
-        return plan_study(spec, _live_nodes(), where)
+        return plan_study(spec, cells, _live_nodes(), where)
 
 
 def describe_plan(plan: StudyPlan) -> str:
@@ -275,13 +283,18 @@ def _outcomes(path: str) -> list[TrialOutcome]:
                 trial_key=config.get("trial_key", ""),
                 cell_key=config.get("cell_key", ""),
                 status=trial_status(trial.status, trial.last_result),
-                trial=config.get("trial", {}),
+                trial=_settings(config.get("trial")),
                 searched=config.get("searched", {}),
                 metrics=dict(trial.last_result or {}),
                 checkpoint=checkpoint.path if checkpoint is not None else None,
             )
         )
     return out
+
+
+def _settings(trial: TrialConfig | None) -> dict[str, Any]:
+    """A trial's settings as JSON values for the outcome table (without cache_dir: each node has its own)."""
+    return {} if trial is None else trial.model_dump(mode="json", exclude={"cache_dir"})
 
 
 def _require_fit(plan: StudyPlan) -> StudyPlan:
@@ -347,6 +360,7 @@ def _launch_checks(spec: StudySpec, store: StudyStorage, resume: bool) -> bool:
 
 def run_study(
     spec: StudySpec,
+    cells: list[CellPlan] | None = None,
     *,
     address: str | None = None,
     tracking_uri: str | None = None,
@@ -359,7 +373,9 @@ def run_study(
     signals: StopSignals | None = None,
     say: Callable[[str], None] = print,
 ) -> StudyOutcome:
-    """Run (or with `resume`, continue) a study on Ray Tune and return each trial's outcome.
+    """Run (or with `resume`, continue) a study on Ray Tune and return each trial's outcome. `cells`: the
+    study's plan (expand_cells), made by the caller once for the launch and its MLflow callback; expanded
+    here when not given.
 
     Checks the backbones, datasets and the cluster's resources first; takes the study's launch lock (one
     launch at a time) and records the launch (study, tracking URI, storage) in its storage folder; prepares
@@ -378,9 +394,10 @@ def run_study(
     from cytotune.study.prepare import check_registries, prepare_data
     from cytotune.tracking.uri import check_tracking
 
+    cells = expand_cells(spec) if cells is None else cells
     if address is None and not ray.is_initialized():
         cpus, gpus = _machine()
-        _require_fit(plan_study(spec, local_nodes(cpus, gpus), "this machine"))
+        _require_fit(plan_study(spec, cells, local_nodes(cpus, gpus), "this machine"))
     check_registries(spec)
     store = study_storage(spec.name, storage, spec.storage)
     path = store.driver_dir
@@ -391,7 +408,7 @@ def run_study(
     tracking_uri = tracking_uri or spec.tracking_uri
     if tracking_uri:
         check_tracking(tracking_uri)
-    n_trials = count_trials(expand_cells(spec))
+    n_trials = count_trials(cells)
     start = time.perf_counter()
     new_folder = _new_folders(path)
     plan = None
@@ -413,7 +430,7 @@ def run_study(
                 with ray_session(
                     address, signals=signals, connect_timeout_s=connect_timeout_s, say=say
                 ) as where:
-                    plan = _require_fit(plan_study(spec, _live_nodes(), where))
+                    plan = _require_fit(plan_study(spec, cells, _live_nodes(), where))
                     for note in plan.fit.notes:
                         say(note)
                     prepare_data(spec, plan.fit.cells, features=address is None, say=say)

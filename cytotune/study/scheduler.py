@@ -68,7 +68,7 @@ class SeedGroupedASHA(FIFOScheduler):
             return TrialScheduler.CONTINUE
         stop = rungs.result(
             configuration_key(trial.config["trial_key"]),
-            trial.config["trial"]["seed"],
+            trial.config["trial"].seed,
             step,
             value,
             result.get("last_step"),

@@ -383,6 +383,7 @@ class StudySpec(Frozen):
     storage: str | None = None  # a local folder or a URI (s3://, gs://, file://) that Ray Tune writes to
     max_failures: int = Field(2, ge=0)
     _source: Path | None = PrivateAttr(None)
+    _text: str | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _axes_given(self) -> StudySpec:
@@ -413,6 +414,11 @@ class StudySpec(Frozen):
     def source(self) -> Path | None:
         """The YAML file this study was loaded from (None when built in code)."""
         return self._source
+
+    @property
+    def text(self) -> str | None:
+        """The YAML text as read by load_study (None when built in code)."""
+        return self._text
 
     def where(self) -> str:
         """How errors name this study: its file, else its name."""
@@ -485,7 +491,8 @@ def load_study(path: str | Path) -> StudySpec:
     folder, relative data_dir, storage and weights paths against the YAML's folder."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        raw = yaml.safe_load(text)
     except OSError as err:
         raise CytotuneError(f"{path}: cannot read the study file: {err.strerror}") from err
     except yaml.YAMLError as err:
@@ -509,4 +516,5 @@ def load_study(path: str | Path) -> StudySpec:
     except ValidationError as err:
         raise CytotuneError(format_validation_error(str(path), err)) from err
     spec._source = path
+    spec._text = text
     return spec

@@ -17,8 +17,8 @@ def plan_dict(plan: StudyPlan) -> dict[str, Any]:
         {
             "cell_key": cell.cell_key,
             "method": cell.block.method,
-            "backbone": cell.base["backbone"],
-            "dataset": cell.base["dataset"],
+            "backbone": cell.template.backbone,
+            "dataset": cell.template.dataset,
             "trials": cell.n_trials,
             "search": "optuna" if cell.uses_optuna else "grid",
             "searched": sorted(cell.optuna or cell.grid),

@@ -46,12 +46,18 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def trial_config(config: dict[str, Any]) -> TrialConfig:
+    """The TrialConfig of a study's Ray config (as planned on the driver: Tune pickles it in its experiment
+    state), with this node's cache folder ($CYTOTUNE_CACHE or ~/.cache/cytotune)."""
+    return config["trial"].with_local_cache()
+
+
 def study_trainable(config: dict[str, Any]) -> None:
     """Run the trial described by a study's Ray config (see TrialPlan.ray_config) and report it to Tune."""
     from cytotune.train import run_trial
 
     started_at = time.time()
-    cfg = TrialConfig.model_validate(config["trial"])
+    cfg = trial_config(config)
     resume = _resume_state()
     assigned = ray.get_runtime_context().get_assigned_resources()
     timing = {
@@ -99,7 +105,7 @@ def _dataset_fields(cfg: TrialConfig) -> dict[str, Any]:
         "dataset_name": cfg.dataset,
         "dataset_digest": data.manifest.digest,
         "dataset_root": str(cfg.root),
-        "dataset_train": len(data.train),
+        "dataset_train": 0 if cfg.method == "zero_shot" else len(data.train),  # zero_shot uses none
         "dataset_val": len(data.val),
         "dataset_test": len(data.test),
     }

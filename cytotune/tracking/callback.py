@@ -279,7 +279,8 @@ class MlflowCallback(Callback):
         params = [Param(name, value) for name, value in layout.flatten_trial(config["trial"]).items()]
         for start in range(0, len(params), _BATCH):
             self.client.log_batch(run.info.run_id, params=params[start : start + _BATCH])
-        self.client.log_dict(run.info.run_id, config["trial"], layout.TRIAL_ARTIFACT)
+        trial_json = config["trial"].model_dump(mode="json", exclude={"cache_dir"})  # each node has its own
+        self.client.log_dict(run.info.run_id, trial_json, layout.TRIAL_ARTIFACT)
         return run.info.run_id
 
     def _continue(self, run: Any, trial: Any) -> str:

@@ -58,13 +58,13 @@ DATASET_FIELDS = (
 )
 
 
-def flatten_trial(trial: dict[str, Any]) -> dict[str, str]:
-    """A TrialConfig (as its JSON dict) as MLflow params: dotted names, lists joined by commas, None left out.
+def flatten_trial(trial: TrialConfig) -> dict[str, str]:
+    """A TrialConfig as MLflow params: dotted names, lists joined by commas, None left out.
 
     LoRA settings are left out of linear-probe trials, where they mean nothing; class prompts are one JSON
     param (class names need not be valid MLflow keys).
     """
-    config = TrialConfig.model_validate(trial).model_dump(mode="json")
+    config = trial.model_dump(mode="json")
     if config["method"] != "lora":
         config.pop("lora")
     if config["prompts"] is not None:

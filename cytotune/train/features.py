@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cytotune.config import TrialTemplate
 from cytotune.data import Manifest, open_eval_cache
 from cytotune.data.cache import CACHE_LAYOUT
 from cytotune.data.files import atomic_write_bytes, file_lock
@@ -133,3 +134,48 @@ def cached_features(
                 return CachedFeatures(features, params, True)
     params = json.loads(info.read_text())["backbone_params"]
     return CachedFeatures(np.load(path), int(params), False)
+
+
+@dataclass(frozen=True)
+class FeatureRequest:
+    """The probe features a trial reads: its whole manifest through its backbone (and weights) on a device,
+    in batches of batch_size, from the feature cache under cache_dir."""
+
+    manifest: Manifest
+    backbone: str
+    weights: Path | None
+    device: torch.device
+    batch_size: int
+    cache_dir: Path
+
+    def key(self) -> dict:
+        """The cache key of these features (see feature_key)."""
+        return feature_key(self.manifest, self.backbone, self.weights, self.device)
+
+    def path(self) -> Path:
+        """Where these features are cached."""
+        return feature_path(self.cache_dir, self.key())
+
+    def cached(self) -> CachedFeatures:
+        """The features from the cache, computed first when missing (see cached_features)."""
+        return cached_features(
+            self.manifest,
+            self.backbone,
+            self.weights,
+            cache_dir=self.cache_dir,
+            batch_size=self.batch_size,
+            device=self.device,
+        )
+
+
+def feature_request(cfg: TrialTemplate, manifest: Manifest, device: torch.device) -> FeatureRequest:
+    """The probe features of a trial config (or of a study cell's template) on `device`: the one place the
+    feature cache's arguments come from, for the trainers and for the study's preparation on the driver."""
+    return FeatureRequest(
+        manifest=manifest,
+        backbone=cfg.backbone,
+        weights=cfg.weights,
+        device=device,
+        batch_size=cfg.train.eval_batch_size,
+        cache_dir=cfg.cache_dir,
+    )

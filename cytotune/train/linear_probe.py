@@ -18,7 +18,7 @@ from cytotune.errors import CytotuneError
 from cytotune.models.files import save_model_files
 from cytotune.models.registry import get_backbone_spec
 from cytotune.models.weights import resolve_weights
-from cytotune.train.features import CachedFeatures, cached_features
+from cytotune.train.features import CachedFeatures, feature_request
 from cytotune.train.head import HeadFit, HeadSchedule, fit_linear_heads
 from cytotune.train.result import TrialResult
 from cytotune.train.runtime import PeakMemory, resolve_device
@@ -31,14 +31,7 @@ SweepReport = Callable[[int, dict], None]
 
 def probe_features(cfg: TrialConfig, data: TrialData, device: torch.device) -> CachedFeatures:
     """Features of the trial's whole manifest, from the shared feature cache (computed once)."""
-    return cached_features(
-        data.manifest,
-        cfg.backbone,
-        cfg.weights,
-        cache_dir=cfg.cache_dir,
-        batch_size=cfg.train.eval_batch_size,
-        device=device,
-    )
+    return feature_request(cfg, data.manifest, device).cached()
 
 
 def _check_one_cell(cfgs: Sequence[TrialConfig]) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cytotune.config import TrialConfig
+from cytotune.config import TrialConfig, TrialTemplate
 from cytotune.data import (
     Manifest,
     few_shot_indices,
@@ -40,8 +40,8 @@ class TrialData:
         return torch.tensor(self.manifest.frame["label"].to_numpy(), dtype=torch.int64)
 
 
-def trial_manifest(cfg: TrialConfig) -> Manifest:
-    """The prepared manifest of the trial's dataset (built once, then read back)."""
+def trial_manifest(cfg: TrialTemplate) -> Manifest:
+    """The prepared manifest of the trial's (or a study cell's) dataset (built once, then read back)."""
     return prepare_dataset(
         cfg.dataset_layout,
         cfg.root,

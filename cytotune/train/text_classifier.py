@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cytotune.config import TrialConfig
+from cytotune.config import TrialTemplate
 from cytotune.data.files import atomic_write_bytes, file_lock
 from cytotune.data.prompts import class_prompts
 from cytotune.models.text import load_text_encoder, text_tower_spec
@@ -42,7 +42,7 @@ def _classifier_path(cache_dir: Path, key: dict) -> Path:
     return Path(cache_dir) / "text" / f"{key['backbone']}-{digest}.npz"
 
 
-def text_classifier(cfg: TrialConfig, classes: list[str]) -> TextClassifier:
+def text_classifier(cfg: TrialTemplate, classes: list[str]) -> TextClassifier:
     """The text classifier of the trial's backbone for its dataset's classes and prompts (cached on disk)."""
     tower = text_tower_spec(cfg.backbone)
     prompts = class_prompts(cfg.dataset_layout, cfg.dataset, classes, cfg.prompts)
