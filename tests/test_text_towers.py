@@ -4,6 +4,7 @@ without a text tower, bad prompts and misplaced fields are refused with one line
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from cytotune.models.text import load_text_encoder, text_tower_spec
 from cytotune.study.grid import expand_cells
 from cytotune.study.prepare import check_registries, prepare_data
 from cytotune.study.spec import load_study
+from cytotune.tracking.layout import flatten_trial
 from cytotune.train import run_trial
 from cytotune.train.baselines import run_baseline
 from cytotune.train.linear_probe import probe_features
@@ -238,6 +240,10 @@ def test_zero_shot_cells_take_one_seed_and_misplaced_fields_are_refused(tmp_path
     zero, probe = expand_cells(load_study(path))
     assert zero.seeds == (4,) and zero.n_trials == 1 and probe.seeds == (4, 5)
     assert probe.trial({}, 4).config.head_init == "text"
+    params = flatten_trial(zero.trial({}, 4).config.model_copy(update={"prompts": PROMPTS}))
+    assert json.loads(params["prompts"]) == PROMPTS.model_dump(mode="json")
+    assert params["head_init"] == "random"
+    assert not any(name.startswith("prompts.") for name in params)
     bad = {
         "{method: zero_shot, shots: [1]}": "zero_shot uses no train images",
         "{method: zero_shot, seeds: [1, 2]}": "zero_shot depends on no seed",
