@@ -25,6 +25,7 @@ bench_app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
+SPLIT_TEXT = "0.7,0.1,0.2"  # config.DEFAULT_SPLIT as --split reads it (written out: no pydantic at start-up)
 
 
 def _show_version(value: bool) -> None:
@@ -88,7 +89,7 @@ def data_prepare(
     level: int = typer.Option(3, "--level", help="HiCervix label level: 1, 2 or 3."),
     skip_corrupt: bool = typer.Option(False, "--skip-corrupt", help="Drop unreadable images, don't fail."),
     cache_size: int = typer.Option(256, "--cache-size", help="Side of the decoded-image cache, pixels."),
-    split: str = typer.Option("0.7,0.1,0.2", "--split", help="train,val,test fractions (no official split)."),
+    split: str = typer.Option(SPLIT_TEXT, "--split", help="train,val,test fractions (no official split)."),
     split_seed: int = typer.Option(0, "--split-seed", help="Seed of the split."),
     cache_dir: str = typer.Option(None, "--cache-dir", metavar="PATH", help="Cache [$CYTOTUNE_CACHE]."),
 ) -> None:
@@ -116,24 +117,21 @@ def data_info(
     dataset: str = typer.Argument(..., help="Dataset name."),
     root: str = typer.Option(..., "--root", metavar="PATH", help="The dataset folder."),
     level: int = typer.Option(3, "--level", help="HiCervix label level: 1, 2 or 3."),
-    split: str = typer.Option("0.7,0.1,0.2", "--split", help="train,val,test fractions."),
+    split: str = typer.Option(SPLIT_TEXT, "--split", help="train,val,test fractions."),
     split_seed: int = typer.Option(0, "--split-seed", help="Seed of the split."),
     cache_dir: str = typer.Option(None, "--cache-dir", metavar="PATH", help="Cache [$CYTOTUNE_CACHE]."),
     json_output: bool = typer.Option(False, "--json", help="Print the facts as JSON."),
 ) -> None:
     """Show what is in a dataset folder, and its manifest and image caches if prepared."""
-    from cytotune.data.summary import dataset_facts, dataset_info, parse_split
+    from cytotune.data.summary import parse_split, survey_dataset
 
-    if json_output:
-        facts = dataset_facts(
-            dataset, root, level=level, split=parse_split(split), split_seed=split_seed, cache_dir=cache_dir
-        )
-        echo_json(facts)
-        return
-    text = dataset_info(
+    survey = survey_dataset(
         dataset, root, level=level, split=parse_split(split), split_seed=split_seed, cache_dir=cache_dir
     )
-    typer.echo(text)
+    if json_output:
+        echo_json(survey.facts())
+        return
+    typer.echo(survey.text())
 
 
 # --- backbones and one trial ----------------------------------------------------------------------
@@ -529,7 +527,7 @@ def bench_study_command(
     """Time the demo study with and without Ray actor reuse: wall time against the trials' own time."""
     import os
 
-    from cytotune.study.bench import bench_study
+    from cytotune.bench.study import bench_study
 
     rows = bench_study(out, slots=os.cpu_count() or 1)
     typer.echo("study benchmark: demo.yaml on a local Ray (own time: trainable start to last report)")
@@ -552,7 +550,7 @@ def bench_data_command(
     repeats: int = typer.Option(2, "--repeats", help="Epochs timed per method; the fastest counts."),
 ) -> None:
     """Time an epoch from the image and eval caches against PIL + torchvision per item; print ratio."""
-    from cytotune.data.bench import bench_data
+    from cytotune.bench.data import bench_data
 
     result = bench_data(
         root,
@@ -583,18 +581,13 @@ def bench_probe(
 ) -> None:
     """Time a linear-probe sweep (5 lr x 3 seeds) on cached features against one feature extraction and
     against the naive sweep that runs the backbone every epoch."""
-    import tempfile
+    from cytotune.bench.common import set_threads, work_folder
+    from cytotune.bench.probe import bench_probe as run_bench
 
-    import torch
-
-    from cytotune.train.bench import bench_probe as run_bench
-
-    if threads is not None:
-        torch.set_num_threads(threads)
-
-    with tempfile.TemporaryDirectory(prefix="cytotune-bench-") as tmp:
+    set_threads(threads)
+    with work_folder(work_dir) as folder:
         b = run_bench(
-            work_dir or Path(tmp),
+            folder,
             backbone=backbone,
             per_class=per_class,
             image_size=image_size,
@@ -602,20 +595,7 @@ def bench_probe(
             naive_epochs=naive_epochs,
             device=device,
         )
-    typer.echo(
-        f"probe sweep benchmark: {b.backbone} on {b.device}, synthetic {b.images} images "
-        f"({b.train_images} train), {b.trials} trials (5 lr x 3 seeds) x {b.epochs} epochs"
-    )
-    typer.echo(f"(a) one feature extraction:            {b.extraction_s:8.2f} s")
-    typer.echo(f"(b) sweep on cached features (incl. a): {b.sweep_s:8.2f} s  packed (heads train together)")
-    typer.echo(f"    the same, as {b.trials} separate trials: {b.separate_s:8.2f} s")
-    typer.echo(
-        f"(c) naive sweep, backbone in the loop:  {b.naive_s:8.2f} s  (extrapolated linearly from "
-        f"{b.naive_measured_epochs} epochs of one trial: {b.naive_measured_s:.2f} s)"
-    )
-    packed, separate = b.sweep_over_extraction, b.separate_over_extraction
-    typer.echo(f"(b)/(a) = {packed:.2f}x packed (target <= 1.5x), {separate:.2f}x as separate trials")
-    typer.echo(f"(c)/(b) = {b.naive_over_sweep:.1f}x")
+    typer.echo("\n".join(b.lines()))
 
 
 @bench_app.command("asha")
@@ -634,13 +614,11 @@ def bench_asha_command(
 ) -> None:
     """The bench study (6 LoRA cells x 5 lr x 3 seeds) as a full grid and with seed-grouped early stopping:
     training steps of each, and the share of cells choosing as the full grid does."""
-    import torch
-
-    from cytotune.study import asha_bench
+    from cytotune.bench import asha as asha_bench
+    from cytotune.bench.common import set_threads
     from cytotune.study.grid import expand_cells
 
-    if threads is not None:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     work_dir.mkdir(parents=True, exist_ok=True)
     cells = expand_cells(asha_bench.bench_spec(work_dir, grace, factor))
     if curves is None:
@@ -717,11 +695,10 @@ def bench_pack_command(
 ) -> None:
     """Train a cell's LoRA sweep (5 lr x 3 seeds) as 15 separate trials and packed, side by side: training
     images per second, wall and CPU seconds, at each few-shot batch size."""
-    import tempfile
-
     import torch
 
-    from cytotune.train.bench_pack import HEADER, bench_pack
+    from cytotune.bench.common import set_threads, work_folder
+    from cytotune.bench.pack import HEADER, bench_pack
     from cytotune.train.runtime import resolve_device
 
     try:
@@ -730,11 +707,10 @@ def bench_pack_command(
         raise CytotuneError(
             f"--batch-sizes {batch_sizes!r}: expected whole numbers separated by commas"
         ) from None
-    if threads is not None:
-        torch.set_num_threads(threads)
-    with tempfile.TemporaryDirectory(prefix="cytotune-bench-") as tmp:
+    set_threads(threads)
+    with work_folder(work_dir) as folder:
         rows = bench_pack(
-            work_dir or Path(tmp),
+            folder,
             backbone=backbone,
             batch_sizes=sizes,
             steps=steps,

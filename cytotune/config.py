@@ -19,6 +19,7 @@ Method = Literal["linear_probe", "lora", "knn", "simpleshot", "zero_shot"]
 TRAINED_METHODS = ("linear_probe", "lora")  # methods that train with a learning rate (and a head)
 FEATURE_METHODS = ("linear_probe", "knn", "simpleshot", "zero_shot")  # methods on the cached probe features
 HeadInit = Literal["random", "text"]
+DEFAULT_SPLIT = (0.7, 0.1, 0.2)  # train, val, test fractions of a dataset without an official split
 
 
 def default_cache_dir() -> Path:
@@ -119,7 +120,7 @@ class TrialTemplate(Frozen):
     layout: str | None = None  # the registered layout the root follows; None: the name is the layout
     root: Path
     level: Literal[1, 2, 3] = 3
-    split: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    split: tuple[float, float, float] = DEFAULT_SPLIT
     split_seed: int = 0
     shots: int | None = Field(None, ge=1)
     fraction: float | None = Field(None, gt=0, le=1)

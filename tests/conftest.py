@@ -14,6 +14,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    """$CYTOTUNE_CACHE pointed at tmp_path/cache (manifests of read-only data, image and feature caches)."""
+    monkeypatch.setenv("CYTOTUNE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
 @pytest.fixture(scope="session")
 def mlflow_sqlite_template(tmp_path_factory):
     """An empty MLflow SQLite store whose tables are made once per session (its migrations take seconds)."""

@@ -191,7 +191,7 @@ def run_case(folder: Path, signal_name: str, phase: str, data: Path | None = Non
     count trials and MLflow runs."""
     from mlflow import MlflowClient
 
-    from cytotune.tracking import layout
+    from cytotune.tracking import schema
 
     launch_dir, other_dir = folder / "launch", folder / "elsewhere"
     launch_dir.mkdir(parents=True)
@@ -217,14 +217,14 @@ def run_case(folder: Path, signal_name: str, phase: str, data: Path | None = Non
     if experiment is None:
         return case
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    trial_runs = [r for r in runs if r.data.tags.get(layout.KIND) == layout.KIND_TRIAL]
-    keys = Counter(r.data.tags[layout.TRIAL_KEY] for r in trial_runs)
-    case.trials = sum(1 for r in trial_runs if r.data.tags.get(layout.STATUS) == "finished")
+    trial_runs = [r for r in runs if r.data.tags.get(schema.KIND) == schema.KIND_TRIAL]
+    keys = Counter(r.data.tags[schema.TRIAL_KEY] for r in trial_runs)
+    case.trials = sum(1 for r in trial_runs if r.data.tags.get(schema.STATUS) == "finished")
     case.trial_runs = len(trial_runs)
     case.duplicates = sum(n - 1 for n in keys.values())
     case.running_runs = sum(r.info.status == "RUNNING" for r in runs)
     launches = sorted(
-        (r for r in runs if r.data.tags.get(layout.KIND) == layout.KIND_LAUNCH),
+        (r for r in runs if r.data.tags.get(schema.KIND) == schema.KIND_LAUNCH),
         key=lambda r: r.info.start_time,
     )
     case.launch_statuses = [r.info.status for r in launches]

@@ -58,6 +58,14 @@ def test_data_info_json_before_and_after_prepare(tmp_path):
     assert len(manifest["digest"]) == 40 and facts["image_caches"][0].endswith("-train16-v2.u8")
 
 
+def test_the_split_option_defaults_to_the_trial_config_s_split():
+    from cytotune.cli import SPLIT_TEXT
+    from cytotune.config import DEFAULT_SPLIT, TrialConfig
+    from cytotune.data.summary import parse_split
+
+    assert parse_split(SPLIT_TEXT) == DEFAULT_SPLIT == TrialConfig.model_fields["split"].default
+
+
 def test_dry_run_json_is_the_plan_the_text_shows():
     space = str(REPO / "search_spaces" / "demo.yaml")
     plan = json.loads(invoke("run", space, "--dry-run", "--json").stdout)

@@ -22,11 +22,7 @@ from cytotune.data import (
 from cytotune.data.images import load_eval_view, load_train_view
 from cytotune.errors import CytotuneError
 
-
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CYTOTUNE_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def plain_pil(path, size: tuple[int, int]) -> np.ndarray:

@@ -14,10 +14,7 @@ from cytotune.cli import app, main
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CYTOTUNE_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def invoke(*args: str):

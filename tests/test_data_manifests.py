@@ -24,11 +24,7 @@ from cytotune.data import find_manifest, list_datasets, prepare_dataset
 from cytotune.data import manifest as manifest_module
 from cytotune.errors import CytotuneError
 
-
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CYTOTUNE_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def one_line(err: pytest.ExceptionInfo) -> str:

@@ -20,7 +20,7 @@ from cytotune.models.attention import split_attention
 from cytotune.models.lora import load_adapter
 from cytotune.train import run_trial
 from cytotune.train.features import cached_features
-from cytotune.train.subsets import trial_data
+from cytotune.train.trial_data import trial_data
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

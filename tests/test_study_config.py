@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from study_yaml import error_of, write
 
 from cytotune.errors import CytotuneError
 from cytotune.study.spec import LoraGrid, OptunaDimension, load_study
@@ -20,21 +21,6 @@ methods:
     shots: [1, 2]
     search: {lr: [0.01, 0.001]}
 """
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "space.yaml"
-    path.write_text(text)
-    return path
-
-
-def error_of(tmp_path: Path, text: str) -> str:
-    with pytest.raises(CytotuneError) as err:
-        load_study(write(tmp_path, text))
-    message = str(err.value)
-    assert "\n" not in message
-    assert message.startswith(str(tmp_path / "space.yaml") + ": ")
-    return message.split(": ", 1)[1]
 
 
 @pytest.mark.parametrize(

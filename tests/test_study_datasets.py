@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import study_yaml
 from data_layouts import write_image
+from study_yaml import write
 
-from cytotune.errors import CytotuneError
 from cytotune.study.grid import expand_cells, expand_trials
 from cytotune.study.prepare import check_registries, prepare_data
 from cytotune.study.spec import load_study
-from cytotune.tracking.layout import flatten_trial
+from cytotune.tracking.schema import flatten_trial
 
 TWO_FOLDERS = """
 name: own
@@ -26,18 +27,8 @@ methods:
 """
 
 
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "space.yaml"
-    path.write_text(text)
-    return path
-
-
 def error_of(tmp_path: Path, text: str) -> str:
-    with pytest.raises(CytotuneError) as err:
-        check_registries(load_study(write(tmp_path, text)))
-    message = str(err.value)
-    assert "\n" not in message
-    return message.removeprefix(f"{tmp_path / 'space.yaml'}: ")
+    return study_yaml.error_of(tmp_path, text, check_registries)
 
 
 def make_folder(root: Path, classes: tuple[str, ...], per_class: int, seed: int) -> Path:
@@ -122,7 +113,7 @@ def test_a_name_is_a_key_part(tmp_path):
 
 def test_a_trial_reads_its_named_dataset_through_its_layout(tmp_path):
     from cytotune.config import TrialConfig
-    from cytotune.train.subsets import trial_data
+    from cytotune.train.trial_data import trial_data
 
     root = make_folder(tmp_path / "herlev", ("a", "b"), per_class=10, seed=0)
     cfg = TrialConfig(

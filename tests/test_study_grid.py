@@ -13,6 +13,7 @@ from cytotune.errors import CytotuneError
 from cytotune.study.grid import count_trials, expand_cells, expand_trials
 from cytotune.study.resources import fit_cells, local_nodes
 from cytotune.study.spec import load_study
+from cytotune.tracking.schema import CellKey, parse_cell_key
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 
@@ -80,6 +81,14 @@ def test_keys_are_stable_and_distinct():
     assert trials[0].trial_key == "lora/clip_vit_b16/bcfc/shots=1/rank=1,targets=qv/lr=0.01/seed=1"
     assert [t.trial_key for t in expand_trials(spec)] == [t.trial_key for t in trials]
     assert all(t.trial_key.startswith(t.cell_key + "/") for t in trials)
+
+
+def test_cell_keys_parse_back_into_their_parts():
+    lora = expand_cells(load_study(SPACES / "exp2_rank_sweep.yaml"))[0].cell_key
+    assert parse_cell_key(lora) == CellKey("lora", "clip_vit_b16", "bcfc", "shots=1", "rank=1,targets=qv")
+    cells = expand_cells(load_study(SPACES / "demo.yaml"))
+    probes = [parse_cell_key(c.cell_key) for c in cells if c.block.method == "linear_probe"]
+    assert probes and all(p.block == "linear_probe" and p.settings == "" for p in probes)
 
 
 def test_searched_lora_field_leaves_the_cell_key(tmp_path):

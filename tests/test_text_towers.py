@@ -26,14 +26,14 @@ from cytotune.models.text import load_text_encoder, text_tower_spec
 from cytotune.study.grid import expand_cells
 from cytotune.study.prepare import check_registries, prepare_data
 from cytotune.study.spec import load_study
-from cytotune.tracking.layout import flatten_trial
+from cytotune.tracking.schema import flatten_trial
 from cytotune.train import run_trial
 from cytotune.train.baselines import run_baseline
 from cytotune.train.linear_probe import probe_features
 from cytotune.train.lora_finetune import LoraRun
 from cytotune.train.packed_lora import check_one_cell
-from cytotune.train.subsets import trial_data
 from cytotune.train.text_classifier import text_classifier, text_head, zero_shot_logits
+from cytotune.train.trial_data import trial_data
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -8,7 +8,7 @@ from mlflow import MlflowClient
 from tracking_fakes import check_layout, default_outcome, launch_callback, plans, run_fake_study, write_study
 
 from cytotune.errors import CytotuneError
-from cytotune.tracking import best_configs, layout, runs_frame, select_best
+from cytotune.tracking import best_configs, runs_frame, schema, select_best
 from cytotune.tracking.uri import default_tracking_uri
 
 
@@ -62,17 +62,17 @@ def test_resume_after_an_interrupted_driver_continues_each_trials_run(tmp_path, 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("fake-resume").experiment_id
     runs = client.search_runs([experiment], max_results=1000)
-    children = [r for r in runs if r.data.tags[layout.KIND] == layout.KIND_TRIAL]
-    launches = {r.info.run_id: r for r in runs if r.data.tags[layout.KIND] == layout.KIND_LAUNCH}
-    assert sorted(r.data.tags[layout.TRIAL_KEY] for r in children) == sorted(p.trial_key for p in study_plans)
+    children = [r for r in runs if r.data.tags[schema.KIND] == schema.KIND_TRIAL]
+    launches = {r.info.run_id: r for r in runs if r.data.tags[schema.KIND] == schema.KIND_LAUNCH}
+    assert sorted(r.data.tags[schema.TRIAL_KEY] for r in children) == sorted(p.trial_key for p in study_plans)
     assert any(default_outcome(plan) == "failed" for plan in study_plans[4:])
     assert launches[first.parent_run_id].info.status == "KILLED"
     assert launches[second.parent_run_id].info.status == "FAILED"  # a trial of the second launch failed
-    assert launches[first.parent_run_id].data.tags[layout.RESUME] == "false"
-    continued = next(r for r in children if r.data.tags[layout.TRIAL_KEY] == interrupted.trial_key)
-    assert continued.data.tags[layout.PARENT_RUN_ID] == first.parent_run_id
-    assert continued.data.tags[layout.LAUNCHES] == f"{first.parent_run_id},{second.parent_run_id}"
-    assert continued.data.tags[layout.STATUS] == "finished" and continued.info.status == "FINISHED"
+    assert launches[first.parent_run_id].data.tags[schema.RESUME] == "false"
+    continued = next(r for r in children if r.data.tags[schema.TRIAL_KEY] == interrupted.trial_key)
+    assert continued.data.tags[schema.PARENT_RUN_ID] == first.parent_run_id
+    assert continued.data.tags[schema.LAUNCHES] == f"{first.parent_run_id},{second.parent_run_id}"
+    assert continued.data.tags[schema.STATUS] == "finished" and continued.info.status == "FINISHED"
     history = client.get_metric_history(continued.info.run_id, "val_acc")
     assert sorted(m.step for m in history) == [10, 10, 20, 20]
     assert len(runs_frame("fake-resume", uri)) == len(study_plans)

@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from cytotune.cli import app
 from cytotune.study.grid import expand_trials
 from cytotune.study.spec import load_study
-from cytotune.tracking import layout, runs_frame, select_best
+from cytotune.tracking import runs_frame, schema, select_best
 
 pytestmark = pytest.mark.slow
 
@@ -107,7 +107,7 @@ def test_report_writes_and_logs_its_files(servers, tmp_path):
     assert "tiny_clip" in (out / "table1_linear_probe.md").read_text()
     client = MlflowClient(uri)
     launch = client.search_runs(
-        [client.get_experiment_by_name(name).experiment_id], f"tags.`{layout.KIND}` = '{layout.KIND_LAUNCH}'"
+        [client.get_experiment_by_name(name).experiment_id], f"tags.`{schema.KIND}` = '{schema.KIND_LAUNCH}'"
     )[0]
     assert {
         a.path.removeprefix("report/") for a in client.list_artifacts(launch.info.run_id, "report")
@@ -183,17 +183,17 @@ def test_real_study_interrupted_then_resumed_has_one_run_per_trial(servers, tmp_
 
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name(name).experiment_id], max_results=100)
-    trials = [r for r in runs if r.data.tags[layout.KIND] == layout.KIND_TRIAL]
-    launches = {r.info.run_id: r for r in runs if r.data.tags[layout.KIND] == layout.KIND_LAUNCH}
-    keys = sorted(r.data.tags[layout.TRIAL_KEY] for r in trials)
+    trials = [r for r in runs if r.data.tags[schema.KIND] == schema.KIND_TRIAL]
+    launches = {r.info.run_id: r for r in runs if r.data.tags[schema.KIND] == schema.KIND_LAUNCH}
+    keys = sorted(r.data.tags[schema.TRIAL_KEY] for r in trials)
     assert len(keys) == 6 and len(set(keys)) == 6
-    assert {r.data.tags[layout.STATUS] for r in trials} == {"finished"}
+    assert {r.data.tags[schema.STATUS] for r in trials} == {"finished"}
     assert {r.info.status for r in trials} == {"FINISHED"}
     assert launches[tracking.parent_run_id].info.status == "KILLED"
     [second] = [r for r in launches.values() if r.info.run_id != tracking.parent_run_id]
-    assert second.data.tags[layout.RESUME] == "true" and second.info.status == "FINISHED"
-    assert all(r.data.tags[layout.PARENT_RUN_ID] in launches for r in trials)
-    assert sum(r.data.tags[layout.PARENT_RUN_ID] == tracking.parent_run_id for r in trials) >= 2
+    assert second.data.tags[schema.RESUME] == "true" and second.info.status == "FINISHED"
+    assert all(r.data.tags[schema.PARENT_RUN_ID] in launches for r in trials)
+    assert sum(r.data.tags[schema.PARENT_RUN_ID] == tracking.parent_run_id for r in trials) >= 2
     assert all(client.get_metric_history(r.info.run_id, "val_acc") for r in trials)
     assert {"trial_manifest.csv", "result.json", "confusion_matrix.png"} <= {
         a.path for a in client.list_artifacts(trials[0].info.run_id)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from cytotune.config import TrialConfig
 from cytotune.errors import CytotuneError
 from cytotune.report.paper import paper_linear_probe, parse_reference
-from cytotune.tracking.layout import flatten_trial
+from cytotune.tracking.schema import flatten_trial
 from cytotune.tracking.uri import artifact_location, check_tracking, default_tracking_uri
 
 
@@ -29,11 +30,13 @@ def test_check_tracking_refuses_what_cannot_work(tmp_path):
 def test_flatten_trial_gives_dotted_params_without_lora_for_probes(tmp_path):
     base = {"backbone": "uni", "dataset": "mlcc", "root": str(tmp_path)}
     lora = flatten_trial(
-        {**base, "method": "lora", "lr": 1e-3, "shots": 4, "lora": {"rank": 16, "targets": list("qkvo")}}
+        TrialConfig.model_validate(
+            {**base, "method": "lora", "lr": 1e-3, "shots": 4, "lora": {"rank": 16, "targets": list("qkvo")}}
+        )
     )
     assert lora["lora.rank"] == "16" and lora["lora.targets"] == "q,k,v,o" and lora["shots"] == "4"
     assert lora["lr"] == "0.001" and lora["train.batch_size"] == "32" and "fraction" not in lora
-    probe = flatten_trial({**base, "method": "linear_probe", "lr": 1e-2})
+    probe = flatten_trial(TrialConfig.model_validate({**base, "method": "linear_probe", "lr": 1e-2}))
     assert not any(name.startswith("lora.") for name in probe) and probe["method"] == "linear_probe"
 
 

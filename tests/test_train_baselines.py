@@ -24,7 +24,7 @@ from cytotune.train.calibration import (
     reliability_bins,
 )
 from cytotune.train.linear_probe import probe_features
-from cytotune.train.subsets import trial_data
+from cytotune.train.trial_data import trial_data
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

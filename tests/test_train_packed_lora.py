@@ -193,7 +193,7 @@ def test_a_pack_takes_one_cell_and_rungs_at_evaluations(root, cache_dir):
 
 
 def test_bench_pack_trains_both_sides_to_the_same_results(tmp_path):
-    from cytotune.train.bench_pack import bench_pack
+    from cytotune.bench.pack import bench_pack
 
     (row,) = bench_pack(
         tmp_path, backbone="tiny_vit", batch_sizes=(8,), steps=2, lrs=(1e-2, 1e-3), seeds=(1,)

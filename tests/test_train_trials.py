@@ -24,7 +24,7 @@ from cytotune.train import TrialResult, run_trial
 from cytotune.train import features as feature_cache
 from cytotune.train.linear_probe import run_probe_sweep
 from cytotune.train.lora_finetune import LoraRun
-from cytotune.train.subsets import trial_data
+from cytotune.train.trial_data import trial_data
 
 TIMING = {"images_per_s", "peak_mem_mb", "wall_s"}
 

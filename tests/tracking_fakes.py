@@ -188,35 +188,35 @@ def check_layout(
     client, study: str, study_yaml: Path, study_plans: list[TrialPlan], outcome=default_outcome
 ) -> None:
     """Assert the MLflow layout of a fake study driven to its end in one launch."""
-    from cytotune.tracking import layout
+    from cytotune.tracking import schema
 
     experiment = client.get_experiment_by_name(study)
     assert experiment is not None
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get(layout.KIND) == layout.KIND_LAUNCH]
-    children = [r for r in runs if r.data.tags.get(layout.KIND) == layout.KIND_TRIAL]
+    parents = [r for r in runs if r.data.tags.get(schema.KIND) == schema.KIND_LAUNCH]
+    children = [r for r in runs if r.data.tags.get(schema.KIND) == schema.KIND_TRIAL]
     assert len(parents) == 1 and len(children) == len(study_plans)
     parent = parents[0]
     text = study_yaml.read_text()
     any_failed = any(outcome(plan) == "failed" for plan in study_plans)
     assert parent.info.status == ("FAILED" if any_failed else "FINISHED")  # a trial failed for good
-    assert parent.data.tags[layout.STUDY] == study
-    assert parent.data.tags[layout.YAML_SHA256] == layout.sha256_text(text)
-    assert parent.data.tags[layout.VERSION]
-    assert parent.data.tags[layout.RAY_ADDRESS]
-    assert Path(client.download_artifacts(parent.info.run_id, layout.STUDY_ARTIFACT)).read_text() == text
-    cells = json.loads(Path(client.download_artifacts(parent.info.run_id, layout.CELLS_ARTIFACT)).read_text())
+    assert parent.data.tags[schema.STUDY] == study
+    assert parent.data.tags[schema.YAML_SHA256] == schema.sha256_text(text)
+    assert parent.data.tags[schema.VERSION]
+    assert parent.data.tags[schema.RAY_ADDRESS]
+    assert Path(client.download_artifacts(parent.info.run_id, schema.STUDY_ARTIFACT)).read_text() == text
+    cells = json.loads(Path(client.download_artifacts(parent.info.run_id, schema.CELLS_ARTIFACT)).read_text())
     assert cells == dict.fromkeys({p.cell_key for p in study_plans}, 2)  # seeds: [1, 2] in STUDY_YAML
-    by_key = {r.data.tags[layout.TRIAL_KEY]: r for r in children}
+    by_key = {r.data.tags[schema.TRIAL_KEY]: r for r in children}
     assert set(by_key) == {p.trial_key for p in study_plans}
     for plan in study_plans:
         run = by_key[plan.trial_key]
         tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
         expected = outcome(plan)
-        assert tags[layout.PARENT_RUN_ID] == parent.info.run_id
-        assert tags[layout.CELL_KEY] == plan.cell_key
-        assert tags[layout.RAY_TRIAL_ID].startswith("trial_")
-        assert tags[layout.STATUS] == expected
+        assert tags[schema.PARENT_RUN_ID] == parent.info.run_id
+        assert tags[schema.CELL_KEY] == plan.cell_key
+        assert tags[schema.RAY_TRIAL_ID].startswith("trial_")
+        assert tags[schema.STATUS] == expected
         assert run.info.status == {"finished": "FINISHED", "stopped": "KILLED", "failed": "FAILED"}[expected]
         assert params["backbone"] == "tiny_clip" and params["dataset"] == "synthetic"
         assert float(params["lr"]) == plan.config.lr and int(params["seed"]) == plan.config.seed

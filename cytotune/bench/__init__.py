@@ -1,1 +1,1 @@
-"""Benchmarks that measure the product as a whole (one module each)."""
+"""The `cytotune bench` benchmarks, one module each; common.py holds what they share."""

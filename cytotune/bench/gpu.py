@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from cytotune.bench.common import synchronize
 from cytotune.config import LoraSettings
 from cytotune.models import load_backbone
 from cytotune.models.lora import add_lora
@@ -123,11 +124,6 @@ def _step_function(case: GpuCase, device: torch.device) -> tuple[Callable[[], No
     return train_step, images
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure(case: GpuCase, device: torch.device, *, seconds: float = 5.0, warmup: int = 3) -> GpuFigure:
     """Warm `case` up (compilation included), then run steps for at least `seconds` and at least 3 steps."""
     if device.type == "cuda":
@@ -138,14 +134,14 @@ def measure(case: GpuCase, device: torch.device, *, seconds: float = 5.0, warmup
         step, _ = _step_function(case, device)
         for _ in range(warmup):
             step()
-        _synchronize(device)
+        synchronize(device)
         steps, start = 0, time.perf_counter()
         while steps < 3 or time.perf_counter() - start < seconds:
             step()
             steps += 1
             if steps % 5 == 0:
-                _synchronize(device)
-        _synchronize(device)
+                synchronize(device)
+        synchronize(device)
         elapsed = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
     return GpuFigure(case, case.batch * steps / elapsed, steps, elapsed, peak)

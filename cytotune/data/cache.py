@@ -28,7 +28,7 @@ from cytotune.config import default_cache_dir
 from cytotune.data.files import file_lock, temporary_sibling
 from cytotune.data.images import image_size, load_eval_view, load_resized, train_view_size
 from cytotune.data.manifest import Manifest
-from cytotune.data.progress import default_workers, map_with_progress
+from cytotune.data.progress_bar import default_workers, map_with_progress
 from cytotune.errors import CytotuneError
 
 log = logging.getLogger("cytotune.data")

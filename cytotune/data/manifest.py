@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from cytotune.config import default_cache_dir
+from cytotune.config import DEFAULT_SPLIT, default_cache_dir
 from cytotune.data.files import atomic_write_bytes, file_lock, is_writable_dir
 from cytotune.data.images import inspect_image
-from cytotune.data.progress import map_with_progress
+from cytotune.data.progress_bar import map_with_progress
 from cytotune.data.registry import DatasetListing, DatasetSpec, get_dataset
 from cytotune.data.splits import SPLITS, check_split_fractions, stratified_split
 from cytotune.errors import CytotuneError
@@ -38,7 +38,7 @@ class Manifest:
     digest: str
     frame: pd.DataFrame
     level: int = 3
-    split: tuple[float, float, float] | None = (0.7, 0.1, 0.2)
+    split: tuple[float, float, float] | None = DEFAULT_SPLIT
     split_seed: int = 0
     path: Path | None = None
     dropped: tuple[str, ...] = ()
@@ -234,7 +234,7 @@ def prepare_dataset(
     root: Path | str,
     *,
     level: int = 3,
-    split: Sequence[float] = (0.7, 0.1, 0.2),
+    split: Sequence[float] = DEFAULT_SPLIT,
     split_seed: int = 0,
     skip_corrupt: bool = False,
     cache_dir: Path | str | None = None,
@@ -287,7 +287,7 @@ def find_manifest(
     root: Path | str,
     *,
     level: int = 3,
-    split: Sequence[float] = (0.7, 0.1, 0.2),
+    split: Sequence[float] = DEFAULT_SPLIT,
     split_seed: int = 0,
     cache_dir: Path | str | None = None,
 ) -> Manifest | None:
@@ -297,4 +297,4 @@ def find_manifest(
 
 def scan_dataset(name: str, root: Path | str, *, level: int = 3) -> DatasetListing:
     """What the loader of `name` finds at `root` (classes, paths, official split), without reading images."""
-    return _lookup(name, root, level, (0.7, 0.1, 0.2), 0, None).listing
+    return _lookup(name, root, level, DEFAULT_SPLIT, 0, None).listing

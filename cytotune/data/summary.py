@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from cytotune.config import default_cache_dir
+from cytotune.config import DEFAULT_SPLIT, default_cache_dir
 from cytotune.data.cache import CACHE_LAYOUT
 from cytotune.data.manifest import Manifest, find_manifest, scan_dataset
 from cytotune.data.registry import get_dataset
@@ -47,75 +48,94 @@ def manifest_summary(manifest: Manifest) -> str:
     return "\n".join(lines)
 
 
-def dataset_info(
-    name: str,
-    root: Path,
-    *,
-    level: int = 3,
-    split: Sequence[float] = (0.7, 0.1, 0.2),
-    split_seed: int = 0,
-    cache_dir: Path | None = None,
-) -> str:
-    """What is at `root` for dataset `name`: classes and images found, and manifest and caches if made."""
-    spec = get_dataset(name)
-    listing = scan_dataset(name, root, level=level)
-    found = listing.frame["class_name"].value_counts().reindex(list(listing.classes), fill_value=0)
-    lines = [f"{name} at {Path(root).resolve()}; layout: {spec.layout}"]
-    lines += [f"  {class_name}: {count} images" for class_name, count in found.items()]
-    if listing.missing:
-        lines.append(f"  {len(listing.missing)} images named but not found")
-    lines += [f"  {note}" for note in listing.notes]
-    manifest = find_manifest(name, root, level=level, split=split, split_seed=split_seed, cache_dir=cache_dir)
-    if manifest is None:
-        lines.append(f"not prepared (or changed since): run `cytotune data prepare {name} --root {root}`")
+@dataclass(frozen=True)
+class DatasetSurvey:
+    """What is at a dataset's root (`cytotune data info`): its layout, images found per class, images named
+    but missing, the loader's notes, and the manifest and this cache layout's image caches when prepared."""
+
+    name: str
+    root: Path | str  # as given
+    level: int | None
+    layout: str
+    found: dict[str, int]
+    missing: int
+    notes: tuple[str, ...]
+    manifest: Manifest | None
+    caches: list[Path]
+
+    def text(self) -> str:
+        """Classes and images found, and the manifest and caches if made, as printable lines."""
+        lines = [f"{self.name} at {Path(self.root).resolve()}; layout: {self.layout}"]
+        lines += [f"  {class_name}: {count} images" for class_name, count in self.found.items()]
+        if self.missing:
+            lines.append(f"  {self.missing} images named but not found")
+        lines += [f"  {note}" for note in self.notes]
+        if self.manifest is None:
+            lines.append(
+                f"not prepared (or changed since): run `cytotune data prepare {self.name} --root {self.root}`"
+            )
+            return "\n".join(lines)
+        lines.append(manifest_summary(self.manifest))
+        lines += [f"image cache: {path}" for path in self.caches] or ["image cache: none yet"]
         return "\n".join(lines)
-    lines.append(manifest_summary(manifest))
-    cache_base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    pattern = f"{name}-{manifest.digest[:16]}-*-v{CACHE_LAYOUT}.u8"  # this layout's training and eval views
-    caches = sorted((cache_base / "images").glob(pattern))
-    lines += [f"image cache: {path}" for path in caches] or ["image cache: none yet"]
-    return "\n".join(lines)
+
+    def facts(self) -> dict:
+        """The survey as plain data (`data info --json`): images found per class, and the manifest (images
+        per class and split, digest) and image caches when prepared (null and [] otherwise)."""
+        manifest = self.manifest
+        facts = {
+            "dataset": self.name,
+            "root": str(Path(self.root).resolve()),
+            "layout": self.layout,
+            "level": self.level,
+            "classes": self.found,
+            "missing": self.missing,
+            "notes": list(self.notes),
+            "manifest": None,
+            "image_caches": [str(path) for path in self.caches],
+        }
+        if manifest is None:
+            return facts
+        counts = manifest.counts()
+        facts["manifest"] = {
+            "path": str(manifest.path),
+            "digest": manifest.digest,
+            "images": len(manifest),
+            "split": "official" if manifest.split is None else list(manifest.split),
+            "split_seed": None if manifest.split is None else manifest.split_seed,
+            "counts": {c: {k: int(v) for k, v in row.items()} for c, row in counts.iterrows()},
+            "dropped": list(manifest.dropped),
+        }
+        return facts
 
 
-def dataset_facts(
+def survey_dataset(
     name: str,
-    root: Path,
+    root: Path | str,
     *,
     level: int = 3,
-    split: Sequence[float] = (0.7, 0.1, 0.2),
+    split: Sequence[float] = DEFAULT_SPLIT,
     split_seed: int = 0,
-    cache_dir: Path | None = None,
-) -> dict:
-    """`dataset_info` as plain data (`data info --json`): images found per class, and the manifest (images per
-    class and split, digest) and image caches when prepared (null and [] otherwise)."""
+    cache_dir: Path | str | None = None,
+) -> DatasetSurvey:
+    """What is at `root` for dataset `name`, without preparing anything."""
     spec = get_dataset(name)
     listing = scan_dataset(name, root, level=level)
     found = listing.frame["class_name"].value_counts().reindex(list(listing.classes), fill_value=0)
-    facts = {
-        "dataset": name,
-        "root": str(Path(root).resolve()),
-        "layout": spec.layout,
-        "level": level if spec.uses_level else None,
-        "classes": {class_name: int(count) for class_name, count in found.items()},
-        "missing": len(listing.missing),
-        "notes": list(listing.notes),
-        "manifest": None,
-        "image_caches": [],
-    }
     manifest = find_manifest(name, root, level=level, split=split, split_seed=split_seed, cache_dir=cache_dir)
-    if manifest is None:
-        return facts
-    counts = manifest.counts()
-    facts["manifest"] = {
-        "path": str(manifest.path),
-        "digest": manifest.digest,
-        "images": len(manifest),
-        "split": "official" if manifest.split is None else list(manifest.split),
-        "split_seed": None if manifest.split is None else manifest.split_seed,
-        "counts": {c: {k: int(v) for k, v in row.items()} for c, row in counts.iterrows()},
-        "dropped": list(manifest.dropped),
-    }
-    cache_base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    caches = sorted((cache_base / "images").glob(f"{name}-{manifest.digest[:16]}-*.u8"))
-    facts["image_caches"] = [str(path) for path in caches]
-    return facts
+    caches = []
+    if manifest is not None:
+        cache_base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        pattern = f"{name}-{manifest.digest[:16]}-*-v{CACHE_LAYOUT}.u8"  # this layout's train and eval views
+        caches = sorted((cache_base / "images").glob(pattern))
+    return DatasetSurvey(
+        name=name,
+        root=root,
+        level=level if spec.uses_level else None,
+        layout=spec.layout,
+        found={class_name: int(count) for class_name, count in found.items()},
+        missing=len(listing.missing),
+        notes=tuple(listing.notes),
+        manifest=manifest,
+        caches=caches,
+    )

@@ -22,6 +22,7 @@ from cytotune.report.tables import (
 )
 from cytotune.report.uncertainty import ChosenTrials, study_uncertainty
 from cytotune.report.uncertainty_figures import forest_figure, reliability_figure
+from cytotune.tracking import schema
 from cytotune.tracking.runs import best_configs, latest_launch
 from cytotune.tracking.uri import resolve_tracking_uri
 
@@ -134,11 +135,11 @@ def _write(path: Path, text: str) -> Path:
 
 def _provenance(launch) -> str:
     tags = launch.data.tags
-    commit = tags.get("cytotune.git_commit", "unknown")
+    commit = tags.get(schema.GIT_COMMIT, "unknown")
     return (
         f"Latest launch run {launch.info.run_id} ({launch.info.status}), "
-        f"cytotune {tags.get('cytotune.version')}, "
-        f"git {commit[:12]}, study YAML sha256 {tags.get('cytotune.yaml_sha256', 'unknown')[:12]}.\n\n"
+        f"cytotune {tags.get(schema.VERSION)}, "
+        f"git {commit[:12]}, study YAML sha256 {tags.get(schema.YAML_SHA256, 'unknown')[:12]}.\n\n"
         "Per trial, test metrics are taken at the best-validation checkpoint (the paper's code took the last "
         "iteration); per cell, the searched values with the best mean validation accuracy over seeds are "
         "chosen "

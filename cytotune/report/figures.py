@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from cytotune.report.paper import BACKBONE_LABELS, DATASET_LABELS, backbone_label, dataset_label
+from cytotune.tracking.schema import parse_cell_key
 
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
 LINESTYLES = ("-", "-.", ":", (0, (5, 1)))
@@ -45,12 +46,11 @@ def _order(names, known) -> list[str]:
     return sorted(set(names), key=lambda n: (order.index(n) if n in order else len(order), n))
 
 
-def _setting(cell_key: str, budget_part: int = 3) -> str:
+def _setting(cell_key: str) -> str:
     """What a cell adds beyond method, backbone, dataset and budget: its block name and LoRA settings."""
-    parts = cell_key.split("/")
-    block = parts[0] if parts[0] not in METHOD_LABELS else ""
-    extra = "/".join(parts[budget_part + 1 :])
-    return ", ".join(p for p in (block, extra) if p)
+    key = parse_cell_key(cell_key)
+    block = key.block if key.block not in METHOD_LABELS else ""
+    return ", ".join(p for p in (block, key.settings) if p)
 
 
 def _band(ax, x, mean, std, colour, label, missing, linestyle="-", marker="o") -> None:

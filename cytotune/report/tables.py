@@ -18,6 +18,7 @@ from cytotune.report.paper import (
     dataset_label,
     paper_linear_probe,
 )
+from cytotune.tracking.schema import parse_cell_key
 from cytotune.tracking.selection import NO_COMPLETE
 
 BEST_FORMATS = ("table", "csv", "json", "markdown")
@@ -218,7 +219,7 @@ def linear_probe_table(best: pd.DataFrame) -> pd.DataFrame:
             {
                 "dataset": row["dataset"],
                 "backbone": row["backbone"],
-                "block": row["cell_key"].split("/")[0],
+                "block": parse_cell_key(row["cell_key"]).block,
                 "level": level,
                 "lr": row.get("lr"),
                 "test_acc": mean,

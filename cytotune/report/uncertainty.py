@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from cytotune.tracking.schema import parse_cell_key
 from cytotune.train.calibration import parse_correctness
+from cytotune.train.result import TEST_ECE, TEST_NLL
 
 RESAMPLES = 2000
 LEVEL = 0.95
@@ -167,7 +169,7 @@ def collect_chosen(rows: pd.DataFrame, read_result: Callable[[str], dict | None]
         bins = [r.get("test_reliability") or {} for r in results]
         if all(bins):
             out.reliability[cell] = {k: np.sum([b[k] for b in bins], axis=0).tolist() for k in bins[0]}
-        for name, target in (("test_nll", out.nll), ("test_ece", out.ece)):
+        for name, target in ((TEST_NLL, out.nll), (TEST_ECE, out.ece)):
             values = [r.get(name) for r in results]
             if all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
                 target[cell] = float(np.mean(values))
@@ -220,7 +222,7 @@ def _budget_text(row: pd.Series) -> str:
 
 
 def _block(row: pd.Series) -> str:
-    return str(row["cell_key"]).split("/")[0]
+    return parse_cell_key(str(row["cell_key"])).block
 
 
 def _method_rank(row: pd.Series) -> tuple[int, str]:

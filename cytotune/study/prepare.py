@@ -57,7 +57,7 @@ def prepare_data(
     compute each feature-method backbone's feature cache and each text classifier once: the cells' templates
     give the same manifest, feature request and text classifier their trials will ask for."""
     from cytotune.data import open_image_cache
-    from cytotune.train.subsets import trial_manifest
+    from cytotune.train.trial_data import trial_manifest
 
     manifests = {}
     images: set[tuple] = set()

@@ -33,6 +33,7 @@ from cytotune.study.resources import Fit, fit_cells, local_nodes
 from cytotune.study.signals import StopSignals, StudyInterrupted
 from cytotune.study.spec import StudySpec
 from cytotune.study.storage import StudyStorage, study_storage
+from cytotune.train.result import TEST_ACC
 
 OPTUNA_JOURNAL = "optuna.journal"
 CONNECT_TIMEOUT_S = 30.0
@@ -116,8 +117,8 @@ class StudyOutcome:
         for name in searched:
             if name not in frame.columns:
                 frame[name] = None
-        if "test_acc" not in frame.columns:
-            frame["test_acc"] = float("nan")
+        if TEST_ACC not in frame.columns:
+            frame[TEST_ACC] = float("nan")
         return select_best(frame, searched=searched or ("lr",))
 
 
@@ -272,7 +273,7 @@ def _outcomes(path: str) -> list[TrialOutcome]:
     """Each trial of the experiment at `path` as Ray Tune saved it (status, config, last result)."""
     from ray.tune import ExperimentAnalysis
 
-    from cytotune.study.progress import trial_status
+    from cytotune.study.progress_line import trial_status
 
     out = []
     for trial in ExperimentAnalysis(path).trials:
@@ -485,7 +486,7 @@ def _tuner(
     """The study's Tuner: restored from its storage, or new over every trial of the plan."""
     from ray import tune
 
-    from cytotune.study.progress import ProgressLine
+    from cytotune.study.progress_line import ProgressLine
     from cytotune.study.scheduler import SeedGroupedASHA
     from cytotune.study.search import CellSearcher
     from cytotune.study.trainable import study_trainable_with_resources

@@ -24,6 +24,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from cytotune.study.grid import CellPlan, configuration_key
 from cytotune.study.rungs import CellRungs
 from cytotune.study.spec import AshaSettings
+from cytotune.train.result import DONE_TRIAL, LAST_STEP, OBJECTIVE, OBJECTIVE_MODE
 
 
 class SeedGroupedASHA(FIFOScheduler):
@@ -47,7 +48,7 @@ class SeedGroupedASHA(FIFOScheduler):
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         """Metric and mode are fixed by the study (val_acc, max); accept only those."""
-        return metric in (None, "val_acc") and mode in (None, "max")
+        return metric in (None, OBJECTIVE) and mode in (None, OBJECTIVE_MODE)
 
     def _rungs(self, trial: Trial) -> CellRungs | None:
         cell = trial.config.get("cell_key")
@@ -61,7 +62,7 @@ class SeedGroupedASHA(FIFOScheduler):
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
         """Continue or stop the trial by its configuration's seed mean at the cell's rungs."""
         rungs = self._rungs(trial)
-        if rungs is None or result.get("done_trial"):
+        if rungs is None or result.get(DONE_TRIAL):
             return TrialScheduler.CONTINUE
         step, value = result.get(rungs.asha.time_attr), result.get(rungs.asha.metric)
         if step is None or value is None:
@@ -71,7 +72,7 @@ class SeedGroupedASHA(FIFOScheduler):
             trial.config["trial"].seed,
             step,
             value,
-            result.get("last_step"),
+            result.get(LAST_STEP),
         )
         return TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
 

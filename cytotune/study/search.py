@@ -22,6 +22,8 @@ from ray.tune.search import Searcher
 
 from cytotune.study.grid import CellPlan, format_value
 from cytotune.study.spec import OptunaDimension
+from cytotune.tracking.schema import FAILED, FINISHED, STOPPED
+from cytotune.train.result import BEST_VAL_ACC, DONE_TRIAL, OBJECTIVE, OBJECTIVE_MODE, VAL_ACC
 
 
 def optuna_distribution(dim: OptunaDimension) -> BaseDistribution:
@@ -39,11 +41,11 @@ def _decode(dim: OptunaDimension, value: Any) -> Any:
     return {format_value(c): c for c in dim.choices or ()}[value]
 
 
+OPTUNA_DIRECTION = {"max": "maximize", "min": "minimize"}[OBJECTIVE_MODE]
+
+
 def _sampler_seed(cell_key: str) -> int:
     return int(hashlib.sha1(cell_key.encode()).hexdigest()[:8], 16)
-
-
-FINISHED, STOPPED, FAILED = "finished", "stopped", "failed"
 
 
 def trial_end(result: dict | None, error: bool) -> str:
@@ -51,7 +53,7 @@ def trial_end(result: dict | None, error: bool) -> str:
     done_trial) or stopped early."""
     if error:
         return FAILED
-    return FINISHED if (result or {}).get("done_trial") == 1 else STOPPED
+    return FINISHED if (result or {}).get(DONE_TRIAL) == 1 else STOPPED
 
 
 class CellSearcher(Searcher):
@@ -62,7 +64,7 @@ class CellSearcher(Searcher):
     """
 
     def __init__(self, cells: list[CellPlan], optuna_journal: Path | None = None):
-        super().__init__(metric="val_acc", mode="max")
+        super().__init__(metric=OBJECTIVE, mode=OBJECTIVE_MODE)
         self._cells = {cell.cell_key: cell for cell in cells}
         self._journal = optuna_journal
         self._queue: deque[tuple[str, dict[str, Any], int, int | None]] = deque(
@@ -82,7 +84,7 @@ class CellSearcher(Searcher):
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         """Metric and mode are fixed by the study (val_acc, max); accept only those."""
-        return metric in (None, "val_acc") and mode in (None, "max")
+        return metric in (None, OBJECTIVE) and mode in (None, OBJECTIVE_MODE)
 
     def _study(self, cell_key: str) -> optuna.Study:
         if cell_key not in self._studies:
@@ -91,7 +93,7 @@ class CellSearcher(Searcher):
                 self._journal.parent.mkdir(parents=True, exist_ok=True)
                 storage = JournalStorage(JournalFileBackend(str(self._journal)))
             study = optuna.create_study(
-                storage=storage, study_name=cell_key, direction="maximize", load_if_exists=True
+                storage=storage, study_name=cell_key, direction=OPTUNA_DIRECTION, load_if_exists=True
             )
             # seeded per cell and by the trials already there, so a resumed study does not redraw its past
             seed = _sampler_seed(cell_key) + len(study.get_trials(deepcopy=False))
@@ -130,7 +132,7 @@ class CellSearcher(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """Keep the trial's best validation accuracy so far."""
-        value = result.get("best_val_acc", result.get("val_acc"))
+        value = result.get(BEST_VAL_ACC, result.get(VAL_ACC))
         if value is not None and trial_id in self._live:
             self._best[trial_id] = max(float(value), self._best.get(trial_id, float("-inf")))
 

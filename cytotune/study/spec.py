@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from cytotune.config import (
+    DEFAULT_SPLIT,
     TRAINED_METHODS,
     Frozen,
     HeadInit,
@@ -34,6 +35,7 @@ from cytotune.config import (
 )
 from cytotune.errors import CytotuneError
 from cytotune.study.storage import is_uri
+from cytotune.train.result import OBJECTIVE, STEP
 
 SEARCHABLE_LORA = ("rank", "alpha", "dropout", "targets", "scaling")
 
@@ -100,7 +102,7 @@ class DatasetEntry(Frozen):
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
     layout: str | None = None
     level: Literal[1, 2, 3] = 3
-    split: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    split: tuple[float, float, float] = DEFAULT_SPLIT
     split_seed: int = 0
     prompts: PromptSettings | None = None
 
@@ -195,8 +197,8 @@ class AshaSettings(Frozen):
     grace_period: int = Field(ge=1)
     reduction_factor: float = Field(2.0, gt=1)
     max_steps: int = Field(ge=1)
-    metric: Literal["val_acc"] = "val_acc"
-    time_attr: Literal["step"] = "step"
+    metric: Literal[OBJECTIVE] = OBJECTIVE
+    time_attr: Literal[STEP] = STEP
 
     @model_validator(mode="after")
     def _grace_below_max(self) -> AshaSettings:

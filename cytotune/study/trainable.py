@@ -22,6 +22,7 @@ from ray import tune
 from ray.tune import PlacementGroupFactory
 
 from cytotune.config import TrialConfig
+from cytotune.train.result import DONE_TRIAL, STEP, VAL_ACC
 
 STATE_FILE = "state.pt"
 RESULT_FILE = "result.json"
@@ -86,9 +87,9 @@ def study_trainable(config: dict[str, Any]) -> None:
         (out / RESULT_FILE).write_text(json.dumps(full, indent=1))
         final = {
             **result.metrics(),
-            "val_acc": result.best_val_acc,
-            "step": result.steps,
-            "done_trial": 1,
+            VAL_ACC: result.best_val_acc,
+            STEP: result.steps,
+            DONE_TRIAL: 1,
             **timing,
             "ended_at": time.time(),
             "elapsed_s": time.time() - started_at,
@@ -97,8 +98,8 @@ def study_trainable(config: dict[str, Any]) -> None:
 
 
 def _dataset_fields(cfg: TrialConfig) -> dict[str, Any]:
-    """What the trial's MLflow run records of its data (see tracking.layout.DATASET_FIELDS)."""
-    from cytotune.train.subsets import trial_data
+    """What the trial's MLflow run records of its data (see tracking.schema.DATASET_FIELDS)."""
+    from cytotune.train.trial_data import trial_data
 
     data = trial_data(cfg)
     return {

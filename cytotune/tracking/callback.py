@@ -15,9 +15,11 @@ from mlflow.entities import Metric, Param, RunTag
 from ray.tune import Callback
 
 from cytotune import __version__
-from cytotune.tracking import layout
+from cytotune.tracking import schema
 from cytotune.tracking.confusion import confusion_figure
+from cytotune.tracking.runs import search_pages
 from cytotune.tracking.uri import artifact_location, resolve_tracking_uri
+from cytotune.train.result import DONE_TRIAL, STEP, TEST_ACC
 
 _BATCH = 100
 
@@ -99,28 +101,28 @@ class MlflowCallback(Callback):
         self._close_stale_runs()
         if self.resume:
             self._previous = self._existing_trial_runs()
-        self._source = layout.source_tags()
+        self._source = schema.source_tags()
         tags = {
             **self._source,
-            layout.KIND: layout.KIND_LAUNCH,
-            layout.STUDY: self.study,
-            layout.VERSION: __version__,
-            layout.RAY_ADDRESS: self._ray_address(),
-            layout.RESUME: str(self.resume).lower(),
+            schema.KIND: schema.KIND_LAUNCH,
+            schema.STUDY: self.study,
+            schema.VERSION: __version__,
+            schema.RAY_ADDRESS: self._ray_address(),
+            schema.RESUME: str(self.resume).lower(),
         }
-        commit = layout.git_commit()
+        commit = schema.git_commit()
         if commit:
-            tags[layout.GIT_COMMIT] = commit
+            tags[schema.GIT_COMMIT] = commit
         if self.study_yaml is not None:
-            tags[layout.YAML_SHA256] = layout.sha256_text(self.study_yaml)
+            tags[schema.YAML_SHA256] = schema.sha256_text(self.study_yaml)
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
         name = f"{self.study} launch {stamp}" + (" (resume)" if self.resume else "")
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=name)
         self.parent_run_id = run.info.run_id
         if self.study_yaml is not None:
-            self.client.log_text(self.parent_run_id, self.study_yaml, layout.STUDY_ARTIFACT)
+            self.client.log_text(self.parent_run_id, self.study_yaml, schema.STUDY_ARTIFACT)
         if self.cell_seeds is not None:
-            self.client.log_dict(self.parent_run_id, self.cell_seeds, layout.CELLS_ARTIFACT)
+            self.client.log_dict(self.parent_run_id, self.cell_seeds, schema.CELLS_ARTIFACT)
         return self.parent_run_id
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -133,12 +135,12 @@ class MlflowCallback(Callback):
         self._log_dataset(run_id, result)
         node = result.get("node_id")
         if node and self._nodes.get(trial.trial_id) != node:
-            self.client.set_tag(run_id, layout.RAY_NODE_ID, node)
+            self.client.set_tag(run_id, schema.RAY_NODE_ID, node)
             self._nodes[trial.trial_id] = node
-        step = int(result.get("step", result.get("training_iteration", 0)))
-        names = list(layout.STEP_METRICS)
-        if result.get("done_trial"):
-            names += [name for name in layout.FINAL_METRICS if name not in names]
+        step = int(result.get(STEP, result.get("training_iteration", 0)))
+        names = list(schema.STEP_METRICS)
+        if result.get(DONE_TRIAL):
+            names += [name for name in schema.FINAL_METRICS if name not in names]
         stamp = int(time.time() * 1000)
         metrics = [
             Metric(name, float(result[name]), stamp, step) for name in names if _is_number(result.get(name))
@@ -148,10 +150,10 @@ class MlflowCallback(Callback):
 
     def _log_dataset(self, run_id: str, result: dict) -> None:
         """Once per run: the trial's dataset as an MLflow input, and its manifest digest as a param."""
-        if run_id in self._with_input or not all(name in result for name in layout.DATASET_FIELDS):
+        if run_id in self._with_input or not all(name in result for name in schema.DATASET_FIELDS):
             return
-        self.client.log_inputs(run_id, datasets=[layout.dataset_input(result)])
-        self.client.log_param(run_id, layout.DATASET_DIGEST, result[layout.DATASET_DIGEST])
+        self.client.log_inputs(run_id, datasets=[schema.dataset_input(result)])
+        self.client.log_param(run_id, schema.DATASET_DIGEST, result[schema.DATASET_DIGEST])
         self._with_input.add(run_id)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -159,18 +161,18 @@ class MlflowCallback(Callback):
         if trial.trial_id not in self._runs:
             return
         run_id = self._runs[trial.trial_id]
-        finished = bool((trial.last_result or {}).get("done_trial"))
+        finished = bool((trial.last_result or {}).get(DONE_TRIAL))
         if finished:
             self._log_final_artifacts(run_id, trial)
-        self._end(trial, layout.FINISHED if finished else layout.STOPPED)
+        self._end(trial, schema.FINISHED if finished else schema.STOPPED)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """End the trial's run FAILED with the error text as a tag and as error.txt."""
         run_id = self._run_of(trial)
         text = _error_text(trial)
-        self.client.set_tag(run_id, layout.ERROR, layout.clip_tag(text))
+        self.client.set_tag(run_id, schema.ERROR, schema.clip_tag(text))
         self.client.log_text(run_id, text, "error.txt")
-        self._end(trial, layout.FAILED)
+        self._end(trial, schema.FAILED)
         self._failed.add(run_id)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
@@ -201,7 +203,7 @@ class MlflowCallback(Callback):
         return self.client.create_experiment(
             self.study,
             artifact_location=artifact_location(self.tracking_uri, self.study),
-            tags={layout.STUDY: self.study},
+            tags={schema.STUDY: self.study},
         )
 
     def _ray_address(self) -> str:
@@ -215,21 +217,12 @@ class MlflowCallback(Callback):
         return self.ray_address or "local"
 
     def _search(self, filter_string: str) -> list[Any]:
-        runs: list[Any] = []
-        token = None
-        while True:
-            page = self.client.search_runs(
-                [self.experiment_id], filter_string=filter_string, max_results=1000, page_token=token
-            )
-            runs.extend(page)
-            token = page.token
-            if not token:
-                return runs
+        return search_pages(self.client, [self.experiment_id], filter_string)
 
     def _existing_trial_runs(self) -> dict[str, list[Any]]:
         by_key: dict[str, list[Any]] = {}
-        for run in self._search(f"tags.`{layout.KIND}` = '{layout.KIND_TRIAL}'"):
-            by_key.setdefault(run.data.tags.get(layout.TRIAL_KEY, ""), []).append(run)
+        for run in self._search(f"tags.`{schema.KIND}` = '{schema.KIND_TRIAL}'"):
+            by_key.setdefault(run.data.tags.get(schema.TRIAL_KEY, ""), []).append(run)
         for runs in by_key.values():
             runs.sort(key=lambda run: run.info.start_time or 0, reverse=True)
         return by_key
@@ -253,7 +246,7 @@ class MlflowCallback(Callback):
         candidates = [
             run for run in self._previous.get(trial_key, []) if run.info.run_id not in self._claimed
         ]
-        same_id = [run for run in candidates if run.data.tags.get(layout.RAY_TRIAL_ID) == ray_trial_id]
+        same_id = [run for run in candidates if run.data.tags.get(schema.RAY_TRIAL_ID) == ray_trial_id]
         chosen = (same_id or candidates or [None])[0]
         if chosen is not None:
             self._claimed.add(chosen.info.run_id)
@@ -262,35 +255,35 @@ class MlflowCallback(Callback):
     def _create(self, trial: Any) -> str:
         config = trial.config
         tags = {
-            layout.PARENT_RUN_ID: self.start_launch(),
+            schema.PARENT_RUN_ID: self.start_launch(),
             **self._source,
-            layout.KIND: layout.KIND_TRIAL,
-            layout.STUDY: self.study,
-            layout.CELL_KEY: config["cell_key"],
-            layout.TRIAL_KEY: config["trial_key"],
-            layout.RAY_TRIAL_ID: trial.trial_id,
-            layout.STATUS: layout.RUNNING,
-            layout.SEARCHED: ",".join(sorted(config.get("searched", {}))),
-            layout.LAUNCHES: self.parent_run_id,
+            schema.KIND: schema.KIND_TRIAL,
+            schema.STUDY: self.study,
+            schema.CELL_KEY: config["cell_key"],
+            schema.TRIAL_KEY: config["trial_key"],
+            schema.RAY_TRIAL_ID: trial.trial_id,
+            schema.STATUS: schema.RUNNING,
+            schema.SEARCHED: ",".join(sorted(config.get("searched", {}))),
+            schema.LAUNCHES: self.parent_run_id,
         }
         if "resources" in config:
-            tags[layout.RESOURCES] = json.dumps(config["resources"], sort_keys=True)
+            tags[schema.RESOURCES] = json.dumps(config["resources"], sort_keys=True)
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=config["trial_key"])
-        params = [Param(name, value) for name, value in layout.flatten_trial(config["trial"]).items()]
+        params = [Param(name, value) for name, value in schema.flatten_trial(config["trial"]).items()]
         for start in range(0, len(params), _BATCH):
             self.client.log_batch(run.info.run_id, params=params[start : start + _BATCH])
         trial_json = config["trial"].model_dump(mode="json", exclude={"cache_dir"})  # each node has its own
-        self.client.log_dict(run.info.run_id, trial_json, layout.TRIAL_ARTIFACT)
+        self.client.log_dict(run.info.run_id, trial_json, schema.TRIAL_ARTIFACT)
         return run.info.run_id
 
     def _continue(self, run: Any, trial: Any) -> str:
         run_id = run.info.run_id
-        launches = run.data.tags.get(layout.LAUNCHES, "").split(",")
+        launches = run.data.tags.get(schema.LAUNCHES, "").split(",")
         launches = [launch for launch in launches if launch] + [self.start_launch()]
         tags = {
-            layout.STATUS: layout.RUNNING,
-            layout.RAY_TRIAL_ID: trial.trial_id,
-            layout.LAUNCHES: ",".join(dict.fromkeys(launches)),
+            schema.STATUS: schema.RUNNING,
+            schema.RAY_TRIAL_ID: trial.trial_id,
+            schema.LAUNCHES: ",".join(dict.fromkeys(launches)),
         }
         self.client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
         self.client.update_run(run_id, status="RUNNING")
@@ -298,8 +291,8 @@ class MlflowCallback(Callback):
 
     def _end(self, trial: Any, status: str) -> None:
         run_id = self._runs[trial.trial_id]
-        self.client.set_tag(run_id, layout.STATUS, status)
-        self.client.set_terminated(run_id, status=layout.RUN_STATUS[status])
+        self.client.set_tag(run_id, schema.STATUS, status)
+        self.client.set_terminated(run_id, status=schema.RUN_STATUS[status])
         self._ended.add(run_id)
 
     def _log_final_artifacts(self, run_id: str, trial: Any) -> None:
@@ -321,7 +314,7 @@ class MlflowCallback(Callback):
         if not result.get("confusion_matrix") or not result.get("classes"):
             return
         cell, key = trial.config["cell_key"], trial.config["trial_key"]
-        acc = result.get("test_acc")
+        acc = result.get(TEST_ACC)
         title = cell + "\n" + key.removeprefix(cell + "/").replace("/", ", ")
         title += f": test accuracy {100 * acc:.2f}%" if _is_number(acc) else ""
         with tempfile.TemporaryDirectory() as tmp:

@@ -13,7 +13,7 @@ from mlflow.exceptions import MlflowException
 
 from cytotune.config import TrialConfig
 from cytotune.errors import CytotuneError
-from cytotune.tracking import layout
+from cytotune.tracking import schema
 from cytotune.tracking.runs import best_configs, read_artifact_text, runs_frame
 from cytotune.tracking.uri import resolve_tracking_uri
 
@@ -40,7 +40,7 @@ def rerun_study(
         resources = picked.iloc[0].get("resources")
         resources = json.loads(resources) if isinstance(resources, str) else {}
         seeds = sorted(int(seed) for seed in trials["seed"].unique())
-        blocks.append(_block(config, cell["cell_key"].split("/")[0], seeds, resources))
+        blocks.append(_block(config, schema.parse_cell_key(cell["cell_key"]).block, seeds, resources))
         if config.weights is not None:
             weights[config.backbone] = str(config.weights)
     study: dict[str, Any] = {"name": name}
@@ -73,10 +73,10 @@ def write_rerun_yaml(study: dict[str, Any], path: Path) -> Path:
 
 def _trial_config(client: MlflowClient, run_id: str) -> TrialConfig:
     try:
-        text = read_artifact_text(client, run_id, layout.TRIAL_ARTIFACT)
+        text = read_artifact_text(client, run_id, schema.TRIAL_ARTIFACT)
     except (OSError, MlflowException) as err:
         raise CytotuneError(
-            f"run {run_id}: cannot read {layout.TRIAL_ARTIFACT} ({err}); expected a run made by cytotune"
+            f"run {run_id}: cannot read {schema.TRIAL_ARTIFACT} ({err}); expected a run made by cytotune"
         ) from err
     return TrialConfig.model_validate_json(text)
 

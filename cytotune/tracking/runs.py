@@ -15,19 +15,19 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from cytotune.errors import CytotuneError
-from cytotune.tracking import layout
+from cytotune.tracking import schema
 from cytotune.tracking.selection import select_best
 from cytotune.tracking.uri import resolve_tracking_uri
 
 TAG_COLUMNS = {
-    layout.STATUS: "status",
-    layout.CELL_KEY: "cell_key",
-    layout.TRIAL_KEY: "trial_key",
-    layout.RAY_TRIAL_ID: "ray_trial_id",
-    layout.SEARCHED: "searched",
-    layout.RESOURCES: "resources",
-    layout.ERROR: "error",
-    layout.PARENT_RUN_ID: "parent_run_id",
+    schema.STATUS: "status",
+    schema.CELL_KEY: "cell_key",
+    schema.TRIAL_KEY: "trial_key",
+    schema.RAY_TRIAL_ID: "ray_trial_id",
+    schema.SEARCHED: "searched",
+    schema.RESOURCES: "resources",
+    schema.ERROR: "error",
+    schema.PARENT_RUN_ID: "parent_run_id",
 }
 BASE_COLUMNS = ("run_id", "run_status", "start_time", "end_time", *TAG_COLUMNS.values())
 
@@ -44,17 +44,25 @@ def experiment_id(client: MlflowClient, experiment: str) -> str:
     return found.experiment_id
 
 
-def search_all(client: MlflowClient, experiment: str, filter_string: str, order_by: list[str] | None = None):
-    """Every run of an experiment matching an MLflow filter string (all pages)."""
-    ids = [experiment_id(client, experiment)]
+def search_pages(
+    client: MlflowClient, experiment_ids: list[str], filter_string: str, order_by: list[str] | None = None
+) -> list[Run]:
+    """Every run of these experiments (by id) matching an MLflow filter string, read page after page."""
     runs: list[Run] = []
     token = None
     while True:
-        page = client.search_runs(ids, filter_string, max_results=1000, order_by=order_by, page_token=token)
+        page = client.search_runs(
+            experiment_ids, filter_string, max_results=1000, order_by=order_by, page_token=token
+        )
         runs.extend(page)
         token = page.token
         if not token:
             return runs
+
+
+def search_all(client: MlflowClient, experiment: str, filter_string: str, order_by: list[str] | None = None):
+    """Every run of an experiment (by name) matching an MLflow filter string (all pages)."""
+    return search_pages(client, [experiment_id(client, experiment)], filter_string, order_by)
 
 
 def runs_frame(
@@ -73,7 +81,7 @@ def runs_frame(
     ("dataset=sipakmed,shots=4" or a mapping).
     """
     client = MlflowClient(resolve_tracking_uri(tracking_uri))
-    runs = search_all(client, experiment, f"tags.`{layout.KIND}` = '{layout.KIND_TRIAL}'")
+    runs = search_all(client, experiment, f"tags.`{schema.KIND}` = '{schema.KIND_TRIAL}'")
     if not all_launches:
         current = current_launch_ids(client, experiment)
         runs = [run for run in runs if not current or current & _launches_of(run)]
@@ -90,20 +98,20 @@ def runs_frame(
 
 def current_launch_ids(client: MlflowClient, experiment: str) -> set[str]:
     """Ids of the latest launch made without --resume and of the launches after it (empty: no launch)."""
-    filter_string = f"tags.`{layout.KIND}` = '{layout.KIND_LAUNCH}'"
+    filter_string = f"tags.`{schema.KIND}` = '{schema.KIND_LAUNCH}'"
     launches = search_all(client, experiment, filter_string, order_by=["attributes.start_time DESC"])
     current: set[str] = set()
     for launch in launches:
         current.add(launch.info.run_id)
-        if launch.data.tags.get(layout.RESUME) != "true":
+        if launch.data.tags.get(schema.RESUME) != "true":
             break
     return current
 
 
 def _launches_of(run: Run) -> set[str]:
     tags = run.data.tags
-    return {launch for launch in tags.get(layout.LAUNCHES, "").split(",") if launch} | {
-        tags.get(layout.PARENT_RUN_ID, "")
+    return {launch for launch in tags.get(schema.LAUNCHES, "").split(",") if launch} | {
+        tags.get(schema.PARENT_RUN_ID, "")
     }
 
 
@@ -174,7 +182,7 @@ def filter_frame(frame: pd.DataFrame, where: str | Mapping[str, Any]) -> pd.Data
 def latest_launch(experiment: str, tracking_uri: str | None = None) -> Run:
     """The parent run of the study's most recent launch; CytotuneError when the study has none."""
     client = MlflowClient(resolve_tracking_uri(tracking_uri))
-    filter_string = f"tags.`{layout.KIND}` = '{layout.KIND_LAUNCH}'"
+    filter_string = f"tags.`{schema.KIND}` = '{schema.KIND_LAUNCH}'"
     launches = search_all(client, experiment, filter_string, order_by=["attributes.start_time DESC"])
     if not launches:
         raise CytotuneError(
@@ -197,9 +205,9 @@ def expected_seeds(experiment: str, tracking_uri: str | None = None) -> dict[str
     except CytotuneError:
         return None
     client = MlflowClient(resolve_tracking_uri(tracking_uri))
-    if layout.CELLS_ARTIFACT not in {item.path for item in client.list_artifacts(run.info.run_id)}:
+    if schema.CELLS_ARTIFACT not in {item.path for item in client.list_artifacts(run.info.run_id)}:
         return None
-    text = read_artifact_text(client, run.info.run_id, layout.CELLS_ARTIFACT)
+    text = read_artifact_text(client, run.info.run_id, schema.CELLS_ARTIFACT)
     return {str(cell): int(seeds) for cell, seeds in json.loads(text).items()}
 
 

@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 
 from cytotune.errors import CytotuneError
+from cytotune.tracking.schema import FINISHED
+from cytotune.train.result import BEST_VAL_ACC, TEST_ACC, TEST_BALANCED_ACC, TEST_MACRO_F1
 
-FINISHED = "finished"
 CHOSEN = "chosen"
 NO_COMPLETE = "no configuration finished on every seed"
 CELL_FIELDS = (
@@ -28,7 +29,7 @@ CELL_FIELDS = (
     "lora.dropout",
     "lora.scaling",
 )
-MEAN_METRICS = ("test_balanced_acc", "test_macro_f1", "trainable_params", "total_params")
+MEAN_METRICS = (TEST_BALANCED_ACC, TEST_MACRO_F1, "trainable_params", "total_params")
 _TIE_DECIMALS = 12
 
 
@@ -55,13 +56,13 @@ def select_best(
     searched = _ordered_searched(searched)
     if frame.empty:
         return pd.DataFrame(columns=_output_columns(frame, searched))
-    required = {"cell_key", "status", "seed", "best_val_acc", "test_acc", *searched}
+    required = {"cell_key", "status", "seed", BEST_VAL_ACC, TEST_ACC, *searched}
     missing = sorted(required - set(frame.columns))
     if missing:
         expected = ", ".join(sorted(required))
         raise CytotuneError(f"runs table: missing columns {', '.join(missing)}; expected columns {expected}")
     seen = int(frame.groupby("cell_key")["seed"].nunique().max())
-    done = frame[(frame["status"] == FINISHED) & frame["best_val_acc"].notna() & frame["test_acc"].notna()]
+    done = frame[(frame["status"] == FINISHED) & frame[BEST_VAL_ACC].notna() & frame[TEST_ACC].notna()]
     rows = []
     for cell, trials in frame.groupby("cell_key", sort=True):
         expected = _expected(expected_seeds, str(cell), seen)
@@ -112,9 +113,9 @@ def _choose(candidates: pd.DataFrame, searched: list[str]) -> dict:
     keys = searched or ["cell_key"]
     groups = candidates.groupby(keys, sort=False, dropna=False)
     summary = groups.agg(
-        val_acc_mean=("best_val_acc", "mean"),
-        test_acc_mean=("test_acc", "mean"),
-        test_acc_std=("test_acc", "std"),
+        val_acc_mean=(BEST_VAL_ACC, "mean"),
+        test_acc_mean=(TEST_ACC, "mean"),
+        test_acc_std=(TEST_ACC, "std"),
         n_seeds=("seed", "nunique"),
     ).reset_index()
     summary["_rank"] = summary["val_acc_mean"].round(_TIE_DECIMALS)

@@ -25,11 +25,11 @@ import torch
 
 from cytotune.config import TrialConfig
 from cytotune.train.linear_probe import probe_features
-from cytotune.train.result import TrialResult
+from cytotune.train.result import BEST_VAL_ACC, STEP, VAL_ACC, TrialResult
 from cytotune.train.runtime import PeakMemory, resolve_device
-from cytotune.train.scoring import score_test_rows
-from cytotune.train.subsets import trial_data, write_trial_manifest
+from cytotune.train.scoring import scored_result
 from cytotune.train.text_classifier import text_classifier, zero_shot_logits
+from cytotune.train.trial_data import trial_data, write_trial_manifest
 
 CHUNK = 1024
 Scorer = Callable[[torch.Tensor], torch.Tensor]
@@ -101,18 +101,20 @@ def run_baseline(
     val_acc = float((probabilities(data.val).argmax(1) == data.labels(data.val)).mean())
     fit_seconds = time.perf_counter() - fit_start
     if report is not None:
-        report({"step": 0, "val_acc": val_acc, "best_val_acc": val_acc}, None)
+        report({STEP: 0, VAL_ACC: val_acc, BEST_VAL_ACC: val_acc}, None)
     artifacts = {}
     if out_dir is not None:
         artifacts["trial_manifest.csv"] = write_trial_manifest(data, Path(out_dir) / "trial_manifest.csv")
-    return TrialResult(
+    return scored_result(
+        cfg,
+        data,
+        probabilities(data.test),
         best_val_acc=val_acc,
         best_step=0,
-        **score_test_rows(cfg, data, probabilities(data.test)),
-        classes=list(data.manifest.classes),
         trainable_params=0,
         total_params=cached.backbone_params,
-        images_per_s=len(data.val) / max(fit_seconds, 1e-9),
+        examples_seen=len(data.val),
+        train_seconds=fit_seconds,
         peak_mem_mb=memory.megabytes(),
         wall_s=time.perf_counter() - start,
         steps=0,

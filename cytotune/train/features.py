@@ -20,7 +20,7 @@ from cytotune.config import TrialTemplate
 from cytotune.data import Manifest, open_eval_cache
 from cytotune.data.cache import CACHE_LAYOUT
 from cytotune.data.files import atomic_write_bytes, file_lock
-from cytotune.data.progress import progress_bar
+from cytotune.data.progress_bar import progress_bar
 from cytotune.data.transforms import eval_transform
 from cytotune.models import get_backbone_spec, load_backbone
 from cytotune.models.params import count_parameters

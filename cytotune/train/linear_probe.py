@@ -20,11 +20,11 @@ from cytotune.models.registry import get_backbone_spec
 from cytotune.models.weights import resolve_weights
 from cytotune.train.features import CachedFeatures, feature_request
 from cytotune.train.head import HeadFit, HeadSchedule, fit_linear_heads
-from cytotune.train.result import TrialResult
+from cytotune.train.result import BEST_VAL_ACC, LAST_STEP, STEP, TRAIN_LOSS, VAL_ACC, TrialResult
 from cytotune.train.runtime import PeakMemory, resolve_device
-from cytotune.train.scoring import score_test_rows
-from cytotune.train.subsets import TrialData, trial_manifest, trial_rows, write_trial_manifest
+from cytotune.train.scoring import scored_result
 from cytotune.train.text_classifier import text_classifier, text_head
+from cytotune.train.trial_data import TrialData, trial_manifest, trial_rows, write_trial_manifest
 
 SweepReport = Callable[[int, dict], None]
 
@@ -95,8 +95,8 @@ def run_probe_sweep(
 
     def on_eval(k: int, step: int, train_loss: float, val_acc: float, best_val_acc: float) -> None:
         if report is not None:
-            metrics = {"step": step, "last_step": last_step, "train_loss": train_loss, "val_acc": val_acc}
-            report(k, {**metrics, "best_val_acc": best_val_acc})
+            metrics = {STEP: step, LAST_STEP: last_step, TRAIN_LOSS: train_loss, VAL_ACC: val_acc}
+            report(k, {**metrics, BEST_VAL_ACC: best_val_acc})
 
     def stacked(role: str) -> torch.Tensor:
         return torch.stack([torch.from_numpy(getattr(d, role)) for d in datas]).to(device)
@@ -119,12 +119,11 @@ def run_probe_sweep(
         where=[f"linear probe {c.backbone}/{c.dataset} lr={c.lr} seed={c.seed}" for c in cfgs],
         init=init,
     )
-    tests, artifacts = [], []
+    test_probabilities, artifacts = [], []
     for index, (data, fit) in enumerate(zip(datas, fits, strict=True)):
         test_rows = torch.from_numpy(data.test).to(device)
         logits = features[test_rows] @ fit.weight.T + fit.bias
-        probabilities = torch.softmax(logits.double(), 1).cpu().numpy()
-        tests.append(score_test_rows(cfgs[index], data, probabilities))
+        test_probabilities.append(torch.softmax(logits.double(), 1).cpu().numpy())
         out_dir = out_dirs[index] if out_dirs is not None else None
         written = {}
         if out_dir is not None:
@@ -134,20 +133,24 @@ def run_probe_sweep(
     share = len(cfgs)
     wall = (time.perf_counter() - start) / share
     return [
-        TrialResult(
+        scored_result(
+            cfg,
+            data,
+            probabilities,
             best_val_acc=fit.best_val_acc,
             best_step=fit.best_step,
-            **test,
-            classes=list(manifest.classes),
             trainable_params=fit.weight.numel() + fit.bias.numel(),
             total_params=cached.backbone_params + fit.weight.numel() + fit.bias.numel(),
-            images_per_s=fit.examples_seen * share / max(fit.train_seconds, 1e-9),
+            examples_seen=fit.examples_seen * share,
+            train_seconds=fit.train_seconds,
             peak_mem_mb=memory.megabytes(),
             wall_s=wall,
             steps=fit.steps,
             artifacts=written,
         )
-        for fit, test, written in zip(fits, tests, artifacts, strict=True)
+        for cfg, data, fit, probabilities, written in zip(
+            cfgs, datas, fits, test_probabilities, artifacts, strict=True
+        )
     ]
 
 

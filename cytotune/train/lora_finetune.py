@@ -21,12 +21,12 @@ from cytotune.models.params import count_parameters
 from cytotune.train.batches import BatchStream
 from cytotune.train.best import BestTracker
 from cytotune.train.guard import ensure_finite_loss
-from cytotune.train.result import TrialResult
+from cytotune.train.result import BEST_VAL_ACC, LAST_STEP, STEP, TRAIN_LOSS, VAL_ACC, TrialResult
 from cytotune.train.runtime import PeakMemory, autocast, resolve_device, seed_everything
 from cytotune.train.schedule import warmup_cosine_lr
-from cytotune.train.scoring import score_test_rows
-from cytotune.train.subsets import TrialData, trial_data, write_trial_manifest
+from cytotune.train.scoring import scored_result
 from cytotune.train.text_classifier import text_classifier, text_head
+from cytotune.train.trial_data import TrialData, trial_data, write_trial_manifest
 
 Report = Callable[[dict, dict | None], None]
 
@@ -220,11 +220,11 @@ class LoraRun:
                 self.best.update(self.step, val_acc, self.trainable_state)
                 if report is not None:
                     metrics = {
-                        "step": self.step,
-                        "last_step": self.total_steps,
-                        "train_loss": float(np.mean(losses)),
-                        "val_acc": val_acc,
-                        "best_val_acc": self.best.value,
+                        STEP: self.step,
+                        LAST_STEP: self.total_steps,
+                        TRAIN_LOSS: float(np.mean(losses)),
+                        VAL_ACC: val_acc,
+                        BEST_VAL_ACC: self.best.value,
                     }
                     report(metrics, self.state_dict())
                 losses = []
@@ -263,14 +263,16 @@ def run_lora(
             cfg.train.image_cache_size,
         )
     trainable, total = count_parameters(nn.ModuleList([run.backbone, run.head]))
-    return TrialResult(
+    return scored_result(
+        cfg,
+        data,
+        probabilities,
         best_val_acc=run.best.value,
         best_step=run.best.step,
-        **score_test_rows(cfg, data, probabilities),
-        classes=list(data.manifest.classes),
         trainable_params=trainable,
         total_params=total,
-        images_per_s=run.examples_seen / max(run.train_seconds, 1e-9),
+        examples_seen=run.examples_seen,
+        train_seconds=run.train_seconds,
         peak_mem_mb=memory.megabytes(),
         wall_s=time.perf_counter() - start,
         steps=run.step,

@@ -45,11 +45,11 @@ from cytotune.train.best import BestTracker
 from cytotune.train.guard import ensure_finite_loss
 from cytotune.train.head import AdamW
 from cytotune.train.lora_finetune import _cpu_copy, lora_steps
-from cytotune.train.result import TrialResult
+from cytotune.train.result import BEST_VAL_ACC, STEP, TRAIN_LOSS, VAL_ACC, TrialResult
 from cytotune.train.runtime import PeakMemory, autocast, resolve_device, seed_everything
 from cytotune.train.schedule import warmup_cosine_table
-from cytotune.train.scoring import score_test_rows
-from cytotune.train.subsets import trial_manifest, trial_rows, write_trial_manifest
+from cytotune.train.scoring import scored_result
+from cytotune.train.trial_data import trial_manifest, trial_rows, write_trial_manifest
 
 PackReport = Callable[[dict[int, dict], dict], None]
 
@@ -336,10 +336,10 @@ class PackedLoraRun:
                 for position, (index, val_acc) in enumerate(zip(self.active, val_accs, strict=True)):
                     self.best[index].update(self.step, val_acc, lambda p=position: self.trainable_state(p))
                     metrics[index] = {
-                        "step": self.step,
-                        "train_loss": float(np.mean(losses[index])),
-                        "val_acc": val_acc,
-                        "best_val_acc": self.best[index].value,
+                        STEP: self.step,
+                        TRAIN_LOSS: float(np.mean(losses[index])),
+                        VAL_ACC: val_acc,
+                        BEST_VAL_ACC: self.best[index].value,
                     }
                     losses[index] = []
                 if self.step in rungs and self.step < self.total_steps:
@@ -458,18 +458,19 @@ def run_lora_pack(
     trainable = sum(p[0].numel() for p in run.parameters()) if finished else 0
     frozen = sum(p.numel() for p in run.backbone.parameters() if not p.requires_grad)
     wall = (time.perf_counter() - start) / len(cfgs)
-    images_per_s = run.examples_seen / max(run.train_seconds, 1e-9)
     for index in finished:
         data, tracker = run.datas[index], run.best[index]
         probabilities = torch.softmax(tests[index].double(), 1).numpy()
-        result = TrialResult(
+        result = scored_result(
+            run.cfgs[index],
+            data,
+            probabilities,
             best_val_acc=tracker.value,
             best_step=tracker.step,
-            **score_test_rows(run.cfgs[index], data, probabilities),
-            classes=list(data.manifest.classes),
             trainable_params=trainable,
             total_params=frozen + trainable,
-            images_per_s=images_per_s,
+            examples_seen=run.examples_seen,
+            train_seconds=run.train_seconds,
             peak_mem_mb=memory.megabytes(),
             wall_s=wall,
             steps=run.step,

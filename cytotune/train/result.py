@@ -1,4 +1,5 @@
-"""TrialResult: the final numbers of one trial (the contract between trainers and the study)."""
+"""TrialResult: the final numbers of one trial, and the names of what trials report (the contract between
+trainers, the study and its tracking)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,34 @@ from pathlib import Path
 
 from cytotune.train.calibration import Evaluation
 
+# What a trainer reports at each evaluation: the step, the last step of its schedule (LoRA and the probe),
+# the mean train loss since the last report, the validation accuracy and the best one so far.
+STEP = "step"
+LAST_STEP = "last_step"
+TRAIN_LOSS = "train_loss"
+VAL_ACC = "val_acc"
+BEST_VAL_ACC = "best_val_acc"
+# 1 in the study's final report of a trial that ran its whole schedule (the report with the final metrics).
+DONE_TRIAL = "done_trial"
+# Final test metrics, at the best-validation step (TrialResult's fields of the same names).
+TEST_ACC = "test_acc"
+TEST_BALANCED_ACC = "test_balanced_acc"
+TEST_MACRO_F1 = "test_macro_f1"
+TEST_NLL = "test_nll"
+TEST_ECE = "test_ece"
+# What a study maximises: VAL_ACC as trials report it (the searcher and the scheduler watch it); selection
+# compares BEST_VAL_ACC, the best each trial reached, averaged over seeds.
+OBJECTIVE = VAL_ACC
+OBJECTIVE_MODE = "max"
+
 SCALAR_FIELDS = (
-    "best_val_acc",
+    BEST_VAL_ACC,
     "best_step",
-    "test_acc",
-    "test_balanced_acc",
-    "test_macro_f1",
-    "test_nll",
-    "test_ece",
+    TEST_ACC,
+    TEST_BALANCED_ACC,
+    TEST_MACRO_F1,
+    TEST_NLL,
+    TEST_ECE,
     "test_acc_level1",
     "test_acc_level2",
     "test_acc_level3",
@@ -72,13 +93,13 @@ class TrialResult:
     def test_fields(test: Evaluation) -> dict:
         """The keyword arguments of the test-set fields, from a test evaluation."""
         return {
-            "test_acc": test.metrics.accuracy,
-            "test_balanced_acc": test.metrics.balanced_accuracy,
-            "test_macro_f1": test.metrics.macro_f1,
+            TEST_ACC: test.metrics.accuracy,
+            TEST_BALANCED_ACC: test.metrics.balanced_accuracy,
+            TEST_MACRO_F1: test.metrics.macro_f1,
             "test_per_class_recall": test.metrics.per_class_recall,
             "confusion_matrix": test.metrics.confusion,
-            "test_nll": test.nll,
-            "test_ece": test.ece,
+            TEST_NLL: test.nll,
+            TEST_ECE: test.ece,
             "test_correct": test.correct,
             "test_reliability": test.reliability,
         }

@@ -1,8 +1,10 @@
 """A trial's test-set fields from its class probabilities: metrics, calibration, per-image correctness and,
 on a hierarchical dataset, the accuracy at each level up to the trial's own (predictions mapped up the
-tree)."""
+tree); and the TrialResult every trainer returns, built from them."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -10,7 +12,7 @@ from cytotune.config import TrialConfig
 from cytotune.data.hierarchy import class_tree
 from cytotune.train.calibration import evaluate_probabilities
 from cytotune.train.result import TrialResult
-from cytotune.train.subsets import TrialData
+from cytotune.train.trial_data import TrialData
 
 
 def level_accuracies(
@@ -38,3 +40,36 @@ def score_test_rows(cfg: TrialConfig, data: TrialData, probabilities: np.ndarray
     if tree is not None:
         fields.update(level_accuracies(tree, classes, cfg.level, labels, np.asarray(probabilities).argmax(1)))
     return fields
+
+
+def scored_result(
+    cfg: TrialConfig,
+    data: TrialData,
+    probabilities: np.ndarray,
+    *,
+    best_val_acc: float,
+    best_step: int,
+    trainable_params: int,
+    total_params: int,
+    examples_seen: float,
+    train_seconds: float,
+    peak_mem_mb: float,
+    wall_s: float,
+    steps: int,
+    artifacts: dict[str, Path],
+) -> TrialResult:
+    """A trained trial's TrialResult: its test rows scored from `probabilities` (test rows x classes) and its
+    training throughput, examples seen per second of training."""
+    return TrialResult(
+        best_val_acc=best_val_acc,
+        best_step=best_step,
+        **score_test_rows(cfg, data, probabilities),
+        classes=list(data.manifest.classes),
+        trainable_params=trainable_params,
+        total_params=total_params,
+        images_per_s=examples_seen / max(train_seconds, 1e-9),
+        peak_mem_mb=peak_mem_mb,
+        wall_s=wall_s,
+        steps=steps,
+        artifacts=artifacts,
+    )

@@ -24,6 +24,7 @@ from cytotune.study.grid import CellPlan, configuration_key
 from cytotune.study.rungs import CellRungs
 from cytotune.study.spec import AshaSettings, StudySpec, load_study
 from cytotune.tracking.selection import select_best
+from cytotune.train.result import BEST_VAL_ACC, STEP, TEST_ACC, VAL_ACC
 
 BENCH_YAML = """\
 # cytotune bench asha: the same study with and without early stopping
@@ -125,8 +126,8 @@ def record_curves(
                         lr=float(cfg.lr),
                         seed=seed,
                         last_step=int(result.steps),
-                        steps=tuple(int(r["step"]) for r in reports),
-                        val_acc=tuple(float(r["val_acc"]) for r in reports),
+                        steps=tuple(int(r[STEP]) for r in reports),
+                        val_acc=tuple(float(r[VAL_ACC]) for r in reports),
                         best_val_acc=float(result.best_val_acc),
                         test_acc=float(result.test_acc),
                     )
@@ -209,8 +210,8 @@ def choices(curves: Sequence[TrialCurve], stopped: frozenset[int], seeds: dict[s
             "status": "stopped" if i in stopped else "finished",
             "seed": c.seed,
             "lr": c.lr,
-            "best_val_acc": c.best_val_acc,
-            "test_acc": c.test_acc,
+            BEST_VAL_ACC: c.best_val_acc,
+            TEST_ACC: c.test_acc,
         }
         for i, c in enumerate(curves)
     )

@@ -9,20 +9,19 @@ evaluation included. Each side's results are compared, configuration by configur
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cytotune.bench.common import PAPER_LRS, PAPER_SEEDS, timed
 from cytotune.config import TrainSettings, TrialConfig
 from cytotune.data import open_eval_cache, open_image_cache
 from cytotune.data.synthetic import generate_synthetic
 from cytotune.errors import CytotuneError
 from cytotune.models import get_backbone_spec
-from cytotune.train.bench import PAPER_LRS, PAPER_SEEDS
 from cytotune.train.lora_finetune import run_lora
 from cytotune.train.packed_lora import run_lora_pack
-from cytotune.train.subsets import trial_data
+from cytotune.train.trial_data import trial_data
 
 
 @dataclass(frozen=True)
@@ -65,12 +64,6 @@ HEADER = (
     "batch pack-of | train images/s: separate packed  gain | wall s: separate packed  gain | "
     "CPU s: separate packed  gain | same results"
 )
-
-
-def _timed(work):
-    wall, cpu = time.perf_counter(), time.process_time()
-    value = work()
-    return value, time.perf_counter() - wall, time.process_time() - cpu
 
 
 def _same(a, b) -> bool:
@@ -132,10 +125,10 @@ def bench_pack(
         data = trial_data(cfgs[0])
         open_image_cache(data.manifest, size=image_size, cache_dir=cache_dir)
         open_eval_cache(data.manifest, get_backbone_spec(backbone).input_size, cache_dir)
-        alone, separate_wall, separate_cpu = _timed(lambda cfgs=cfgs: [run_lora(c) for c in cfgs])
+        alone, separate_wall, separate_cpu = timed(lambda cfgs=cfgs: [run_lora(c) for c in cfgs])
         per_pass = max(1, min(len(cfgs), max_images_per_pass // batch))
         packs = [cfgs[lo : lo + per_pass] for lo in range(0, len(cfgs), per_pass)]
-        outcomes, packed_wall, packed_cpu = _timed(
+        outcomes, packed_wall, packed_cpu = timed(
             lambda packs=packs: [o for pack in packs for o in run_lora_pack(pack)]
         )
         packed = [o.result for o in outcomes]

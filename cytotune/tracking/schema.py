@@ -1,17 +1,18 @@
-"""The MLflow run layout of a study: tag names, statuses, metric names and the flattened trial parameters."""
+"""The MLflow run schema of a study: tag names, statuses, metric names and the flattened trial parameters."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Dataset, DatasetInput, InputTag
 
 from cytotune.config import TrialConfig
-from cytotune.train.result import SCALAR_FIELDS
+from cytotune.train.result import BEST_VAL_ACC, SCALAR_FIELDS, TRAIN_LOSS, VAL_ACC
 
 KIND = "cytotune.kind"
 KIND_LAUNCH = "launch"
@@ -40,7 +41,7 @@ STATUSES = (RUNNING, FINISHED, STOPPED, FAILED)
 # KILLED (its tag says "stopped"); it is kept, with the metrics it reached.
 RUN_STATUS = {FINISHED: "FINISHED", STOPPED: "KILLED", FAILED: "FAILED"}
 
-STEP_METRICS = ("train_loss", "val_acc", "best_val_acc")
+STEP_METRICS = (TRAIN_LOSS, VAL_ACC, BEST_VAL_ACC)
 FINAL_METRICS = SCALAR_FIELDS
 STUDY_ARTIFACT = "study.yaml"
 CELLS_ARTIFACT = "cells.json"  # on the launch run: seeds per cell key
@@ -56,6 +57,25 @@ DATASET_FIELDS = (
     "dataset_val",
     "dataset_test",
 )
+
+
+@dataclass(frozen=True)
+class CellKey:
+    """The parts of a cell key (the CELL_KEY tag; written by study.grid.cell_key): the method block's label,
+    backbone, dataset label, data budget (shots=k, fraction=p or full) and, for LoRA, its fixed settings
+    ("rank=2,targets=qv"; "" otherwise)."""
+
+    block: str
+    backbone: str
+    dataset: str
+    budget: str
+    settings: str
+
+
+def parse_cell_key(key: str) -> CellKey:
+    """A cell key's parts."""
+    block, backbone, dataset, budget, *settings = key.split("/")
+    return CellKey(block, backbone, dataset, budget, "/".join(settings))
 
 
 def flatten_trial(trial: TrialConfig) -> dict[str, str]:

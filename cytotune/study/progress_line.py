@@ -9,13 +9,16 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
+from cytotune.tracking.schema import FAILED, FINISHED, STOPPED
+from cytotune.train.result import BEST_VAL_ACC, DONE_TRIAL
+
 
 def trial_status(ray_status: str, last_result: dict | None) -> str:
     """A trial's study status: finished (reached its end), stopped (early, by ASHA), failed, or unfinished."""
     if ray_status == Trial.ERROR:
-        return "failed"
+        return FAILED
     if ray_status == Trial.TERMINATED:
-        return "finished" if (last_result or {}).get("done_trial") == 1 else "stopped"
+        return FINISHED if (last_result or {}).get(DONE_TRIAL) == 1 else STOPPED
     return "unfinished"
 
 
@@ -27,7 +30,7 @@ class ProgressLine(Callback):
         self.started = time.monotonic()
 
     def _show(self, trials: list[Trial]) -> None:
-        counts = {"finished": 0, "stopped": 0, "failed": 0}
+        counts = {FINISHED: 0, STOPPED: 0, FAILED: 0}
         running = 0
         best = None
         for trial in trials:
@@ -36,13 +39,13 @@ class ProgressLine(Callback):
                 running += 1
             elif status in counts:
                 counts[status] += 1
-            value = (trial.last_result or {}).get("best_val_acc")
+            value = (trial.last_result or {}).get(BEST_VAL_ACC)
             if value is not None:
                 best = value if best is None else max(best, value)
         ended = sum(counts.values())
         line = (
             f"[{time.monotonic() - self.started:6.0f}s] {ended}/{self.total} trials ended "
-            f"({counts['finished']} finished, {counts['stopped']} stopped, {counts['failed']} failed), "
+            f"({counts[FINISHED]} finished, {counts[STOPPED]} stopped, {counts[FAILED]} failed), "
             f"{running} running" + ("" if best is None else f" | best val_acc {best:.4f}")
         )
         tty = getattr(sys.stderr, "isatty", lambda: False)()

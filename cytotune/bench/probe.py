@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cytotune.bench.common import PAPER_LRS, PAPER_SEEDS, timed
 from cytotune.config import TrainSettings, TrialConfig
 from cytotune.data import open_eval_cache, prepare_dataset
 from cytotune.data.synthetic import generate_synthetic
@@ -26,11 +27,8 @@ from cytotune.train.features import extract_features
 from cytotune.train.linear_probe import run_probe_sweep
 from cytotune.train.runtime import autocast, resolve_device, seed_everything
 from cytotune.train.schedule import warmup_cosine_lr
-from cytotune.train.subsets import TrialData, trial_data
 from cytotune.train.trial import run_trial
-
-PAPER_LRS = (1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
-PAPER_SEEDS = (1, 2, 3)
+from cytotune.train.trial_data import TrialData, trial_data
 
 
 @dataclass(frozen=True)
@@ -66,6 +64,21 @@ class ProbeBenchmark:
     def naive_over_sweep(self) -> float:
         """(c) / (b): how much the feature cache saves."""
         return self.naive_s / self.sweep_s
+
+    def lines(self) -> list[str]:
+        """The result as printable lines."""
+        packed, separate = self.sweep_over_extraction, self.separate_over_extraction
+        return [
+            f"probe sweep benchmark: {self.backbone} on {self.device}, synthetic {self.images} images "
+            f"({self.train_images} train), {self.trials} trials (5 lr x 3 seeds) x {self.epochs} epochs",
+            f"(a) one feature extraction:            {self.extraction_s:8.2f} s",
+            f"(b) sweep on cached features (incl. a): {self.sweep_s:8.2f} s  packed (heads train together)",
+            f"    the same, as {self.trials} separate trials: {self.separate_s:8.2f} s",
+            f"(c) naive sweep, backbone in the loop:  {self.naive_s:8.2f} s  (extrapolated linearly from "
+            f"{self.naive_measured_epochs} epochs of one trial: {self.naive_measured_s:.2f} s)",
+            f"(b)/(a) = {packed:.2f}x packed (target <= 1.5x), {separate:.2f}x as separate trials",
+            f"(c)/(b) = {self.naive_over_sweep:.1f}x",
+        ]
 
 
 def naive_probe_epochs(
@@ -148,23 +161,16 @@ def bench_probe(
     )
     torch_device = resolve_device(device)
     manifest = prepare_dataset("synthetic", root, cache_dir=cache_dir)
-    extract = dict(cache_dir=cache_dir, batch_size=settings.eval_batch_size)
-    extract_features(manifest, backbone, None, **extract, device=torch_device)
-    start = time.perf_counter()
-    extract_features(manifest, backbone, None, **extract, device=torch_device)
-    extraction = time.perf_counter() - start
+    extract = dict(cache_dir=cache_dir, batch_size=settings.eval_batch_size, device=torch_device)
+    extract_features(manifest, backbone, None, **extract)
+    _, extraction, _ = timed(lambda: extract_features(manifest, backbone, None, **extract))
 
     cfgs = [base.model_copy(update={"lr": lr, "seed": seed}) for lr in lrs for seed in seeds]
     shutil.rmtree(cache_dir / "features", ignore_errors=True)
-    start = time.perf_counter()
-    run_probe_sweep(cfgs)
-    sweep = time.perf_counter() - start
+    _, sweep, _ = timed(lambda: run_probe_sweep(cfgs))
 
     shutil.rmtree(cache_dir / "features", ignore_errors=True)
-    start = time.perf_counter()
-    for cfg in cfgs:
-        run_trial(cfg)
-    separate = time.perf_counter() - start
+    _, separate, _ = timed(lambda: [run_trial(cfg) for cfg in cfgs])
 
     data = trial_data(base)
     measured, naive_val_acc = naive_probe_epochs(base, data, torch_device, naive_epochs)

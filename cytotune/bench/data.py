@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from cytotune.bench.common import fastest_epoch, set_threads, work_folder
 from cytotune.data.cache import open_eval_cache, open_image_cache
 from cytotune.data.manifest import prepare_dataset
 from cytotune.data.synthetic import generate_synthetic
@@ -74,22 +73,6 @@ class DataBenchResult:
         ]
 
 
-def _timed(fn, batches: list[np.ndarray], device: torch.device, repeats: int) -> float:
-    """Seconds for one epoch over `batches`: the fastest of `repeats` epochs, after one warm-up batch."""
-    fn(batches[0])
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
-        for rows in batches:
-            fn(rows)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - started)
-    return best
-
-
 def bench_data(
     root: Path | None = None,
     *,
@@ -109,12 +92,11 @@ def bench_data(
     view with shorter side `cache_size` + train_transform) against PIL + torchvision per item (each the
     fastest of `repeats` epochs); without `root`, on a synthetic set (4 classes x per_class images of
     image_size px) in a temporary folder."""
-    if threads is not None:
-        torch.set_num_threads(threads)
-    with tempfile.TemporaryDirectory(prefix="cytotune-bench-") as tmp:
+    set_threads(threads)
+    with work_folder(None) as tmp:
         if root is None:
-            root = generate_synthetic(Path(tmp) / "data", 4, per_class, image_size, 0, image_format)
-            dataset, cache_dir = "synthetic", Path(tmp) / "cache"
+            root = generate_synthetic(tmp / "data", 4, per_class, image_size, 0, image_format)
+            dataset, cache_dir = "synthetic", tmp / "cache"
             source = f"synthetic, 4 x {per_class} {image_format.upper()} images of {image_size}px"
         else:
             source = f"{dataset} at {root}"
@@ -155,10 +137,10 @@ def bench_data(
             train_side=cache_size,
             input_size=input_size,
             device=str(target),
-            eval_seconds=_timed(from_eval_cache, batches, target, repeats),
-            train_seconds=_timed(from_train_view, batches, target, repeats),
-            pil_eval_seconds=_timed(from_pil(pil_eval), batches, target, repeats),
-            pil_train_seconds=_timed(from_pil(pil_train), batches, target, repeats),
+            eval_seconds=fastest_epoch(from_eval_cache, batches, target, repeats),
+            train_seconds=fastest_epoch(from_train_view, batches, target, repeats),
+            pil_eval_seconds=fastest_epoch(from_pil(pil_eval), batches, target, repeats),
+            pil_train_seconds=fastest_epoch(from_pil(pil_train), batches, target, repeats),
             build_seconds=train_images.build_seconds,
             eval_build_seconds=eval_images.build_seconds,
         )

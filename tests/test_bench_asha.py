@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from cytotune.bench.asha import TrialCurve, choices, compare, load_curves, replay, save_curves
 from cytotune.errors import CytotuneError
-from cytotune.study.asha_bench import TrialCurve, choices, compare, load_curves, replay, save_curves
 from cytotune.study.spec import AshaSettings
 
 CELL = "lora/tiny_clip/synthetic/shots=1/rank=2,targets=qv"
@@ -27,13 +27,18 @@ def curve(lr: float, seed: int, val: tuple[float, ...], test: float) -> TrialCur
     )
 
 
-def test_grid_order_stops_the_worse_configuration_with_both_seeds():
-    curves = [
+def two_configurations() -> list[TrialCurve]:
+    """lr 1e-2 ahead of lr 1e-3 at every report, two seeds each."""
+    return [
         curve(1e-2, 1, (0.6, 0.7, 0.8, 0.9), 0.80),
         curve(1e-2, 2, (0.6, 0.7, 0.8, 0.9), 0.82),
         curve(1e-3, 1, (0.4, 0.5, 0.6, 0.7), 0.60),
         curve(1e-3, 2, (0.5, 0.5, 0.6, 0.7), 0.62),
     ]
+
+
+def test_grid_order_stops_the_worse_configuration_with_both_seeds():
+    curves = two_configurations()
     run = replay(curves, ASHA, SEEDS, order=0, workers=4)
     # all four start together: at step 10, lr 1e-2 is first at the rung and goes on; lr 1e-3's seed 1 waits
     # for seed 2 (mean 0.45 < 0.6), which stops at once; seed 1 stops at its next report (step 20)
@@ -45,12 +50,7 @@ def test_grid_order_stops_the_worse_configuration_with_both_seeds():
 
 
 def test_one_trial_at_a_time_a_stopped_configuration_stops_its_later_seed_at_its_first_report():
-    curves = [
-        curve(1e-2, 1, (0.6, 0.7, 0.8, 0.9), 0.80),
-        curve(1e-2, 2, (0.6, 0.7, 0.8, 0.9), 0.82),
-        curve(1e-3, 1, (0.4, 0.5, 0.6, 0.7), 0.60),
-        curve(1e-3, 2, (0.5, 0.5, 0.6, 0.7), 0.62),
-    ]
+    curves = two_configurations()
     run = replay(curves, ASHA, SEEDS, order=0, workers=1)
     # sequential: seed 1 of lr 1e-3 runs alone to its end (nothing decided before seed 2 arrives)
     assert run.steps == (40, 40, 40, 10) and run.stopped == {3}
