@@ -661,22 +661,28 @@ def bench_gpu_command(
         bool, typer.Option("--compile/--no-compile", help="Include torch.compile.")
     ] = True,
     device: Annotated[str, typer.Option(help="cuda, or cpu to try the cases on a small model.")] = "cuda",
+    pack: Annotated[
+        int, typer.Option(help="Configurations of the packed cases at few-shot batches (0: none).")
+    ] = 15,
 ) -> None:
     """Feature extraction and LoRA training images/s of B/16- and L/14-sized random backbones in bf16, with
-    SDPA, channels-last and torch.compile on and off, and peak memory: one prepared run for a GPU machine."""
+    SDPA, channels-last and torch.compile on and off, packed cells beside separate trials at few-shot
+    batches, and peak memory: one prepared run for a GPU machine."""
     import torch
 
-    from cytotune.bench.gpu import BACKBONES, HEADER, LORA_BATCHES, plan_cases, run_gpu_bench
+    from cytotune.bench.gpu import BACKBONES, HEADER, LORA_BATCHES, pack_ratios, plan_cases, run_gpu_bench
 
     if device == "cuda" and not torch.cuda.is_available():
         raise CytotuneError(
             "bench gpu: no CUDA device here (torch.cuda.is_available() is False); "
             "expected a machine with a GPU"
         )
-    cases = plan_cases(backbone or BACKBONES, batch or LORA_BATCHES, feature_batch, compile_cases)
+    cases = plan_cases(backbone or BACKBONES, batch or LORA_BATCHES, feature_batch, compile_cases, pack)
     typer.echo(f"gpu benchmark: {len(cases)} cases, ~{seconds:g} s each after warm-up; figures -> {out}")
     typer.echo(HEADER)
-    run_gpu_bench(cases, out, device=torch.device(device), seconds=seconds, say=typer.echo)
+    figures = run_gpu_bench(cases, out, device=torch.device(device), seconds=seconds, say=typer.echo)
+    for line in pack_ratios(figures):
+        typer.echo(line)
 
 
 @bench_app.command("pack")

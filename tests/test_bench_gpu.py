@@ -24,25 +24,34 @@ def test_plan_has_the_baselines_and_each_switch_once_at_the_largest_batch():
             switched = {c.label() for c in mine if c.task == task and c.label() != "baseline"}
             assert switched == {"math attention", "channels-last", "compile"}
             assert all(c.batch == batch for c in mine if c.task == task and c.label() != "baseline")
-    assert len(cases) == 2 * (1 + 3 + 6)
+        packed = [c for c in mine if c.task == "packed"]
+        assert [(c.batch, c.configurations, c.label()) for c in packed] == [
+            (4, 15, "15 packed"),
+            (32, 15, "15 packed"),
+        ]
+    assert len(cases) == 2 * (1 + 3 + 2 + 6)
+    assert not any(c.task == "packed" for c in plan_cases(["b16"], [4], 8, pack=0))
     assert not any(c.compiled for c in plan_cases(["b16"], [4], 8, compile_cases=False))
 
 
 def test_cpu_run_measures_every_case_and_writes_json(tmp_path):
     out = tmp_path / "figures.json"
     args = ["bench", "gpu", "--device", "cpu", "--backbone", "tiny_clip", "--batch", "2"]
-    args += ["--feature-batch", "4", "--seconds", "0.05", "--no-compile", "--out", str(out)]
+    args += ["--feature-batch", "4", "--seconds", "0.05", "--no-compile", "--pack", "3", "--out", str(out)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     figures = json.loads(out.read_text())["figures"]
-    assert [(f["task"], f["batch"]) for f in figures] == [("features", 4), ("lora", 2)] + [
+    assert [(f["task"], f["batch"]) for f in figures] == [("features", 4), ("lora", 2), ("packed", 2)] + [
         ("features", 4),
         ("features", 4),
         ("lora", 2),
         ("lora", 2),
     ]
     assert all(f["images_per_s"] > 0 and f["steps"] >= 3 for f in figures)
-    assert len(result.output.splitlines()) == 2 + len(figures)
+    assert figures[2]["configurations"] == 3
+    lines = result.output.splitlines()
+    assert len(lines) == 2 + len(figures) + 1
+    assert lines[-1].startswith("tiny_clip batch 2: 3 configurations packed ")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a GPU")
