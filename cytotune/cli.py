@@ -140,15 +140,21 @@ def data_info(
 @app.command()
 def backbones(
     json_output: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+    study: Annotated[
+        Path | None, typer.Option(help="Also list the backbones this study YAML defines by their source.")
+    ] = None,
 ) -> None:
     """List the backbone registry: library, identifier, input size, feature width, where weights stand."""
     from cytotune.models import backbone_rows, format_backbone_table
     from cytotune.models.table import backbone_records
+    from cytotune.study.spec import load_study
 
+    spec = load_study(study) if study is not None else None
+    definitions = [] if spec is None else spec.backbone_definitions()
     if json_output:
-        echo_json(backbone_records())
+        echo_json(backbone_records(definitions))
         return
-    typer.echo(format_backbone_table(backbone_rows()))
+    typer.echo(format_backbone_table(backbone_rows(definitions)))
 
 
 @app.command("cost")
@@ -186,7 +192,8 @@ def cost_command(
     spec = load_study(space)
     trials = list(planned_trials(expand_cells(spec)))
     sizes = study_sizes(spec, dict(parse_size(text) for text in size or ()))
-    forward = {name: forward_flops(name) for name in sorted({cfg.backbone for _, cfg in trials})}
+    backbones = {cfg.backbone: cfg.backbone_ref for _, cfg in trials}  # YAML backbones by their definition
+    forward = {name: forward_flops(ref) for name, ref in sorted(backbones.items())}
     lines = study_cost(trials, sizes, forward)
     if json_output:
         echo_json([{**vars(line), "gpu_hours": line.gpu_hours(tflops), "tflops": tflops} for line in lines])
@@ -198,7 +205,12 @@ def cost_command(
 @app.command()
 def train(
     method: Annotated[str, typer.Option(help="linear_probe, lora, knn, simpleshot or zero_shot.")],
-    backbone: Annotated[str, typer.Option(help="Backbone name (see `cytotune backbones`).")],
+    backbone: Annotated[
+        str,
+        typer.Option(
+            help="Backbone name (see `cytotune backbones`), or the name given to --timm/--open-clip."
+        ),
+    ],
     dataset: Annotated[str, typer.Option(help="Dataset: bcfc, mlcc, sipakmed, hicervix, folder, synthetic.")],
     root: Annotated[Path, typer.Option(help="The dataset folder.")],
     lr: Annotated[float | None, typer.Option(help="Learning rate (linear_probe and lora).")] = None,
@@ -216,6 +228,19 @@ def train(
     targets: Annotated[str, typer.Option(help="LoRA targets, a comma-separated subset of q,k,v,o.")] = "q,v",
     alpha: Annotated[float, typer.Option(help="LoRA alpha (scale alpha/sqrt(rank), rsLoRA).")] = 1.0,
     weights: Annotated[Path | None, typer.Option(help="Local checkpoint file of the backbone.")] = None,
+    timm_source: Annotated[
+        str | None,
+        typer.Option("--timm", help="Define --backbone as this timm model: hf-hub:owner/repo or a folder."),
+    ] = None,
+    open_clip_source: Annotated[
+        str | None,
+        typer.Option(
+            "--open-clip", help="Define --backbone as this open_clip model: hf-hub:owner/repo or a folder."
+        ),
+    ] = None,
+    feature: Annotated[
+        str | None, typer.Option(help="Feature of a --timm backbone: cls or avg (default: the model's own).")
+    ] = None,
     max_steps: Annotated[int | None, typer.Option(help="Cap on LoRA optimisation steps.")] = None,
     probe_epochs: Annotated[int, typer.Option(help="Linear-probe epochs over cached features.")] = 100,
     level: Annotated[int, typer.Option(help="HiCervix label level (1, 2 or 3).")] = 3,
@@ -254,8 +279,11 @@ def train(
     )
     if cache_dir is not None:
         fields["cache_dir"] = cache_dir
+    if timm_source is not None or open_clip_source is not None or feature is not None:
+        sources = {"timm": timm_source, "open_clip": open_clip_source}
+        fields["backbone_definition"] = {"name": backbone, "feature": feature, **sources}
     try:
-        cfg = TrialConfig(**fields)
+        cfg = TrialConfig.model_validate(fields, context={"source_dir": Path.cwd()})
     except ValidationError as err:
         raise CytotuneError(format_validation_error("cytotune train", err)) from err
     result = run_trial(cfg, out_dir=out)
@@ -644,6 +672,62 @@ def bench_asha_command(
             f"{100 * agreement:.0f}% agreement | {each}"
         )
     typer.echo("target: <= 0.50x the steps at >= 90% agreement")
+
+
+@bench_app.command("scale")
+def bench_scale_command(
+    space: Annotated[
+        list[Path] | None,
+        typer.Option(help="Study YAMLs, one column each (repeatable; default: Experiment 2)."),
+    ] = None,
+    work_dir: Annotated[Path, typer.Option(help="Ray storage, events and reports.")] = Path("scale_bench"),
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="An MLflow server to log to (default: a throwaway one on PostgreSQL).")
+    ] = None,
+    slots: Annotated[int, typer.Option(help="GPUs the local Ray node declares (trials at once).")] = 64,
+    seconds: Annotated[float, typer.Option(help="Simulated seconds of a whole trial.")] = 1.0,
+    trials: Annotated[int | None, typer.Option(help="At most this many trials (axes trimmed).")] = None,
+    fault: Annotated[str, typer.Option(help="none, driver-kill, mlflow-restart or node-loss.")] = "none",
+    queries: Annotated[bool, typer.Option(help="Time `cytotune best` and `cytotune report`.")] = True,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """The real runner (seed-grouped ASHA, cell searcher, MLflow callback, Ray Tune) over a simulated
+    trainable on a node declaring many GPUs, logging to an MLflow server on PostgreSQL: driver CPU and wall
+    overhead per trial, wall vs ideal, MLflow calls, peak memory, runs and lost metrics counted, `best` and
+    `report` timed."""
+    from contextlib import nullcontext
+
+    from cytotune.bench.scale import bench_scale, figures_json, table
+    from cytotune.bench.servers import tracking_server
+
+    columns = []
+    for index, path in enumerate(space or [Path("search_spaces/exp2_lora_fewshot.yaml")]):
+        work = work_dir.resolve() / f"{index}_{path.stem}"
+        if work.exists():
+            raise CytotuneError(f"bench scale: {work} exists; expected a new --work-dir")
+        work.mkdir(parents=True)
+        own = tracking_server(work) if tracking_uri is None else nullcontext(None)
+        with own as server:
+            uri = server.uri if server is not None else tracking_uri
+            restart = None if server is None else server.restart
+            columns.append(
+                bench_scale(
+                    path,
+                    work,
+                    uri,
+                    slots=slots,
+                    seconds=seconds,
+                    trials=trials,
+                    fault=fault,
+                    restart=restart,
+                    queries=queries,
+                    say=say,
+                )
+            )
+    if json_output:
+        echo_json(figures_json(columns))
+    else:
+        typer.echo(table(columns))
 
 
 @bench_app.command("gpu")

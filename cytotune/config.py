@@ -14,6 +14,8 @@ from pydantic import (
     model_validator,
 )
 
+from cytotune.yaml_backbone import YamlBackbone
+
 LoraTarget = Literal["q", "k", "v", "o"]
 Method = Literal["linear_probe", "lora", "knn", "simpleshot", "zero_shot"]
 TRAINED_METHODS = ("linear_probe", "lora")  # methods that train with a learning rate (and a head)
@@ -115,6 +117,7 @@ class TrialTemplate(Frozen):
 
     method: Method
     backbone: str
+    backbone_definition: YamlBackbone | None = None  # a backbone defined in the study YAML, named `backbone`
     weights: Path | None = None
     dataset: str  # the dataset's name (its identity in keys, params and reports)
     layout: str | None = None  # the registered layout the root follows; None: the name is the layout
@@ -139,6 +142,11 @@ class TrialTemplate(Frozen):
         return self.method == "zero_shot" or self.head_init == "text"
 
     @property
+    def backbone_ref(self) -> str | YamlBackbone:
+        """The backbone as cytotune.models takes it: its YAML definition, else its registry name."""
+        return self.backbone_definition if self.backbone_definition is not None else self.backbone
+
+    @property
     def dataset_layout(self) -> str:
         """The registered layout (loader) that lists the root."""
         return self.layout or self.dataset
@@ -154,6 +162,10 @@ class TrialConfig(TrialTemplate):
 
     @model_validator(mode="after")
     def _one_data_budget(self) -> TrialConfig:
+        if self.backbone_definition is not None and self.backbone_definition.name != self.backbone:
+            raise ValueError(
+                f"backbone {self.backbone!r} but its definition is named {self.backbone_definition.name!r}"
+            )
         if self.shots is not None and self.fraction is not None:
             raise ValueError("give shots or fraction, not both")
         trained = self.method in TRAINED_METHODS

@@ -159,3 +159,14 @@ def test_the_readme_s_snippets_are_all_found():
 def test_a_wrong_snippet_is_refused(text, tmp_path):
     with pytest.raises((ValidationError, CytotuneError)):
         check_snippet(text, tmp_path)
+
+
+def test_no_merge_conflict_markers_in_the_docs():
+    docs = [REPO / "README.md", *REPO.glob("search_spaces/*.md"), *REPO.glob("infra/**/*.md")]
+    marked = [
+        f"{path.relative_to(REPO)}:{number}"
+        for path in docs
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.match(r"^(<{7} |>{7} |={7}$)", line)
+    ]
+    assert marked == []

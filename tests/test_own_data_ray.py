@@ -4,12 +4,10 @@ given as a file:// URI, tracked in MLflow (source tags, dataset inputs), `best -
 from __future__ import annotations
 
 import getpass
-import socket
 
 import pytest
-import ray
 from mlflow import MlflowClient
-from ray.cluster_utils import Cluster
+from ray_nodes import one_node_ray
 from test_study_datasets import make_folder
 
 from cytotune.data import prepare_dataset
@@ -36,31 +34,12 @@ methods:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def small_ray(tmp_path, monkeypatch):
     """A one-node Ray (2 CPUs) on a free port, with the test's cache folder in its workers' environment."""
     monkeypatch.setenv("CYTOTUNE_CACHE", str(tmp_path / "cache"))
-    if ray.is_initialized():
-        ray.shutdown()
-    head = {
-        "num_cpus": 2,
-        "include_dashboard": False,
-        "object_store_memory": 100 * 1024**2,
-        "gcs_server_port": free_port(),
-    }
-    cluster = Cluster(initialize_head=True, head_node_args=head)
-    try:
-        ray.init(address=cluster.address, log_to_driver=False)
+    with one_node_ray() as cluster:
         yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 def test_two_named_folder_datasets_on_file_uri_storage(small_ray, tmp_path, mlflow_sqlite_uri, monkeypatch):

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from cytotune.config import LoraSettings
-from cytotune.study.grid import expand_trials
+from cytotune.study.grid import expand_cells, expand_trials
+from cytotune.study.packs import ray_trial_count
 from cytotune.study.spec import load_study
 from cytotune.train.lora_finetune import lora_steps
 
@@ -112,6 +113,26 @@ def test_demo_settings():
         assert (cfg.lora.rank, cfg.lora.targets) == (2, ("q", "v"))
     asha = next(b.asha for b in load_study(SPACES / "demo.yaml").methods if b.method == "lora")
     assert (asha.grace_period, asha.reduction_factor, asha.max_steps) == (10, 2, 40)
+
+
+PACKED = [("exp2_lora_fewshot_packed", "exp2_lora_fewshot"), ("demo_packed", "demo")]
+
+
+@pytest.mark.parametrize(("packed", "alone"), PACKED)
+def test_a_packed_space_has_the_trials_of_its_unpacked_one(packed, alone):
+    """Packing changes how trials run, never which: the same trial keys and configurations."""
+    packed_trials = {t.trial_key: t.config for t in trials_of(packed)}
+    assert packed_trials == {t.trial_key: t.config for t in trials_of(alone)}
+    blocks = load_study(SPACES / f"{packed}.yaml").methods
+    if packed == "demo_packed":
+        assert all(block.pack for block in blocks)
+    else:  # the B-size backbones packed, UNI (ViT-L) alone: 96 packs and 360 separate trials
+        assert [(block.backbones, block.pack) for block in blocks] == [
+            (("clip_vit_b16", "quilt_b16", "biomedclip", "vit_b16"), True),
+            (("uni",), False),
+        ]
+        cells = expand_cells(load_study(SPACES / f"{packed}.yaml"))
+        assert ray_trial_count(cells) == 4 * 4 * 6 + 4 * 6 * 5 * 3 == 456
 
 
 def test_the_protocol_is_cited_from_the_repository():

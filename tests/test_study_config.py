@@ -33,6 +33,8 @@ methods:
         "demo",
         "demo_baselines",
         "exp_baselines",
+        "exp2_lora_fewshot_packed",
+        "demo_packed",
     ],
 )
 def test_shipped_spaces_load(name):

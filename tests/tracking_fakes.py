@@ -172,12 +172,14 @@ def run_fake_study(
     callback, study_plans: list[TrialPlan], workdir: Path, outcome=default_outcome, stop_after=None
 ):
     """Drive the whole study through the callback; with `stop_after`, the driver dies after that many trials
-    started (the last one mid-run, no experiment end), as an interrupted launch."""
+    started (the last one mid-run, no experiment end), as an interrupted launch (Tune saved its experiment
+    state, and so had the callback write what it buffered, just before)."""
     callback.setup()
     trials = []
     for index, plan in enumerate(study_plans):
         trials.append(start(callback, plan, f"trial_{index:05d}"))
         if stop_after is not None and index + 1 >= stop_after:
+            callback.get_state()
             return
         end(callback, plan, trials[-1], outcome(plan), workdir)
         trials[-1].status = "ERROR" if outcome(plan) == "failed" else "TERMINATED"

@@ -87,9 +87,9 @@ def naive_probe_epochs(
     """Seconds of `epochs` epochs of a probe that forwards the frozen backbone over its batches every epoch
     (torch autograd + torch.optim.AdamW on an nn.Linear head), evaluating on val after each epoch, and the
     best validation accuracy it reached."""
-    spec = get_backbone_spec(cfg.backbone)
+    spec = get_backbone_spec(cfg.backbone_ref)
     generator = seed_everything(cfg.seed)
-    backbone = load_backbone(cfg.backbone, weights=cfg.weights).to(device).eval()
+    backbone = load_backbone(cfg.backbone_ref, weights=cfg.weights).to(device).eval()
     images = open_eval_cache(data.manifest, spec.input_size, cfg.cache_dir)
     labels = data.label_tensor()
     head = nn.Linear(spec.feature_dim, len(data.manifest.classes)).to(device)

@@ -180,7 +180,11 @@ def split_attention(model: nn.Module) -> dict[int, str]:
         elif isinstance(module, SPLIT_TYPES):
             replacement = module
         else:
-            raise TypeError(f"{name}: no attention split for {type(module).__name__}")
+            kind = type(module)
+            raise TypeError(
+                f"{name}: no attention split for {kind.__module__}.{kind.__qualname__}; expected "
+                "nn.MultiheadAttention (open_clip) or timm.layers.Attention (timm ViTs)"
+            )
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         replacement.train(module.training)

@@ -11,7 +11,7 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 from torch import nn
 
 from cytotune.errors import CytotuneError
-from cytotune.models.registry import BackboneSpec, build_architecture, get_backbone_spec
+from cytotune.models.registry import BackboneRef, BackboneSpec, build_architecture, get_backbone_spec
 from cytotune.models.weights import resolve_weights
 
 INIT_SEED = 0
@@ -31,7 +31,7 @@ class Backbone(nn.Module):
         return self.encoder(images)
 
 
-def build_backbone(name: str, *, device: torch.device | str | None = None) -> Backbone:
+def build_backbone(name: BackboneRef, *, device: torch.device | str | None = None) -> Backbone:
     """Backbone `name` with random weights (seeded, so every build is the same), in eval mode.
 
     For test-size backbones, parameter counting and architecture checks; `load_backbone` is the way to get
@@ -78,7 +78,7 @@ def load_weights(spec: BackboneSpec, encoder: nn.Module, path: Path) -> None:
         )
 
 
-def load_backbone(name: str, weights: Path | str | None = None) -> Backbone:
+def load_backbone(name: BackboneRef, weights: Path | str | None = None) -> Backbone:
     """Backbone `name` with its pretrained weights, in eval mode, on the CPU.
 
     Weights come from `weights` (a checkpoint file, or a folder with the hub file) or the Hugging Face hub

@@ -43,6 +43,7 @@ def model_config(
         "cytotune_version": __version__,
         "method": "lora" if lora is not None else "linear_probe",
         "backbone": spec.name,
+        "backbone_definition": spec.definition.model_dump() if spec.definition is not None else None,
         "library": spec.library,
         "identifier": spec.identifier,
         "pretrained": spec.pretrained,

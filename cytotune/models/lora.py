@@ -14,13 +14,25 @@ from cytotune.errors import CytotuneError
 from cytotune.models.attention import split_attention
 from cytotune.models.backbone import Backbone, load_backbone
 from cytotune.models.files import load_head, load_peft_weights, read_model_config, save_model_files
+from cytotune.yaml_backbone import YamlBackbone
 
 LORA_MARK = ".lora_"
 
 
 def lora_target_modules(backbone: Backbone, settings: LoraSettings) -> list[str]:
-    """Full names of the q/k/v/o Linear layers LoRA goes on (splits packed attention first, in place)."""
-    blocks = split_attention(backbone)
+    """Full names of the q/k/v/o Linear layers LoRA goes on (splits packed attention first, in place).
+
+    CytotuneError naming the backbone when its attention is of a kind cytotune cannot split, or it has no
+    transformer blocks (`blocks.N.attn` or `resblocks.N.attn`) at all."""
+    try:
+        blocks = split_attention(backbone)
+    except TypeError as err:
+        raise CytotuneError(f"{backbone.spec.name}: LoRA is not available: {err}") from err
+    if not blocks:
+        raise CytotuneError(
+            f"{backbone.spec.name}: LoRA is not available: no transformer block attention found; expected "
+            "modules named blocks.N.attn or resblocks.N.attn"
+        )
     chosen = settings.blocks if settings.blocks is not None else tuple(blocks)
     outside = [index for index in chosen if index not in blocks]
     if outside:
@@ -130,6 +142,8 @@ def load_adapter(
     meta = read_model_config(directory)
     if meta["lora"] is None:
         raise CytotuneError(f"{directory}: a {meta['method']} model; expected a LoRA adapter")
-    backbone = add_lora(load_backbone(meta["backbone"], weights), LoraSettings(**meta["lora"]))
+    definition = meta.get("backbone_definition")
+    name = YamlBackbone(**definition) if definition is not None else meta["backbone"]
+    backbone = add_lora(load_backbone(name, weights), LoraSettings(**meta["lora"]))
     load_peft_weights(directory, backbone)
     return backbone, load_head(directory, meta), meta

@@ -1,20 +1,49 @@
-"""The registry as rows and as a plain text table (what `cytotune backbones` prints)."""
+"""The registry (and a study's YAML backbones) as rows and as a plain text table (`cytotune backbones`)."""
 
 from __future__ import annotations
 
-from cytotune.models.registry import get_backbone_spec, list_backbones
+from collections.abc import Sequence
+
+from cytotune.errors import CytotuneError
+from cytotune.models.registry import BackboneSpec, get_backbone_spec, list_backbones
 from cytotune.models.text import has_text_tower
 from cytotune.models.weights import weights_status
+from cytotune.yaml_backbone import YamlBackbone
 
 COLUMNS = ("name", "library", "identifier", "input", "features", "weights", "text")
 
 
-def backbone_rows() -> list[dict[str, str]]:
-    """One row per registered backbone: name, library, identifier, input, feature width, weights status,
-    and whether it has a text tower (zero_shot, head_init: text)."""
+def _specs(definitions: Sequence[YamlBackbone]) -> list[BackboneSpec | YamlBackbone]:
+    """The registry's specs, then each definition's (the definition itself where its config is not found)."""
+    specs: list[BackboneSpec | YamlBackbone] = [get_backbone_spec(name) for name in list_backbones()]
+    for definition in definitions:
+        try:
+            specs.append(get_backbone_spec(definition))
+        except CytotuneError:
+            specs.append(definition)
+    return specs
+
+
+def _unreadable(definition: YamlBackbone) -> dict:
+    return {"name": definition.name, "library": definition.library, "identifier": definition.source}
+
+
+def backbone_rows(definitions: Sequence[YamlBackbone] = ()) -> list[dict[str, str]]:
+    """One row per registered backbone (then per YAML definition): name, library, identifier, input, feature
+    width, weights status ("config not found" for a definition whose config file is missing)."""
     rows = []
-    for name in list_backbones():
-        spec = get_backbone_spec(name)
+    for spec in _specs(definitions):
+        if isinstance(spec, YamlBackbone):
+            rows.append(
+                {
+                    **_unreadable(spec),
+                    "input": "-",
+                    "features": "-",
+                    "weights": "config not found",
+                    "text": "-",
+                }
+            )
+            continue
         tagged = spec.pretrained and spec.pretrained not in spec.identifier
         identifier = f"{spec.identifier} ({spec.pretrained})" if tagged else spec.identifier
         rows.append(
@@ -25,17 +54,20 @@ def backbone_rows() -> list[dict[str, str]]:
                 "input": str(spec.input_size),
                 "features": f"{spec.feature_dim} {spec.feature}",
                 "weights": weights_status(spec),
-                "text": "yes" if has_text_tower(name) else "-",
+                "text": "yes" if has_text_tower(spec.name) else "-",
             }
         )
     return rows
 
 
-def backbone_records() -> list[dict]:
-    """One record per registered backbone with typed values (what `cytotune backbones --json` prints)."""
+def backbone_records(definitions: Sequence[YamlBackbone] = ()) -> list[dict]:
+    """One record per registered backbone (then per YAML definition) with typed values (what `cytotune
+    backbones --json` prints)."""
     out = []
-    for name in list_backbones():
-        spec = get_backbone_spec(name)
+    for spec in _specs(definitions):
+        if isinstance(spec, YamlBackbone):
+            out.append({**_unreadable(spec), "weights": "config not found"})
+            continue
         out.append(
             {
                 "name": spec.name,
@@ -51,7 +83,7 @@ def backbone_records() -> list[dict]:
                 "gated": spec.gated,
                 "test_size": spec.test_size,
                 "weights": weights_status(spec),
-                "text_tower": has_text_tower(name),
+                "text_tower": has_text_tower(spec.name),
             }
         )
     return out

@@ -45,7 +45,10 @@ def _fetch_hint(spec: BackboneSpec) -> str:
 
 def resolve_weights(spec: BackboneSpec, weights: Path | str | None) -> Path | None:
     """The weights file to load for `spec`: `weights` (a file, or a folder holding one of the hub files),
-    else the hub cache; None for a test-size backbone without `weights`. CytotuneError when none is found."""
+    else the hub cache; None for a test-size backbone without `weights`. CytotuneError when none is found.
+    A YAML backbone with a local source loads the weights of that source."""
+    if weights is None and spec.definition is not None and spec.definition.hub_repo is None:
+        weights = spec.definition.source
     if weights is not None:
         path = Path(weights).expanduser()
         if path.is_dir():
@@ -66,7 +69,10 @@ def resolve_weights(spec: BackboneSpec, weights: Path | str | None) -> Path | No
 
 
 def weights_status(spec: BackboneSpec) -> str:
-    """ "test-size", "cached" (in the hub cache) or "local file needed", for listings."""
+    """ "test-size", "cached" (in the hub cache), "local folder" (a YAML backbone's) or "local file needed",
+    for listings."""
     if spec.test_size:
         return "test-size"
+    if spec.definition is not None and spec.definition.hub_repo is None:
+        return "local folder"
     return "cached" if find_cached_weights(spec) is not None else "local file needed"

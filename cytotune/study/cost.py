@@ -23,6 +23,7 @@ from cytotune.config import FEATURE_METHODS, TrialConfig
 from cytotune.data.sampling import FEWSHOT_VALIDATION_PER_CLASS
 from cytotune.data.splits import SPLITS, split_counts
 from cytotune.errors import CytotuneError
+from cytotune.yaml_backbone import YamlBackbone
 
 TRAIN_PASSES = 2.0  # forward + backward through frozen weights, in forwards
 
@@ -145,9 +146,9 @@ def _size(sizes: Mapping[tuple[str, int], DataSize], dataset: str, level: int) -
 
 
 @cache
-def forward_flops(backbone: str) -> float:
+def forward_flops(backbone: str | YamlBackbone) -> float:
     """FLOPs of one image's forward through the backbone's vision encoder at its input size, counted on its
-    architecture built on the meta device."""
+    architecture built on the meta device (a registry name, or a study YAML's definition)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -12,6 +12,7 @@ from typing import Any
 from cytotune.config import LoraSettings, TrainSettings, TrialConfig, TrialTemplate
 from cytotune.errors import CytotuneError
 from cytotune.study.spec import DatasetEntry, MethodBlock, OptunaDimension, StudySpec
+from cytotune.yaml_backbone import backbone_name
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,8 @@ def expand_cells(spec: StudySpec) -> list[CellPlan]:
         if optuna:
             optuna.update({p: OptunaDimension(optuna="categorical", choices=v) for p, v in grid.items()})
             grid = {}
-        for backbone in block.backbones or spec.backbones or ():
+        for entry in block.backbones or spec.backbones or ():
+            backbone = backbone_name(entry)
             for dataset in block.datasets or spec.datasets or ():
                 for budget, budget_fields in _budgets(block):
                     for lora in _lora_cells(block):
@@ -201,6 +203,7 @@ def expand_cells(spec: StudySpec) -> list[CellPlan]:
                         template = TrialTemplate(
                             method=block.method,
                             backbone=backbone,
+                            backbone_definition=spec.backbone_definition(backbone),
                             weights=spec.weights.get(backbone),
                             dataset=dataset.dataset,
                             layout=dataset.registered_layout,

@@ -18,7 +18,8 @@ import yaml
 from filelock import FileLock, Timeout
 
 from cytotune.errors import CytotuneError
-from cytotune.study.grid import CellPlan, count_trials
+from cytotune.study.grid import CellPlan
+from cytotune.study.packs import ray_trial_count
 from cytotune.study.spec import StudySpec
 
 if TYPE_CHECKING:
@@ -167,19 +168,19 @@ def study_callback(
     announcement: str | None = None,
 ) -> MlflowCallback:
     """The MLflow callback of a launch of `spec` (its planned `cells`, the same list the runner gets), writing
-    to `tracking_uri`: the YAML as the user wrote it (the text load_study read, not the file again), the
-    trial count and the seeds of each cell recorded on the launch run; `announcement` is said on stderr when
-    the launch starts (after the checks)."""
-    from cytotune.tracking.callback import MlflowCallback
+    to `tracking_uri`: the YAML as the user wrote it (the text load_study read, not the file again), the Ray
+    trial count (a pack counts once) and the seeds of each cell recorded on the launch run; `announcement` is
+    said on stderr when the launch starts (after the checks)."""
+    from cytotune.tracking.pack_runs import PackedMlflowCallback
 
     text = spec.text or yaml.safe_dump(spec.model_dump(mode="json", exclude_unset=True), sort_keys=False)
-    return MlflowCallback(
+    return PackedMlflowCallback(
         spec.name,
         tracking_uri,
         study_yaml=text,
         resume=resume,
         ray_address=address,
-        expected_trials=count_trials(cells),
+        expected_trials=ray_trial_count(cells),
         cell_seeds={cell.cell_key: len(cell.seeds) for cell in cells},
         announcement=announcement,
     )

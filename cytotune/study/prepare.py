@@ -10,23 +10,29 @@ from cytotune.config import FEATURE_METHODS, TrialTemplate
 from cytotune.errors import CytotuneError
 from cytotune.study.grid import CellPlan
 from cytotune.study.spec import StudySpec
+from cytotune.yaml_backbone import backbone_name
 
 
 def check_registries(spec: StudySpec) -> None:
-    """Every backbone and dataset of the study is registered, and has a text tower where a block uses it
-    (zero_shot, head_init: text); else one line naming the field and the known ones."""
+    """Every backbone and dataset of the study is registered or defined (a YAML backbone: its config read, its
+    attention checked for LoRA); else one line naming the field, and the known ones."""
     from cytotune.data.registry import list_datasets
     from cytotune.models import get_backbone_spec
+    from cytotune.models.hub import check_yaml_backbone
     from cytotune.models.text import text_tower_spec
 
     datasets = set(list_datasets())
     for index, block in enumerate(spec.methods):
         scope = f"methods[{index}]." if block.backbones is not None else ""
-        for j, name in enumerate(block.backbones or spec.backbones or ()):
+        for j, entry in enumerate(block.backbones or spec.backbones or ()):
+            definition = spec.backbone_definition(backbone_name(entry))
             try:
-                get_backbone_spec(name)
+                if definition is None:
+                    get_backbone_spec(entry)
+                else:
+                    check_yaml_backbone(definition, lora=block.method == "lora")
                 if block.method == "zero_shot" or block.head_init == "text":
-                    text_tower_spec(name)
+                    text_tower_spec(backbone_name(entry) if definition is None else definition.name)
             except CytotuneError as err:
                 raise CytotuneError(f"{spec.where()}: {scope}backbones[{j}]: {err}") from err
         scope = f"methods[{index}]." if block.datasets is not None else ""

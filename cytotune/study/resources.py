@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from cytotune.study.grid import CellPlan
+
+PENDING_ENV = "TUNE_MAX_PENDING_TRIALS_PG"
 
 
 @dataclass(frozen=True)
@@ -70,3 +75,29 @@ def fit_cells(cells: list[CellPlan], nodes: list[dict[str, float]], where: str) 
 def local_nodes(num_cpus: int, num_gpus: int) -> list[dict[str, float]]:
     """The single node a local Ray instance would have."""
     return [{"CPU": float(num_cpus), "GPU": float(num_gpus)}]
+
+
+def trial_slots(cells: list[CellPlan], nodes: list[dict[str, float]]) -> int:
+    """How many trials the nodes can run at once: per node, as many of the smallest per-trial ask as fit
+    (at least 1)."""
+
+    def fits(ask: dict[str, float], node: dict[str, float]) -> int:
+        counts = [int(node.get(name, 0.0) // amount) for name, amount in ask.items() if amount > 0]
+        return min(counts) if counts else 0
+
+    asks = [cell.resources for cell in cells]
+    return max(1, sum(max((fits(ask, node) for ask in asks), default=0) for node in nodes))
+
+
+@contextmanager
+def pending_trials_limit(cells: list[CellPlan], nodes: list[dict[str, float]]) -> Iterator[int]:
+    """Let Ray Tune keep as many trials pending as the nodes can run at once (with a searcher of its own, Tune
+    keeps one pending at a time, so trials start one by one); $TUNE_MAX_PENDING_TRIALS_PG, when set, wins."""
+    given = os.environ.get(PENDING_ENV)
+    limit = int(given) if given else trial_slots(cells, nodes)
+    os.environ[PENDING_ENV] = str(limit)
+    try:
+        yield limit
+    finally:
+        if given is None:
+            os.environ.pop(PENDING_ENV, None)

@@ -29,10 +29,19 @@ from cytotune.study.launch import (
     study_fields,
     write_record,
 )
-from cytotune.study.resources import Fit, fit_cells, local_nodes
+from cytotune.study.packs import (
+    pack_checks,
+    pack_members,
+    pack_note,
+    pack_summary,
+    ray_trial_count,
+    with_pack_checks,
+)
+from cytotune.study.resources import Fit, fit_cells, local_nodes, pending_trials_limit
 from cytotune.study.signals import StopSignals, StudyInterrupted
 from cytotune.study.spec import StudySpec
 from cytotune.study.storage import StudyStorage, study_storage
+from cytotune.tracking.schema import is_pack_config
 from cytotune.train.result import TEST_ACC
 
 OPTUNA_JOURNAL = "optuna.journal"
@@ -212,8 +221,9 @@ def _live_nodes() -> list[dict[str, float]]:
 def plan_study(
     spec: StudySpec, cells: list[CellPlan], nodes: list[dict[str, float]], cluster: str
 ) -> StudyPlan:
-    """The study's cells checked against the nodes' resources (nothing runs)."""
-    return StudyPlan(spec, cells, nodes, cluster, fit_cells(cells, nodes, spec.where()))
+    """The study's cells checked against the nodes' resources and packs against their GPU (nothing runs)."""
+    fit = with_pack_checks(fit_cells(cells, nodes, spec.where()), spec.where())
+    return StudyPlan(spec, cells, nodes, cluster, fit)
 
 
 def dry_run(
@@ -237,10 +247,12 @@ def dry_run(
 
 
 def describe_plan(plan: StudyPlan) -> str:
-    """The dry-run text: cells, trials per cell, resources per trial, and whether the cluster can run them."""
+    """The dry-run text: cells, trials per cell, resources per trial (per pack for a packed cell, with its
+    memory estimate), and whether the cluster can run them."""
     spec = plan.spec
     lines = [f"study {spec.name} ({spec.where()}): {len(plan.cells)} cells, {plan.n_trials} trials"]
     width = max((len(c.cell_key) for c in plan.cells), default=4)
+    packs = {check.cell.cell_key: check for check in pack_checks(plan.fit.cells)}
     lines.append(f"{'cell':<{width}}  trials  searched                  per trial")
     for cell in plan.cells:
         if cell.uses_optuna:
@@ -249,9 +261,11 @@ def describe_plan(plan: StudyPlan) -> str:
             searched = " x ".join(f"{name} {len(v)}" for name, v in sorted(cell.grid.items())) or "-"
         searched += f" x {len(cell.seeds)} seeds"
         ask = f"{cell.resources['CPU']:g} CPU, {cell.resources['GPU']:g} GPU"
-        lines.append(f"{cell.cell_key:<{width}}  {cell.n_trials:>6}  {searched:<24}  {ask}")
+        row = f"{cell.cell_key:<{width}}  {cell.n_trials:>6}  {searched:<24}  {ask}"
+        lines.append(row + pack_note(packs.get(cell.cell_key)))
     gpus = sum(n.get("GPU", 0.0) for n in plan.nodes)
     cpus = sum(n.get("CPU", 0.0) for n in plan.nodes)
+    lines.extend(pack_summary(list(packs.values()), plan.fit.cells))
     lines.append(f"cluster: {plan.cluster}: {len(plan.nodes)} node(s), {cpus:g} CPU, {gpus:g} GPU")
     lines.extend(plan.fit.notes)
     lines.append("can run: yes" if plan.fit.ok else "can run: no")
@@ -279,6 +293,12 @@ def _outcomes(path: str) -> list[TrialOutcome]:
     for trial in ExperimentAnalysis(path).trials:
         config = trial.config or {}
         checkpoint = trial.checkpoint
+        if is_pack_config(config):
+            status = trial_status(trial.status, trial.last_result)
+            where = checkpoint.path if checkpoint is not None else None
+            for member in pack_members(config, status, trial.last_result, where):
+                out.append(TrialOutcome(**{**member, "trial": _settings(member["trial"])}))
+            continue
         out.append(
             TrialOutcome(
                 trial_key=config.get("trial_key", ""),
@@ -373,6 +393,7 @@ def run_study(
     connect_timeout_s: float = CONNECT_TIMEOUT_S,
     signals: StopSignals | None = None,
     say: Callable[[str], None] = print,
+    trainable: Any | None = None,
 ) -> StudyOutcome:
     """Run (or with `resume`, continue) a study on Ray Tune and return each trial's outcome. `cells`: the
     study's plan (expand_cells), made by the caller once for the launch and its MLflow callback; expanded
@@ -386,7 +407,9 @@ def run_study(
     A resume is refused when the study changed since its launch, and starts the study afresh when its launch
     was stopped before Tune saved a trial. SIGINT and SIGTERM stop the study cleanly at any moment: the
     outcome says which signal came (`stop_signal`) and that the study was interrupted. `signals`: handlers
-    the caller installed already (else run_study installs its own for the call).
+    the caller installed already (else run_study installs its own for the call). `trainable`: a Ray Tune
+    trainable (with its resources) run instead of the study's, e.g. a benchmark's simulated one; the data is
+    then not prepared.
     """
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own tables off: ProgressLine reports
@@ -434,10 +457,13 @@ def run_study(
                     plan = _require_fit(plan_study(spec, cells, _live_nodes(), where))
                     for note in plan.fit.notes:
                         say(note)
-                    prepare_data(spec, plan.fit.cells, features=address is None, say=say)
-                    tuner = _tuner(spec, plan, store, restore, max_concurrent, callbacks, reuse_actors)
+                    if trainable is None:
+                        prepare_data(spec, plan.fit.cells, features=address is None, say=say)
+                    tuner = _tuner(
+                        spec, plan, store, restore, max_concurrent, callbacks, reuse_actors, trainable
+                    )
                     say(f"running {plan.n_trials} trials on Ray Tune" + (" (resumed)" if resume else ""))
-                    with signals.tune_phase():
+                    with signals.tune_phase(), pending_trials_limit(plan.fit.cells, plan.nodes):
                         tuner.fit()
         except CytotuneError:
             if new_folder is not None and not (path / "tuner.pkl").exists():
@@ -482,6 +508,7 @@ def _tuner(
     max_concurrent: int | None,
     callbacks: Sequence[Any],
     reuse_actors: bool,
+    trainable: Any | None = None,
 ):
     """The study's Tuner: restored from its storage, or new over every trial of the plan."""
     from ray import tune
@@ -492,8 +519,8 @@ def _tuner(
     from cytotune.study.trainable import study_trainable_with_resources
 
     cells = plan.fit.cells
-    progress = ProgressLine(plan.n_trials)
-    trainable = study_trainable_with_resources()
+    progress = ProgressLine(ray_trial_count(cells))
+    trainable = trainable or study_trainable_with_resources()
     if restore:
         tuner = tune.Tuner.restore(store.experiment, trainable, resume_errored=True)
         restored_callbacks(tuner, [*callbacks, progress])
@@ -503,7 +530,7 @@ def _tuner(
         tune_config=tune.TuneConfig(
             search_alg=CellSearcher(cells, store.driver_dir / OPTUNA_JOURNAL),
             scheduler=SeedGroupedASHA.for_cells(cells),
-            num_samples=plan.n_trials,
+            num_samples=ray_trial_count(cells),
             max_concurrent_trials=max_concurrent,
             reuse_actors=reuse_actors,
             trial_dirname_creator=_trial_dirname,

@@ -22,6 +22,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from cytotune.study.grid import CellPlan, configuration_key
+from cytotune.study.packs import is_packed
 from cytotune.study.rungs import CellRungs
 from cytotune.study.spec import AshaSettings
 from cytotune.train.result import DONE_TRIAL, LAST_STEP, OBJECTIVE, OBJECTIVE_MODE
@@ -42,9 +43,11 @@ class SeedGroupedASHA(FIFOScheduler):
 
     @classmethod
     def for_cells(cls, cells: Iterable[CellPlan]) -> SeedGroupedASHA:
-        """The scheduler of a study's cells (ASHA settings of each cell's block, its seeds)."""
+        """The scheduler of a study's cells (ASHA settings of each cell's block, its seeds). A packed cell has
+        none here: its pack is its only trial and stops configurations inside itself (study/packs.py)."""
         cells = list(cells)
-        return cls({c.cell_key: c.block.asha for c in cells}, {c.cell_key: len(c.seeds) for c in cells})
+        settings = {c.cell_key: None if is_packed(c) else c.block.asha for c in cells}
+        return cls(settings, {c.cell_key: len(c.seeds) for c in cells})
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         """Metric and mode are fixed by the study (val_acc, max); accept only those."""

@@ -21,6 +21,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from ray.tune.search import Searcher
 
 from cytotune.study.grid import CellPlan, format_value
+from cytotune.study.packs import is_packed, pack_of
 from cytotune.study.spec import OptunaDimension
 from cytotune.tracking.schema import FAILED, FINISHED, STOPPED
 from cytotune.train.result import BEST_VAL_ACC, DONE_TRIAL, OBJECTIVE, OBJECTIVE_MODE, VAL_ACC
@@ -56,8 +57,16 @@ def trial_end(result: dict | None, error: bool) -> str:
     return FINISHED if (result or {}).get(DONE_TRIAL) == 1 else STOPPED
 
 
+def _grid_entries(cell: CellPlan) -> list[tuple[dict[str, Any] | None, int]]:
+    """The (searched values, seed) of each Ray trial of a grid cell; a packed cell's one pack is (None, 0)."""
+    if is_packed(cell):
+        return [(None, 0)]
+    return [(values, seed) for values in cell.grid_values() for seed in cell.seeds]
+
+
 class CellSearcher(Searcher):
-    """Suggests every trial of a study: the grid trials first, then Optuna suggestions cell by cell in turn.
+    """Suggests every trial of a study: the grid trials first (a packed cell's as one pack trial), then Optuna
+    suggestions cell by cell in turn.
 
     `optuna_journal` is the file holding the Optuna studies (one per cell, named by cell key), so a resumed
     study continues them. Returns FINISHED once every trial has been suggested.
@@ -67,12 +76,11 @@ class CellSearcher(Searcher):
         super().__init__(metric=OBJECTIVE, mode=OBJECTIVE_MODE)
         self._cells = {cell.cell_key: cell for cell in cells}
         self._journal = optuna_journal
-        self._queue: deque[tuple[str, dict[str, Any], int, int | None]] = deque(
+        self._queue: deque[tuple[str, dict[str, Any] | None, int, int | None]] = deque(
             (cell.cell_key, values, seed, None)
             for cell in cells
             if not cell.uses_optuna
-            for values in cell.grid_values()
-            for seed in cell.seeds
+            for values, seed in _grid_entries(cell)
         )
         self._optuna_cells = [cell.cell_key for cell in cells if cell.uses_optuna]
         self._asked: dict[str, int] = {key: 0 for key in self._optuna_cells}
@@ -128,6 +136,8 @@ class CellSearcher(Searcher):
             return Searcher.FINISHED
         key, values, seed, number = self._queue.popleft()
         self._live[trial_id] = (key, number, seed)
+        if values is None:
+            return pack_of(self._cells[key]).ray_config()
         return self._cells[key].trial(values, seed, number).ray_config()
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:

@@ -12,8 +12,10 @@ from typing import Annotated, Any, Literal, get_args
 import yaml
 from pydantic import (
     BaseModel,
+    Discriminator,
     Field,
     PrivateAttr,
+    Tag,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
@@ -36,8 +38,21 @@ from cytotune.config import (
 from cytotune.errors import CytotuneError
 from cytotune.study.storage import is_uri
 from cytotune.train.result import OBJECTIVE, STEP
+from cytotune.yaml_backbone import YamlBackbone
 
 SEARCHABLE_LORA = ("rank", "alpha", "dropout", "targets", "scaling")
+ENTRY_TAGS = ("backbone-name", "backbone-definition")  # pydantic's union tags, left out of error paths
+
+
+def _entry_kind(value: object) -> str:
+    return ENTRY_TAGS[1] if isinstance(value, (dict, YamlBackbone)) else ENTRY_TAGS[0]
+
+
+# A `backbones:` entry: a registry name, or a mapping defining a backbone by its source
+BackboneEntry = Annotated[
+    Annotated[str, Tag(ENTRY_TAGS[0])] | Annotated[YamlBackbone, Tag(ENTRY_TAGS[1])],
+    Discriminator(_entry_kind),
+]
 
 
 def _as_list(value: object) -> list:
@@ -225,11 +240,14 @@ def default_startup(samples: int) -> int:
 
 
 class TrialResources(Frozen):
-    """What one trial of a method asks of the cluster; fractional GPUs below one let trials share a GPU."""
+    """What one trial of a method asks of the cluster; fractional GPUs below one let trials share a GPU.
+    gpu_memory_gb: the memory of the cluster's GPUs, against which a pack's estimate is checked (default: the
+    first GPU torch sees on the machine that launches the study; packs are not checked without either)."""
 
     cpus: float = Field(1.0, gt=0)
     gpus: float = Field(0.0, ge=0)
     allow_cpu_fallback: bool = False
+    gpu_memory_gb: float | None = Field(None, gt=0)
 
     @field_validator("gpus", mode="after")
     @classmethod
@@ -244,7 +262,7 @@ class MethodBlock(Frozen):
 
     method: Method
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
-    backbones: tuple[str, ...] | None = Field(None, min_length=1)
+    backbones: tuple[BackboneEntry, ...] | None = Field(None, min_length=1)
     datasets: tuple[DatasetEntry, ...] | None = Field(None, min_length=1)
     seeds: tuple[int, ...] | None = Field(None, min_length=1)
     shots: tuple[int, ...] | None = None
@@ -259,6 +277,7 @@ class MethodBlock(Frozen):
     train: TrainSettings = TrainSettings()
     asha: AshaSettings | None = None
     resources: TrialResources = TrialResources()
+    pack: bool = False
 
     _datasets = field_validator("datasets", mode="after")(_distinct_datasets)
 
@@ -306,6 +325,7 @@ class MethodBlock(Frozen):
             raise ValueError(f"optuna.startup: expected at most samples ({self.samples}), got {startup}")
         self._check_method_fields()
         self._check_zero_shot()
+        self._check_pack()
         for path in self.search:
             if path.startswith("lora.") and path[5:] in self.lora.model_fields_set:
                 raise ValueError(f"{path} is both in `search` and in `lora`; expected it in one of them")
@@ -328,6 +348,8 @@ class MethodBlock(Frozen):
         """zero_shot uses no train image and no seed; head_init: text is for the methods with a head."""
         if self.head_init == "text" and self.method not in TRAINED_METHODS:
             raise ValueError(f"head_init: {self.method} has no head; expected it with linear_probe or lora")
+        if self.head_init == "text" and self.pack and self.method == "lora":
+            raise ValueError("pack: a LoRA pack starts its heads at random; expected head_init: random")
         if self.method != "zero_shot":
             return
         if self.shots is not None or self.fractions is not None:
@@ -336,6 +358,27 @@ class MethodBlock(Frozen):
             raise ValueError(f"seeds: zero_shot depends on no seed; expected one, got {list(self.seeds)}")
         if self.search or self.asha is not None:
             raise ValueError("zero_shot searches and trains nothing; expected no search and no asha")
+
+    def _check_pack(self) -> None:
+        """`pack: true` only where one pass trains a whole cell: LoRA or linear probe, grid over lr alone,
+        no early stopping for probes (their sweep has none)."""
+        if not self.pack:
+            return
+        if self.method not in TRAINED_METHODS:
+            raise ValueError(
+                f"pack: {self.method} trains nothing to pack; expected pack only with lora or linear_probe"
+            )
+        others = sorted(set(self.search) - {"lr"})
+        if others or any(isinstance(d, OptunaDimension) for d in self.search.values()):
+            got = f"a search over {', '.join(others)}" if others else "an optuna search"
+            raise ValueError(
+                f"pack: a pack trains configurations that differ in lr and seed only; expected a grid search "
+                f"over lr alone, got {got}"
+            )
+        if self.asha is not None and self.method == "linear_probe":
+            raise ValueError(
+                "pack: a packed linear-probe sweep has no early stopping; expected no asha with pack"
+            )
 
     @property
     def label(self) -> str:
@@ -375,7 +418,7 @@ class StudySpec(Frozen):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     data_dir: Path | None = None
-    backbones: tuple[str, ...] | None = Field(None, min_length=1)
+    backbones: tuple[BackboneEntry, ...] | None = Field(None, min_length=1)
     datasets: tuple[DatasetEntry, ...] | None = Field(None, min_length=1)
     seeds: tuple[int, ...] = Field((1, 2, 3), min_length=1)
     weights: dict[str, Path] = Field(default_factory=dict)
@@ -396,6 +439,43 @@ class StudySpec(Frozen):
         return self
 
     _datasets = field_validator("datasets", mode="after")(_distinct_datasets)
+
+    @model_validator(mode="after")
+    def _one_definition_per_name(self) -> StudySpec:
+        """A backbone name stands for one backbone in the whole study: a YAML definition given again (in
+        another block) must be the same; elsewhere the plain name refers to it."""
+        first: dict[str, tuple[str, YamlBackbone]] = {}
+        for where, entry in self._backbone_entries():
+            if isinstance(entry, str):
+                continue
+            seen_at, seen = first.setdefault(entry.name, (where, entry))
+            if seen != entry:
+                raise ValueError(
+                    f"{where}: backbone {entry.name!r} is also defined at {seen_at} with another definition; "
+                    "expected one definition per name (elsewhere, the plain name refers to it)"
+                )
+        return self
+
+    def _backbone_entries(self) -> list[tuple[str, str | YamlBackbone]]:
+        scopes = [("", self.backbones)]
+        scopes += [(f"methods[{i}].", block.backbones) for i, block in enumerate(self.methods)]
+        return [
+            (f"{scope}backbones[{j}]", entry)
+            for scope, entries in scopes
+            for j, entry in enumerate(entries or ())
+        ]
+
+    def backbone_definitions(self) -> list[YamlBackbone]:
+        """The backbones the study defines by their source, each once, in the order they first appear."""
+        found: dict[str, YamlBackbone] = {}
+        for _, entry in self._backbone_entries():
+            if not isinstance(entry, str):
+                found.setdefault(entry.name, entry)
+        return list(found.values())
+
+    def backbone_definition(self, name: str) -> YamlBackbone | None:
+        """The study's YAML definition of backbone `name`, None when it names a registry backbone."""
+        return next((d for d in self.backbone_definitions() if d.name == name), None)
 
     @model_validator(mode="after")
     def _one_dataset_per_name(self) -> StudySpec:
@@ -460,16 +540,23 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
         field = model.model_fields.get(part)
         if field is None:
             return None
-        candidates = [field.annotation, *get_args(field.annotation)]
-        candidates += [a for c in list(candidates) for a in get_args(c)]
+        candidates = list(_type_args(field.annotation))
         model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
     return model
+
+
+def _type_args(annotation: Any):
+    """An annotation and every type nested in it (optionals, tuples, unions, Annotated)."""
+    yield annotation
+    for arg in get_args(annotation):
+        yield from _type_args(arg)
 
 
 def format_validation_error(where: str, err: ValidationError) -> str:
     """One line for the first error of a validation: `file: field.path: expected ..., got ...`."""
     first = err.errors(include_url=False)[0]
     loc, kind, msg = first["loc"], first["type"], first["msg"]
+    loc = tuple(part for part in loc if part not in ENTRY_TAGS)
     field = _loc(loc)
     if not field:
         return f"{where}: {msg.removeprefix('Value error, ')}"
@@ -490,7 +577,7 @@ def format_validation_error(where: str, err: ValidationError) -> str:
 
 def load_study(path: str | Path) -> StudySpec:
     """Read a study YAML into a StudySpec; relative dataset roots resolve against data_dir or the YAML's
-    folder, relative data_dir, storage and weights paths against the YAML's folder."""
+    folder, relative data_dir, storage, weights and YAML backbone sources against the YAML's folder."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -514,7 +601,7 @@ def load_study(path: str | Path) -> StudySpec:
         weights = {k: os.path.normpath(base / Path(str(v)).expanduser()) for k, v in raw["weights"].items()}
         raw = {**raw, "weights": weights}
     try:
-        spec = StudySpec.model_validate(raw, context={"data_dir": data_dir or base})
+        spec = StudySpec.model_validate(raw, context={"data_dir": data_dir or base, "source_dir": base})
     except ValidationError as err:
         raise CytotuneError(format_validation_error(str(path), err)) from err
     spec._source = path

@@ -5,14 +5,17 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from cytotune.study.packs import PackCheck, pack_checks, ray_trial_count
 from cytotune.study.runner import StudyOutcome, StudyPlan
 from cytotune.train.result import SCALAR_FIELDS
 
 
 def plan_dict(plan: StudyPlan) -> dict[str, Any]:
-    """The dry run: the study, each cell (trials, searched fields, seeds, resources per trial), the cluster
-    and whether it can run the study, with the notes and problems of that check."""
+    """The dry run: the study, each cell (trials, searched fields, seeds, resources per trial, its pack or
+    null), the Ray trials, the cluster and whether it can run the study, with the notes and problems of that
+    check."""
     spec = plan.spec
+    packs = {check.cell.cell_key: check for check in pack_checks(plan.fit.cells)}
     cells = [
         {
             "cell_key": cell.cell_key,
@@ -25,6 +28,7 @@ def plan_dict(plan: StudyPlan) -> dict[str, Any]:
             "suggestions": cell.n_suggestions,
             "seeds": list(cell.seeds),
             "resources": dict(cell.resources),
+            "pack": _pack(packs.get(cell.cell_key)),
         }
         for cell in plan.cells
     ]
@@ -34,6 +38,7 @@ def plan_dict(plan: StudyPlan) -> dict[str, Any]:
         "cells": cells,
         "n_cells": len(plan.cells),
         "n_trials": plan.n_trials,
+        "n_ray_trials": ray_trial_count(plan.fit.cells),
         "cluster": {
             "where": plan.cluster,
             "nodes": len(plan.nodes),
@@ -43,6 +48,19 @@ def plan_dict(plan: StudyPlan) -> dict[str, Any]:
         "can_run": plan.fit.ok,
         "notes": list(plan.fit.notes),
         "problems": list(plan.fit.problems),
+    }
+
+
+def _pack(check: PackCheck | None) -> dict[str, Any] | None:
+    """A packed cell's pack: its trials, memory estimate and the GPU memory it was checked against (GiB)."""
+    if check is None:
+        return None
+    return {
+        "trials": check.configurations,
+        "memory_gib": check.estimate_gb,
+        "gpu_memory_gib": check.memory_gb,
+        "gpu_memory_from": check.source,
+        "fits": check.fits,
     }
 
 

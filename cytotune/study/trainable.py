@@ -28,7 +28,8 @@ STATE_FILE = "state.pt"
 RESULT_FILE = "result.json"
 
 
-def _resume_state() -> dict | None:
+def resume_state() -> dict | None:
+    """The trainer state of the checkpoint Tune restores this trial from (None: a fresh start)."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
@@ -37,13 +38,14 @@ def _resume_state() -> dict | None:
         return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """A value with paths as strings and tuples as lists, for JSON."""
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value
 
 
@@ -53,38 +55,53 @@ def trial_config(config: dict[str, Any]) -> TrialConfig:
     return config["trial"].with_local_cache()
 
 
-def study_trainable(config: dict[str, Any]) -> None:
-    """Run the trial described by a study's Ray config (see TrialPlan.ray_config) and report it to Tune."""
-    from cytotune.train import run_trial
-
-    started_at = time.time()
-    cfg = trial_config(config)
-    resume = _resume_state()
+def trial_context(cfg: TrialConfig, resumed: bool, started_at: float) -> dict[str, Any]:
+    """What every report of a trial carries: its data (see _dataset_fields), start, whether it resumed, the
+    resources Ray assigned it and its node."""
     assigned = ray.get_runtime_context().get_assigned_resources()
-    timing = {
+    return {
         **_dataset_fields(cfg),
         "started_at": started_at,
-        "resumed": int(resume is not None),
+        "resumed": int(resumed),
         "assigned_cpus": float(assigned.get("CPU", 0.0)),
         "assigned_gpus": float(assigned.get("GPU", 0.0)),
         "gpu_ids": ",".join(str(i) for i in ray.get_gpu_ids()),
         "node_id": ray.get_runtime_context().get_node_id(),
     }
 
+
+def report_state(metrics: dict, state: dict | None) -> None:
+    """tune.report the metrics, with a checkpoint holding `state` (the trainer's, to resume) when given."""
+    if state is None:
+        tune.report(metrics)
+        return
+    with tempfile.TemporaryDirectory(prefix="cytotune-state-") as folder:
+        torch.save(state, Path(folder) / STATE_FILE)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def study_trainable(config: dict[str, Any]) -> None:
+    """Run the trial described by a study's Ray config (see TrialPlan.ray_config) and report it to Tune; a
+    pack's config (study/packs.py) runs as a pack."""
+    from cytotune.tracking.schema import is_pack_config
+    from cytotune.train import run_trial
+
+    if is_pack_config(config):
+        from cytotune.study.pack_trainable import pack_trainable
+
+        return pack_trainable(config)
+    started_at = time.time()
+    cfg = trial_config(config)
+    resume = resume_state()
+    timing = trial_context(cfg, resume is not None, started_at)
+
     def report(metrics: dict, state: dict | None) -> None:
-        metrics = {**metrics, **timing, "elapsed_s": time.time() - started_at}
-        if state is None:
-            tune.report(metrics)
-            return
-        with tempfile.TemporaryDirectory(prefix="cytotune-state-") as folder:
-            torch.save(state, Path(folder) / STATE_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        report_state({**metrics, **timing, "elapsed_s": time.time() - started_at}, state)
 
     with tempfile.TemporaryDirectory(prefix="cytotune-trial-") as folder:
         out = Path(folder)
         result = run_trial(cfg, report=report, resume=resume, out_dir=out)
-        full = {**_jsonable(dataclasses.asdict(result)), "trial_key": config["trial_key"]}
-        (out / RESULT_FILE).write_text(json.dumps(full, indent=1))
+        write_result(out, result, config["trial_key"])
         final = {
             **result.metrics(),
             VAL_ACC: result.best_val_acc,
@@ -110,6 +127,12 @@ def _dataset_fields(cfg: TrialConfig) -> dict[str, Any]:
         "dataset_val": len(data.val),
         "dataset_test": len(data.test),
     }
+
+
+def write_result(folder: Path, result: Any, trial_key: str) -> None:
+    """The trial's whole result (a TrialResult) and its key as RESULT_FILE in `folder`."""
+    full = {**jsonable(dataclasses.asdict(result)), "trial_key": trial_key}
+    (folder / RESULT_FILE).write_text(json.dumps(full, indent=1))
 
 
 def trial_resources(config: dict[str, Any]) -> PlacementGroupFactory:

@@ -21,7 +21,8 @@ from cytotune.tracking.runs import search_pages
 from cytotune.tracking.uri import artifact_location, resolve_tracking_uri
 from cytotune.train.result import DONE_TRIAL, STEP, TEST_ACC
 
-_BATCH = 100
+_BATCH = 100  # MLflow's limit of params (and of tags) in one log_batch
+_METRIC_BATCH = 1000  # ... and of metrics
 
 
 class MlflowCallback(Callback):
@@ -41,6 +42,11 @@ class MlflowCallback(Callback):
     (cells.json), so queries know every cell's seeds without parsing the YAML again. Launch and trial runs
     carry MLflow's standard source tags (mlflow.user, mlflow.source.*); a trial run has its dataset as an
     input, its manifest digest as a param.
+
+    Metrics, the dataset param and node tags are buffered per trial and written in one `log_batch` per flush:
+    when Tune saves its experiment state (`get_state`, so a resumed study re-reports whatever a crash lost),
+    when the trial ends (with its status tag) or errs, and when the launch ends. A flush the tracking server
+    refuses (after MLflow's own retries) keeps the buffer for the next one.
     """
 
     def __init__(
@@ -75,10 +81,34 @@ class MlflowCallback(Callback):
         self._closed = False
         self._source: dict[str, str] = {}
         self._with_input: set[str] = set()
+        self._buffer: dict[str, tuple[list[Metric], list[Param], list[RunTag]]] = {}
+        self._unended: dict[str, str] = {}  # run id -> MLflow status, for ends whose flush was refused
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (Ray keeps the run config) without the MLflow client, which is made again when needed."""
         return {**self.__dict__, "_client": None}
+
+    def get_state(self) -> dict[str, Any] | None:
+        """Tune saves its experiment state: write every buffered metric first (nothing else to save)."""
+        self.flush()
+        return None
+
+    def flush(self, run_id: str | None = None) -> bool:
+        """Write the buffer of `run_id` (else of every run) in log_batch calls; False when the server refused
+        (the buffer is kept for the next flush)."""
+        ok = True
+        for rid in [run_id] if run_id is not None else list(self._buffer):
+            metrics, params, tags = self._buffer.pop(rid, ([], [], []))
+            try:
+                _log_batches(self.client, rid, metrics, params, tags)
+            except Exception as err:  # noqa: BLE001  (any transport or server error: keep, retry later)
+                self._buffer[rid] = (metrics, params, tags)
+                print(f"cytotune: MLflow refused a write ({err}); kept for the next flush", file=sys.stderr)
+                ok = False
+        return ok
+
+    def _buffered(self, run_id: str) -> tuple[list[Metric], list[Param], list[RunTag]]:
+        return self._buffer.setdefault(run_id, ([], [], []))
 
     @property
     def client(self) -> MlflowClient:
@@ -133,27 +163,26 @@ class MlflowCallback(Callback):
         """Log the evaluation's metrics at its step; the final result also carries the final metrics."""
         run_id = self._run_of(trial)
         self._log_dataset(run_id, result)
+        metrics, _, tags = self._buffered(run_id)
         node = result.get("node_id")
         if node and self._nodes.get(trial.trial_id) != node:
-            self.client.set_tag(run_id, schema.RAY_NODE_ID, node)
+            tags.append(RunTag(schema.RAY_NODE_ID, node))
             self._nodes[trial.trial_id] = node
         step = int(result.get(STEP, result.get("training_iteration", 0)))
         names = list(schema.STEP_METRICS)
         if result.get(DONE_TRIAL):
             names += [name for name in schema.FINAL_METRICS if name not in names]
         stamp = int(time.time() * 1000)
-        metrics = [
+        metrics.extend(
             Metric(name, float(result[name]), stamp, step) for name in names if _is_number(result.get(name))
-        ]
-        if metrics:
-            self.client.log_batch(run_id, metrics=metrics)
+        )
 
     def _log_dataset(self, run_id: str, result: dict) -> None:
         """Once per run: the trial's dataset as an MLflow input, and its manifest digest as a param."""
         if run_id in self._with_input or not all(name in result for name in schema.DATASET_FIELDS):
             return
         self.client.log_inputs(run_id, datasets=[schema.dataset_input(result)])
-        self.client.log_param(run_id, schema.DATASET_DIGEST, result[schema.DATASET_DIGEST])
+        self._buffered(run_id)[1].append(Param(schema.DATASET_DIGEST, str(result[schema.DATASET_DIGEST])))
         self._with_input.add(run_id)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -170,7 +199,7 @@ class MlflowCallback(Callback):
         """End the trial's run FAILED with the error text as a tag and as error.txt."""
         run_id = self._run_of(trial)
         text = _error_text(trial)
-        self.client.set_tag(run_id, schema.ERROR, schema.clip_tag(text))
+        self._buffered(run_id)[2].append(RunTag(schema.ERROR, schema.clip_tag(text)))
         self.client.log_text(run_id, text, "error.txt")
         self._end(trial, schema.FAILED)
         self._failed.add(run_id)
@@ -185,6 +214,9 @@ class MlflowCallback(Callback):
     def close(self, interrupted: bool = False) -> None:
         """End the launch's open trial runs KILLED and its parent run KILLED (interrupted, or a trial run was
         open), FAILED (a trial failed) or FINISHED. Only the first call ends the launch."""
+        self.flush()
+        for run_id in list(self._unended):
+            self._end_flushed(run_id)
         left_open = [run_id for run_id in self._runs.values() if run_id not in self._ended]
         for run_id in left_open:
             self.client.set_terminated(run_id, status="KILLED")
@@ -252,12 +284,13 @@ class MlflowCallback(Callback):
             self._claimed.add(chosen.info.run_id)
         return chosen
 
-    def _create(self, trial: Any) -> str:
+    def _run_tags(self, trial: Any, kind: str) -> dict[str, str]:
+        """The tags a Ray trial's new run starts with (kind: trial, or pack for a packed cell's Ray trial)."""
         config = trial.config
         tags = {
             schema.PARENT_RUN_ID: self.start_launch(),
             **self._source,
-            schema.KIND: schema.KIND_TRIAL,
+            schema.KIND: kind,
             schema.STUDY: self.study,
             schema.CELL_KEY: config["cell_key"],
             schema.TRIAL_KEY: config["trial_key"],
@@ -268,6 +301,11 @@ class MlflowCallback(Callback):
         }
         if "resources" in config:
             tags[schema.RESOURCES] = json.dumps(config["resources"], sort_keys=True)
+        return tags
+
+    def _create(self, trial: Any) -> str:
+        config = trial.config
+        tags = self._run_tags(trial, schema.KIND_TRIAL)
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=config["trial_key"])
         params = [Param(name, value) for name, value in schema.flatten_trial(config["trial"]).items()]
         for start in range(0, len(params), _BATCH):
@@ -291,9 +329,15 @@ class MlflowCallback(Callback):
 
     def _end(self, trial: Any, status: str) -> None:
         run_id = self._runs[trial.trial_id]
-        self.client.set_tag(run_id, schema.STATUS, status)
-        self.client.set_terminated(run_id, status=schema.RUN_STATUS[status])
-        self._ended.add(run_id)
+        self._buffered(run_id)[2].append(RunTag(schema.STATUS, status))
+        self._unended[run_id] = schema.RUN_STATUS[status]
+        self._end_flushed(run_id)
+
+    def _end_flushed(self, run_id: str) -> None:
+        """End the run with its recorded status once its buffer is written (else at the next try)."""
+        if self.flush(run_id):
+            self.client.set_terminated(run_id, status=self._unended.pop(run_id))
+            self._ended.add(run_id)
 
     def _log_final_artifacts(self, run_id: str, trial: Any) -> None:
         checkpoint = trial.checkpoint
@@ -322,6 +366,17 @@ class MlflowCallback(Callback):
                 result["confusion_matrix"], result["classes"], Path(tmp) / "confusion_matrix.png", title
             )
             self.client.log_artifact(run_id, str(path))
+
+
+def _log_batches(
+    client: MlflowClient, run_id: str, metrics: list[Metric], params: list[Param], tags: list[RunTag]
+) -> None:
+    """log_batch within MLflow's limits per call (1000 metrics, 100 params, 100 tags, 1000 in all)."""
+    while metrics or params or tags:
+        p, t = params[:_BATCH], tags[:_BATCH]
+        m = metrics[: _METRIC_BATCH - len(p) - len(t)]
+        client.log_batch(run_id, metrics=m, params=p, tags=t)
+        metrics, params, tags = metrics[len(m) :], params[len(p) :], tags[len(t) :]
 
 
 def _is_number(value: Any) -> bool:

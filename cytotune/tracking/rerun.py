@@ -86,7 +86,8 @@ def _block(config: TrialConfig, label: str, seeds: list[int], resources: dict[st
     block: dict[str, Any] = {"method": config.method}
     if label != config.method:
         block["name"] = label
-    block["backbones"] = [config.backbone]
+    definition = config.backbone_definition
+    block["backbones"] = [config.backbone if definition is None else definition.model_dump(exclude_none=True)]
     block["datasets"] = [
         {
             "name": config.dataset,

@@ -17,6 +17,13 @@ from cytotune.train.result import BEST_VAL_ACC, SCALAR_FIELDS, TRAIN_LOSS, VAL_A
 KIND = "cytotune.kind"
 KIND_LAUNCH = "launch"
 KIND_TRIAL = "trial"
+KIND_PACK = "pack"  # the Ray trial of a packed cell; its trials are its child runs, of kind trial
+PACK_ARTIFACT = "pack.json"  # on a pack run: the trial keys of its trials, in pack order
+# A pack's Ray trial: its config lists its trials' Ray configs under PACK_KEY; its reports carry the metrics
+# of the trials evaluated then under PACK_RESULTS, its last report each trial's end under PACK_FINAL
+PACK_KEY = "pack"
+PACK_RESULTS = "pack_results"
+PACK_FINAL = "pack_final"
 STUDY = "cytotune.study"
 YAML_SHA256 = "cytotune.yaml_sha256"
 VERSION = "cytotune.version"
@@ -57,6 +64,11 @@ DATASET_FIELDS = (
     "dataset_val",
     "dataset_test",
 )
+
+
+def is_pack_config(config: dict[str, Any]) -> bool:
+    """Whether a Ray trial config is a pack's (a packed cell's one Ray trial)."""
+    return PACK_KEY in config
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,15 @@ from cytotune.data.progress_bar import progress_bar
 from cytotune.data.transforms import eval_transform
 from cytotune.models import get_backbone_spec, load_backbone
 from cytotune.models.params import count_parameters
+from cytotune.models.registry import BackboneRef
 from cytotune.models.weights import resolve_weights
 from cytotune.train.runtime import autocast, precision_name
 
 
-def weights_identity(backbone: str, weights: Path | None) -> dict:
-    """What identifies a backbone's weights: the file it loads (path, size, mtime), else its registry entry
-    (test-size backbones: seeded random weights)."""
+def weights_identity(backbone: BackboneRef, weights: Path | None) -> dict:
+    """What identifies a backbone's weights: the file it loads (path, size, mtime; for a YAML backbone, its
+    file in the hub cache or its local folder), else its registry entry (test-size backbones: seeded random
+    weights)."""
     spec = get_backbone_spec(backbone)
     path = resolve_weights(spec, weights)
     if path is not None:
@@ -39,11 +41,13 @@ def weights_identity(backbone: str, weights: Path | None) -> dict:
     return {"identifier": spec.identifier, "pretrained": spec.pretrained}
 
 
-def feature_key(manifest: Manifest, backbone: str, weights: Path | None, device: torch.device) -> dict:
+def feature_key(
+    manifest: Manifest, backbone: BackboneRef, weights: Path | None, device: torch.device
+) -> dict:
     """Everything the cached features depend on, as a JSON-able dict."""
     spec = get_backbone_spec(backbone)
     return {
-        "backbone": backbone,
+        "backbone": spec.name,
         "weights": weights_identity(backbone, weights),
         "feature": spec.feature,
         "manifest": manifest.digest,
@@ -73,7 +77,7 @@ class CachedFeatures:
 
 def extract_features(
     manifest: Manifest,
-    backbone: str,
+    backbone: BackboneRef,
     weights: Path | None,
     *,
     cache_dir: Path,
@@ -87,7 +91,7 @@ def extract_features(
     images = open_eval_cache(manifest, spec.input_size, cache_dir)
     n = len(manifest.frame)
     out = np.empty((n, spec.feature_dim), dtype=np.float32)
-    with progress_bar(f"features {backbone}", n) as advance, torch.inference_mode():
+    with progress_bar(f"features {spec.name}", n) as advance, torch.inference_mode():
         for lo in range(0, n, batch_size):
             rows = np.arange(lo, min(lo + batch_size, n))
             x = eval_transform(images.batch(rows).to(device), spec.input_size, spec.mean, spec.std)
@@ -106,7 +110,7 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 def cached_features(
     manifest: Manifest,
-    backbone: str,
+    backbone: BackboneRef,
     weights: Path | None,
     *,
     cache_dir: Path,
@@ -142,7 +146,7 @@ class FeatureRequest:
     in batches of batch_size, from the feature cache under cache_dir."""
 
     manifest: Manifest
-    backbone: str
+    backbone: BackboneRef
     weights: Path | None
     device: torch.device
     batch_size: int
@@ -173,7 +177,7 @@ def feature_request(cfg: TrialTemplate, manifest: Manifest, device: torch.device
     feature cache's arguments come from, for the trainers and for the study's preparation on the driver."""
     return FeatureRequest(
         manifest=manifest,
-        backbone=cfg.backbone,
+        backbone=cfg.backbone_ref,
         weights=cfg.weights,
         device=device,
         batch_size=cfg.train.eval_batch_size,

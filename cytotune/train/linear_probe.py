@@ -56,9 +56,14 @@ def _schedule(cfg: TrialConfig) -> HeadSchedule:
     )
 
 
+def probe_steps(cfg: TrialConfig, num_train: int) -> int:
+    """Optimisation steps of a linear-probe trial on `num_train` training rows."""
+    return _schedule(cfg).total_steps(num_train)
+
+
 def _save_head(directory: Path, cfg: TrialConfig, classes: Sequence[str], fit: HeadFit) -> Path:
     """The probe's model files (cytotune.models.files): its chosen head, backbone and preprocessing."""
-    spec = get_backbone_spec(cfg.backbone)
+    spec = get_backbone_spec(cfg.backbone_ref)
     head = nn.Linear(spec.feature_dim, len(classes))
     with torch.no_grad():
         head.weight.copy_(fit.weight)
@@ -91,7 +96,7 @@ def run_probe_sweep(
     labels = datas[0].label_tensor().to(device)
     num_classes = len(manifest.classes)
 
-    last_step = _schedule(cfg).total_steps(len(datas[0].train))
+    last_step = probe_steps(cfg, len(datas[0].train))
 
     def on_eval(k: int, step: int, train_loss: float, val_acc: float, best_val_acc: float) -> None:
         if report is not None:

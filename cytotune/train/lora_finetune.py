@@ -61,9 +61,9 @@ class LoraRun:
         self.data = data
         self.device = device
         self.generator = seed_everything(cfg.seed)
-        self.spec = get_backbone_spec(cfg.backbone)
+        self.spec = get_backbone_spec(cfg.backbone_ref)
         self.view = (self.spec.input_size, self.spec.mean, self.spec.std)
-        self.backbone = add_lora(load_backbone(cfg.backbone, weights=cfg.weights), cfg.lora).to(device)
+        self.backbone = add_lora(load_backbone(cfg.backbone_ref, weights=cfg.weights), cfg.lora).to(device)
         self.head = nn.Linear(self.spec.feature_dim, len(data.manifest.classes)).to(device)
         trainable = [p for p in chain(self.backbone.parameters(), self.head.parameters()) if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.train.weight_decay)

@@ -97,7 +97,7 @@ def initial_state(cfg: TrialConfig, pristine: nn.Module, num_classes: int) -> tu
     seed_everything(cfg.seed)
     shared = {id(tensor): tensor for tensor in chain(pristine.parameters(), pristine.buffers())}
     adapted = add_lora(copy.deepcopy(pristine, shared), cfg.lora)
-    head = nn.Linear(get_backbone_spec(cfg.backbone).feature_dim, num_classes)
+    head = nn.Linear(get_backbone_spec(cfg.backbone_ref).feature_dim, num_classes)
     state = {f"lora.{k}": v for k, v in lora_state_dict(adapted).items()}
     state.update({f"head.{k}": v.detach().clone() for k, v in head.state_dict().items()})
     return state, torch.get_rng_state()
@@ -119,10 +119,10 @@ class PackedLoraRun:
         self.datas = [trial_rows(c, manifest) for c in cfgs]
         if len({(len(d.train), len(d.val)) for d in self.datas}) != 1:
             raise CytotuneError("LoRA trials packed together must use train and val subsets of one size")
-        self.spec = get_backbone_spec(cfg.backbone)
+        self.spec = get_backbone_spec(cfg.backbone_ref)
         self.view = (self.spec.input_size, self.spec.mean, self.spec.std)
         num_classes = len(manifest.classes)
-        pristine = load_backbone(cfg.backbone, weights=cfg.weights)
+        pristine = load_backbone(cfg.backbone_ref, weights=cfg.weights)
         starts, self.dropout_generators = [], []
         for c in cfgs:
             state, rng = initial_state(c, pristine, num_classes)
@@ -407,7 +407,7 @@ def _export_adapters(run: PackedLoraRun, out_dirs: Sequence[Path | None]) -> dic
     wanted = [i for i in run.active if out_dirs[i] is not None]
     if not wanted:
         return written
-    adapted = add_lora(load_backbone(cfg.backbone, weights=cfg.weights), cfg.lora)
+    adapted = add_lora(load_backbone(cfg.backbone_ref, weights=cfg.weights), cfg.lora)
     head = nn.Linear(run.spec.feature_dim, len(run.datas[0].manifest.classes))
     classes = run.datas[0].manifest.classes
     for index in wanted:

@@ -1,0 +1,46 @@
+"""`cytotune bench scale` on a tiny cut of Experiment 2: one MLflow run per planned trial, every metric step
+Ray Tune received is in MLflow, and each run's steps are the schedule's own evaluation steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from cytotune.bench.scale import bench_scale, table
+from cytotune.bench.servers import tracking_server
+from cytotune.tracking import schema
+from cytotune.tracking.runs import search_all
+
+EXP2 = Path(__file__).resolve().parents[1] / "search_spaces" / "exp2_lora_fewshot.yaml"
+
+
+@pytest.mark.slow
+def test_bench_scale_counts_one_run_per_trial_and_every_metric(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    with tracking_server(tmp_path) as server:
+        figures = bench_scale(
+            EXP2, tmp_path / "work", server.uri, slots=8, seconds=0.2, trials=20, queries=False, say=print
+        )
+        runs = search_all(MlflowClient(server.uri), figures.study, f"tags.`{schema.KIND}` = 'trial'")
+        client = MlflowClient(server.uri)
+        steps = {
+            run.info.run_id: sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc"))
+            for run in runs
+        }
+    # cut to at most 20 trials: 1 backbone x 1 dataset x shots 1 x 5 lr x 3 seeds = 15
+    assert figures.trials == 15 and figures.runs == 15 and len(runs) == 15
+    assert figures.duplicates == 0 and figures.trials_without_run == 0 and figures.lost_steps == 0
+    assert sum(figures.driver.counts.values()) == 15 and figures.driver.counts["failed"] == 0
+    # shots 1: 50 + 100 steps, evaluated every 50; seed-grouped ASHA (grace 100) stops some before the end
+    for run in runs:
+        status, logged = run.data.tags[schema.STATUS], steps[run.info.run_id]
+        assert status in (schema.FINISHED, schema.STOPPED)
+        if status == schema.FINISHED:
+            assert logged == [50, 100, 150], run.data.tags[schema.TRIAL_KEY]
+        else:
+            assert logged in ([50], [50, 100]), run.data.tags[schema.TRIAL_KEY]
+    assert figures.metric_steps == sum(len(s) for s in steps.values())
+    assert figures.driver.mlflow_calls > 0 and figures.driver.sim_s > 0
+    assert "duplicate runs" in table([figures])
