@@ -204,7 +204,7 @@ def cost_command(
 
 @app.command()
 def train(
-    method: Annotated[str, typer.Option(help="linear_probe, lora, knn or simpleshot.")],
+    method: Annotated[str, typer.Option(help="linear_probe, lora, knn, simpleshot or zero_shot.")],
     backbone: Annotated[
         str,
         typer.Option(
@@ -215,6 +215,9 @@ def train(
     root: Annotated[Path, typer.Option(help="The dataset folder.")],
     lr: Annotated[float | None, typer.Option(help="Learning rate (linear_probe and lora).")] = None,
     k: Annotated[int | None, typer.Option(help="Neighbours voting (knn).")] = None,
+    head_init: Annotated[
+        str, typer.Option(help="random, or text: the head starts from the class prompts' text embeddings.")
+    ] = "random",
     layout: Annotated[
         str | None, typer.Option(help="The layout of --root when --dataset is a name of your own (folder).")
     ] = None,
@@ -246,7 +249,7 @@ def train(
     out: Annotated[Path | None, typer.Option(help="Write the trial's artifacts here.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the final metrics as JSON.")] = False,
 ) -> None:
-    """Run one trial (linear probe, LoRA, knn or simpleshot) and print its final metrics."""
+    """Run one trial (linear probe, LoRA, knn, simpleshot or zero-shot) and print its final metrics."""
     import json
 
     from pydantic import ValidationError
@@ -269,6 +272,7 @@ def train(
         fraction=fraction,
         lr=lr,
         k=k,
+        head_init=head_init,
         seed=seed,
         lora=dict(rank=rank, alpha=alpha, targets=tuple(t.strip() for t in targets.split(",") if t.strip())),
         train=dict(max_steps=max_steps, probe_epochs=probe_epochs, device=device),

@@ -10,15 +10,17 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    field_validator,
     model_validator,
 )
 
 from cytotune.yaml_backbone import YamlBackbone
 
 LoraTarget = Literal["q", "k", "v", "o"]
-Method = Literal["linear_probe", "lora", "knn", "simpleshot"]
-TRAINED_METHODS = ("linear_probe", "lora")  # methods that train with a learning rate
-FEATURE_METHODS = ("linear_probe", "knn", "simpleshot")  # methods on the cached probe features
+Method = Literal["linear_probe", "lora", "knn", "simpleshot", "zero_shot"]
+TRAINED_METHODS = ("linear_probe", "lora")  # methods that train with a learning rate (and a head)
+FEATURE_METHODS = ("linear_probe", "knn", "simpleshot", "zero_shot")  # methods on the cached probe features
+HeadInit = Literal["random", "text"]
 DEFAULT_SPLIT = (0.7, 0.1, 0.2)  # train, val, test fractions of a dataset without an official split
 
 
@@ -77,6 +79,38 @@ class TrainSettings(Frozen):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+class PromptSettings(Frozen):
+    """How the classes of a dataset are put into words for a vision-language backbone's text tower.
+
+    templates: sentences with one `{}` where a class's text goes (default: data/prompts.py);
+    classes: class name -> its text, or a list of texts (default: the dataset's own descriptions, else the
+    class name). Each class's prompts are every template filled with each of its texts.
+    """
+
+    templates: tuple[str, ...] | None = Field(None, min_length=1)
+    classes: dict[str, str | tuple[str, ...]] = Field(default_factory=dict)
+
+    def __hash__(self) -> int:  # trial configs are hashed (cells): the class texts as sorted pairs
+        return hash((self.templates, tuple(sorted(self.classes.items()))))
+
+    @field_validator("templates", mode="after")
+    @classmethod
+    def _one_slot(cls, templates: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for template in templates or ():
+            if template.count("{}") != 1:
+                raise ValueError(f"expected each template to hold `{{}}` once, got {template!r}")
+        return templates
+
+    @field_validator("classes", mode="after")
+    @classmethod
+    def _texts(cls, classes: dict[str, str | tuple[str, ...]]) -> dict[str, str | tuple[str, ...]]:
+        for name, text in classes.items():
+            texts = (text,) if isinstance(text, str) else text
+            if not texts or not all(t.strip() for t in texts):
+                raise ValueError(f"{name}: expected a non-empty text or a non-empty list of texts")
+        return classes
+
+
 class TrialTemplate(Frozen):
     """A trial's settings, each field checked on its own: what a study cell fixes before its searched values
     and seed are set (the checks across fields, e.g. an lr for trained methods, come with TrialConfig)."""
@@ -96,9 +130,16 @@ class TrialTemplate(Frozen):
     lr: float | None = Field(None, gt=0)
     k: int | None = Field(None, ge=1)
     seed: int = 0
+    head_init: HeadInit = "random"  # text: the head starts from the prompts' text embeddings
+    prompts: PromptSettings | None = None  # the dataset's class prompts (zero_shot, head_init: text)
     lora: LoraSettings = LoraSettings()
     train: TrainSettings = TrainSettings()
     cache_dir: Path = Field(default_factory=default_cache_dir)
+
+    @property
+    def uses_text(self) -> bool:
+        """Whether the trial needs the backbone's text tower (zero_shot, or a text-initialised head)."""
+        return self.method == "zero_shot" or self.head_init == "text"
 
     @property
     def backbone_ref(self) -> str | YamlBackbone:
@@ -132,4 +173,8 @@ class TrialConfig(TrialTemplate):
             raise ValueError(f"{self.method}: expected {'an lr' if trained else 'no lr (it does not train)'}")
         if (self.method == "knn") != (self.k is not None):
             raise ValueError(f"{self.method}: expected {'k' if self.method == 'knn' else 'no k (knn only)'}")
+        if self.method == "zero_shot" and (self.shots is not None or self.fraction is not None):
+            raise ValueError("zero_shot: uses no train images; expected no shots or fraction")
+        if self.head_init == "text" and not trained:
+            raise ValueError(f"{self.method}: has no head; expected head_init: random (text: probe, LoRA)")
         return self

@@ -194,12 +194,19 @@ def test_backbones_command_lists_the_registry(empty_hub):
     result = CliRunner().invoke(app, ["backbones"])
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
-    assert lines[0].split() == ["name", "library", "identifier", "input", "features", "weights"]
+    assert lines[0].split() == ["name", "library", "identifier", "input", "features", "weights", "text"]
     body = {line.split()[0]: line for line in lines[1:]}
     assert list(body) == REAL + TINY
     assert "local file needed" in body["uni"] and "1024" in body["uni"]
     assert "test-size" in body["tiny_clip"]
     assert "ViT-B-16 (openai)" in body["clip_vit_b16"]
+    assert [name for name in REAL + TINY if body[name].endswith("yes")] == [
+        "clip_vit_b16",
+        "clip_vit_l14",
+        "quilt_b16",
+        "quilt_b32",
+        "tiny_clip",
+    ]
     assert [row["name"] for row in backbone_rows()] == REAL + TINY
 
 

@@ -79,7 +79,7 @@ def test_bad_lora_rank_names_file_field_and_expectation(tmp_path):
         ),
         (
             ("method: lora", "method: lorra"),
-            "methods[0].method: expected 'linear_probe', 'lora', 'knn' or 'simpleshot'",
+            "methods[0].method: expected 'linear_probe', 'lora', 'knn', 'simpleshot' or 'zero_shot'",
         ),
         (
             ("    shots: [1, 2]", "    shots: [1]\n    colour: red"),

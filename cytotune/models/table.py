@@ -6,10 +6,11 @@ from collections.abc import Sequence
 
 from cytotune.errors import CytotuneError
 from cytotune.models.registry import BackboneSpec, get_backbone_spec, list_backbones
+from cytotune.models.text import has_text_tower
 from cytotune.models.weights import weights_status
 from cytotune.yaml_backbone import YamlBackbone
 
-COLUMNS = ("name", "library", "identifier", "input", "features", "weights")
+COLUMNS = ("name", "library", "identifier", "input", "features", "weights", "text")
 
 
 def _specs(definitions: Sequence[YamlBackbone]) -> list[BackboneSpec | YamlBackbone]:
@@ -33,7 +34,15 @@ def backbone_rows(definitions: Sequence[YamlBackbone] = ()) -> list[dict[str, st
     rows = []
     for spec in _specs(definitions):
         if isinstance(spec, YamlBackbone):
-            rows.append({**_unreadable(spec), "input": "-", "features": "-", "weights": "config not found"})
+            rows.append(
+                {
+                    **_unreadable(spec),
+                    "input": "-",
+                    "features": "-",
+                    "weights": "config not found",
+                    "text": "-",
+                }
+            )
             continue
         tagged = spec.pretrained and spec.pretrained not in spec.identifier
         identifier = f"{spec.identifier} ({spec.pretrained})" if tagged else spec.identifier
@@ -45,6 +54,7 @@ def backbone_rows(definitions: Sequence[YamlBackbone] = ()) -> list[dict[str, st
                 "input": str(spec.input_size),
                 "features": f"{spec.feature_dim} {spec.feature}",
                 "weights": weights_status(spec),
+                "text": "yes" if has_text_tower(spec.name) else "-",
             }
         )
     return rows
@@ -73,6 +83,7 @@ def backbone_records(definitions: Sequence[YamlBackbone] = ()) -> list[dict]:
                 "gated": spec.gated,
                 "test_size": spec.test_size,
                 "weights": weights_status(spec),
+                "text_tower": has_text_tower(spec.name),
             }
         )
     return out

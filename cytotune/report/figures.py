@@ -17,9 +17,20 @@ COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 LINESTYLES = ("-", "-.", ":", (0, (5, 1)))
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 HOLLOW_NOTE = "hollow markers: fewer seeds than planned"
-METHOD_LABELS = {"lora": "LoRA", "linear_probe": "linear probe", "knn": "kNN", "simpleshot": "SimpleShot"}
-METHOD_MARKERS = {"lora": "o", "linear_probe": "D", "knn": "s", "simpleshot": "^"}
-FULL_DATA_DASHES = {"linear_probe": (0, (6, 3)), "knn": (0, (1, 2)), "simpleshot": (0, (5, 2, 1, 2))}
+METHOD_LABELS = {
+    "lora": "LoRA",
+    "linear_probe": "linear probe",
+    "knn": "kNN",
+    "simpleshot": "SimpleShot",
+    "zero_shot": "zero-shot",
+}
+METHOD_MARKERS = {"lora": "o", "linear_probe": "D", "knn": "s", "simpleshot": "^", "zero_shot": "*"}
+FULL_DATA_DASHES = {
+    "linear_probe": (0, (6, 3)),
+    "knn": (0, (1, 2)),
+    "simpleshot": (0, (5, 2, 1, 2)),
+    "zero_shot": (0, (12, 3)),
+}
 
 
 def _chosen(best: pd.DataFrame) -> pd.DataFrame:
@@ -72,8 +83,8 @@ def _grid(n: int) -> tuple[int, int]:
 def shots_figure(best: pd.DataFrame, path: Path) -> Path | None:
     """Figure 1: test accuracy (%) vs shots per class, a panel per dataset, a line per backbone and few-shot
     method (LoRA, and any probe, knn or simpleshot few-shot cells; marker by method) with a band of ± std over
-    seeds; the backbone's full-data linear probe as a dashed horizontal line, full-data knn dotted and
-    simpleshot dash-dotted. None when the results have no few-shot cell."""
+    seeds; the backbone's full-data linear probe as a dashed horizontal line, full-data knn dotted,
+    simpleshot dash-dotted and zero-shot in long dashes. None when the results have no few-shot cell."""
     chosen = _chosen(best)
     if chosen.empty:
         return None
@@ -124,7 +135,7 @@ def shots_figure(best: pd.DataFrame, path: Path) -> Path | None:
         for (_, row), y in zip(lines.iterrows(), level, strict=True):
             name = METHOD_LABELS[row["method"]]
             label = f"{backbone_label(row['backbone'])} {name}" + (
-                " (full)" if row["method"] != "linear_probe" else ""
+                " (full)" if row["method"] not in ("linear_probe", "zero_shot") else ""
             )
             index = backbones.index(row["backbone"])
             equal = list(lines.index[level == y])  # equal lines get interleaved dashes, so each stays visible
@@ -170,6 +181,7 @@ FULL_STYLE_NAMES = {
     "linear_probe": "dashed: linear probe",
     "knn": "dotted: kNN",
     "simpleshot": "dash-dot: SimpleShot",
+    "zero_shot": "long dashes: zero-shot",
 }
 
 
@@ -288,7 +300,7 @@ def params_figure(best: pd.DataFrame, path: Path) -> Path | None:
         _budget=[_budget(row) for _, row in points.iterrows()],
     )
     largest = points.sort_values("_budget").groupby(["dataset", "method", "backbone", "_setting"]).tail(1)
-    methods = _order(largest["method"], ("linear_probe", "lora", "knn", "simpleshot"))
+    methods = _order(largest["method"], ("linear_probe", "lora", "knn", "simpleshot", "zero_shot"))
     datasets = _order(largest["dataset"], DATASET_LABELS)
     rows, cols = _grid(len(datasets))
     fig = Figure(figsize=(max(8.0, 5.6 * cols), 4.2 * rows + 1.0), layout="constrained")

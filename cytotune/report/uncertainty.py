@@ -26,7 +26,7 @@ from cytotune.train.calibration import parse_correctness
 
 RESAMPLES = 2000
 LEVEL = 0.95
-METHOD_ORDER = ("lora", "linear_probe", "knn", "simpleshot")
+METHOD_ORDER = ("lora", "linear_probe", "knn", "simpleshot", "zero_shot")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ def check_registries(spec: StudySpec) -> None:
     from cytotune.data.registry import list_datasets
     from cytotune.models import get_backbone_spec
     from cytotune.models.hub import check_yaml_backbone
+    from cytotune.models.text import text_tower_spec
 
     datasets = set(list_datasets())
     for index, block in enumerate(spec.methods):
@@ -30,6 +31,8 @@ def check_registries(spec: StudySpec) -> None:
                     get_backbone_spec(entry)
                 else:
                     check_yaml_backbone(definition, lora=block.method == "lora")
+                if block.method == "zero_shot" or block.head_init == "text":
+                    text_tower_spec(backbone_name(entry) if definition is None else definition.name)
             except CytotuneError as err:
                 raise CytotuneError(f"{spec.where()}: {scope}backbones[{j}]: {err}") from err
         scope = f"methods[{index}]." if block.datasets is not None else ""
@@ -56,14 +59,16 @@ def prepare_data(
     spec: StudySpec, cells: list[CellPlan], *, features: bool, say: Callable[[str], None] = _to_stderr
 ) -> None:
     """Prepare each dataset's manifest and image cache once, check shots against the smallest train class,
-    and (with `features`) compute each linear-probe backbone's feature cache once: the cells' templates give
-    the same manifest and feature request their trials will ask for (trial_manifest, feature_request)."""
+    check the class prompts of zero_shot and head_init: text against the classes, and (with `features`)
+    compute each feature-method backbone's feature cache and each text classifier once: the cells' templates
+    give the same manifest, feature request and text classifier their trials will ask for."""
     from cytotune.data import open_image_cache
     from cytotune.train.trial_data import trial_manifest
 
     manifests = {}
     images: set[tuple] = set()
     probes: set[Path] = set()
+    texts: set[tuple] = set()
     for cell in cells:
         template = cell.template.with_local_cache()  # as the trainable sees its trials' configs
         key = _manifest_key(template)
@@ -78,6 +83,8 @@ def prepare_data(
             open_image_cache(manifest, size=size, cache_dir=template.cache_dir)
         if features and template.method in FEATURE_METHODS:
             _probe_features(cell, template, manifest, probes, say)
+        if template.uses_text:
+            _text_classifier(spec, cell, template, manifest, texts, features, say)
 
 
 def _check_shots(spec: StudySpec, cell: CellPlan, manifest) -> None:
@@ -128,3 +135,32 @@ def _probe_features(
     request.cached()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def _text_classifier(
+    spec: StudySpec,
+    cell: CellPlan,
+    template: TrialTemplate,
+    manifest,
+    done: set[tuple],
+    compute: bool,
+    say: Callable[[str], None],
+) -> None:
+    """Check the cell's prompts against the dataset's classes and, with `compute`, make its text classifier
+    unless an earlier cell made the same (on a remote cluster the workers make it: the weights may be theirs
+    alone)."""
+    from cytotune.data.prompts import class_prompts
+    from cytotune.train.text_classifier import text_classifier
+
+    key = (template.backbone, template.weights, template.dataset, manifest.digest, template.prompts)
+    if key in done:
+        return
+    done.add(key)
+    classes = list(manifest.classes)
+    try:
+        class_prompts(template.dataset_layout, template.dataset, classes, template.prompts)
+        if compute:
+            say(f"text classifier of {template.backbone} for {template.dataset}")
+            text_classifier(template, classes)
+    except CytotuneError as err:
+        raise CytotuneError(f"{spec.where()}: methods[{cell.block_index}]: {err}") from err

@@ -27,9 +27,11 @@ from cytotune.config import (
     DEFAULT_SPLIT,
     TRAINED_METHODS,
     Frozen,
+    HeadInit,
     LoraSettings,
     LoraTarget,
     Method,
+    PromptSettings,
     TrainSettings,
     TrialConfig,
 )
@@ -108,7 +110,8 @@ class OptunaDimension(Frozen):
 
 class DatasetEntry(Frozen):
     """A dataset axis value: its name (its identity in cell keys, MLflow params and reports; default: the
-    root folder's name), the registered layout its root follows (default: the name), root, level, split."""
+    root folder's name), the registered layout its root follows (default: the name), root, level, split,
+    and the class prompts of vision-language methods (default: data/prompts.py)."""
 
     root: Path
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
@@ -116,6 +119,7 @@ class DatasetEntry(Frozen):
     level: Literal[1, 2, 3] = 3
     split: tuple[float, float, float] = DEFAULT_SPLIT
     split_seed: int = 0
+    prompts: PromptSettings | None = None
 
     @field_validator("root", mode="after")
     @classmethod
@@ -265,6 +269,7 @@ class MethodBlock(Frozen):
     fractions: tuple[float, ...] | None = None
     lr: float | None = Field(None, gt=0)
     k: int | None = Field(None, ge=1)
+    head_init: HeadInit = "random"
     search: dict[str, tuple[Any, ...] | OptunaDimension] = Field(default_factory=dict)
     samples: int | None = Field(None, ge=1)
     optuna: OptunaSettings = OptunaSettings()
@@ -319,6 +324,7 @@ class MethodBlock(Frozen):
         if uses_optuna and startup is not None and startup > self.samples:
             raise ValueError(f"optuna.startup: expected at most samples ({self.samples}), got {startup}")
         self._check_method_fields()
+        self._check_zero_shot()
         self._check_pack()
         for path in self.search:
             if path.startswith("lora.") and path[5:] in self.lora.model_fields_set:
@@ -337,6 +343,21 @@ class MethodBlock(Frozen):
             if not needed and (given or searched):
                 users = "linear_probe and lora" if name == "lr" else "knn"
                 raise ValueError(f"{name}: {self.method} does not use it ({users} only); expected no {name}")
+
+    def _check_zero_shot(self) -> None:
+        """zero_shot uses no train image and no seed; head_init: text is for the methods with a head."""
+        if self.head_init == "text" and self.method not in TRAINED_METHODS:
+            raise ValueError(f"head_init: {self.method} has no head; expected it with linear_probe or lora")
+        if self.head_init == "text" and self.pack and self.method == "lora":
+            raise ValueError("pack: a LoRA pack starts its heads at random; expected head_init: random")
+        if self.method != "zero_shot":
+            return
+        if self.shots is not None or self.fractions is not None:
+            raise ValueError("zero_shot uses no train images; expected no shots or fractions")
+        if self.seeds is not None and len(self.seeds) > 1:
+            raise ValueError(f"seeds: zero_shot depends on no seed; expected one, got {list(self.seeds)}")
+        if self.search or self.asha is not None:
+            raise ValueError("zero_shot searches and trains nothing; expected no search and no asha")
 
     def _check_pack(self) -> None:
         """`pack: true` only where one pass trains a whole cell: LoRA or linear probe, grid over lr alone,
@@ -484,6 +505,11 @@ class StudySpec(Frozen):
     def where(self) -> str:
         """How errors name this study: its file, else its name."""
         return str(self._source) if self._source is not None else self.name
+
+    def block_seeds(self, block: MethodBlock) -> tuple[int, ...]:
+        """The block's seeds: its own, else the study's (only the first for zero_shot, which has no seed)."""
+        seeds = block.seeds or self.seeds
+        return seeds[:1] if block.method == "zero_shot" else seeds
 
     def block_train(self, block: MethodBlock) -> TrainSettings:
         """The block's training settings: the study's `train`, overridden by the block's."""

@@ -123,7 +123,7 @@ def _dataset_fields(cfg: TrialConfig) -> dict[str, Any]:
         "dataset_name": cfg.dataset,
         "dataset_digest": data.manifest.digest,
         "dataset_root": str(cfg.root),
-        "dataset_train": len(data.train),
+        "dataset_train": 0 if cfg.method == "zero_shot" else len(data.train),  # zero_shot uses none
         "dataset_val": len(data.val),
         "dataset_test": len(data.test),
     }

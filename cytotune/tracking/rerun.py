@@ -96,6 +96,7 @@ def _block(config: TrialConfig, label: str, seeds: list[int], resources: dict[st
             "level": config.level,
             "split": list(config.split),
             "split_seed": config.split_seed,
+            **({"prompts": data["prompts"]} if config.prompts is not None else {}),
         }
     ]
     block["seeds"] = seeds
@@ -106,6 +107,8 @@ def _block(config: TrialConfig, label: str, seeds: list[int], resources: dict[st
     for name in ("lr", "k"):
         if getattr(config, name) is not None:
             block[name] = getattr(config, name)
+    if config.head_init != "random":
+        block["head_init"] = config.head_init
     if config.method == "lora":
         block["lora"] = {key: value for key, value in data["lora"].items() if value is not None}
     block["train"] = data["train"]

@@ -94,11 +94,14 @@ def parse_cell_key(key: str) -> CellKey:
 def flatten_trial(trial: TrialConfig) -> dict[str, str]:
     """A TrialConfig as MLflow params: dotted names, lists joined by commas, None left out.
 
-    LoRA settings are left out of linear-probe trials, where they mean nothing.
+    LoRA settings are left out of linear-probe trials, where they mean nothing; class prompts are one JSON
+    param (class names need not be valid MLflow keys).
     """
     config = trial.model_dump(mode="json")
     if config["method"] != "lora":
         config.pop("lora")
+    if config["prompts"] is not None:
+        config["prompts"] = json.dumps(config["prompts"], sort_keys=True)
     return dict(_flatten(config, ""))
 
 

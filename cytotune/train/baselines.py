@@ -1,4 +1,4 @@
-"""Training-free baselines on the cached probe features: k nearest neighbours and SimpleShot.
+"""Training-free baselines on the cached probe features: k nearest neighbours, SimpleShot and zero-shot.
 
 knn: cosine similarity to the trial's train subset, a majority vote of the k nearest (ties to the lower
 class index, as scikit-learn's KNeighborsClassifier); the class probabilities are the vote shares. k above
@@ -8,7 +8,10 @@ simpleshot (Wang et al. 2019, "CL2N"): features centred with the mean of the tri
 L2-normalised; each image goes to the nearest class mean (Euclidean) of the train subset. Probabilities are
 the softmax of minus the squared distances (the prototypical-network reading of a nearest class mean).
 
-Both choose nothing on validation but k, so their validation accuracy is that of the trial's k.
+zero_shot: a vision-language backbone's zero-shot classifier from class prompts (text_classifier.py);
+probabilities are the softmax of CLIP's logits. It uses no train image.
+
+None chooses anything on validation but knn's k, so their validation accuracy is that of the trial's k.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from cytotune.train.linear_probe import probe_features
 from cytotune.train.result import TrialResult
 from cytotune.train.runtime import PeakMemory, resolve_device
 from cytotune.train.scoring import scored_result
+from cytotune.train.text_classifier import text_classifier, zero_shot_logits
 from cytotune.train.trial_data import trial_data, write_trial_manifest
 
 CHUNK = 1024
@@ -73,8 +77,8 @@ def simpleshot_probabilities(
 def run_baseline(
     cfg: TrialConfig, report: Callable[[dict, dict | None], None] | None = None, out_dir: Path | None = None
 ) -> TrialResult:
-    """Evaluate one knn or simpleshot trial on the cached features of its backbone; `report(metrics, None)`
-    once, with the validation accuracy."""
+    """Evaluate one knn, simpleshot or zero_shot trial on the cached features of its backbone;
+    `report(metrics, None)` once, with the validation accuracy."""
     start = time.perf_counter()
     device = resolve_device(cfg.train.device)
     memory = PeakMemory(device)
@@ -84,9 +88,12 @@ def run_baseline(
     labels = data.label_tensor().to(device)
     num_classes = len(data.manifest.classes)
     train = torch.from_numpy(data.train).to(device)
+    text = text_classifier(cfg, list(data.manifest.classes)) if cfg.method == "zero_shot" else None
 
     def probabilities(rows: np.ndarray) -> np.ndarray:
         query = features[torch.from_numpy(rows).to(device)]
+        if text is not None:
+            return torch.softmax(zero_shot_logits(query, text), 1).cpu().numpy()
         if cfg.method == "knn":
             return knn_probabilities(features[train], labels[train], query, cfg.k, num_classes).cpu().numpy()
         return simpleshot_probabilities(features[train], labels[train], query, num_classes).cpu().numpy()

@@ -99,12 +99,14 @@ def fit_linear_heads(
     generators: Sequence[torch.Generator],
     on_eval: EvalCallback | None = None,
     where: Sequence[str] | None = None,
+    init: torch.Tensor | None = None,
 ) -> list[HeadFit]:
     """Train K Linear heads on rows of one feature matrix, evaluating each on its val rows after every epoch.
 
     features (N, D) and labels (N,) on one device; train_rows (K, n) and val_rows (K, m) index them, one row
     per head; schedules and generators, one per head, differ only in learning rate (and seed). Each head
-    draws its init and its epoch orders from its own generator, as a head trained alone would.
+    draws its init and its epoch orders from its own generator, as a head trained alone would; `init`
+    (K, C, D+1), when given, is the heads' starting [W | b] instead (the generators then draw orders only).
     `on_eval(head, step, train_loss, val_acc, best_val_acc)` is called per head at each evaluation;
     train_loss is the mean cross-entropy over the epoch's minibatches (per example). Each head's best
     validation epoch is kept.
@@ -123,7 +125,9 @@ def fit_linear_heads(
         base_lrs, total_steps=total, warmup_steps=first.warmup_steps, min_lr=first.min_lr
     )
     lr = table.to(device=device, dtype=fa.dtype).view(total, heads, 1, 1)
-    params = torch.stack([init_head(num_classes, features.shape[1], g) for g in generators]).to(device)
+    if init is None:
+        init = torch.stack([init_head(num_classes, features.shape[1], g) for g in generators])
+    params = init.to(device=device, dtype=fa.dtype, copy=True)
     optimiser = AdamW(params, first.weight_decay)
     shared_val = bool((val_rows == val_rows[:1]).all())
     val_x = fa[val_rows[0]] if shared_val else fa[val_rows]

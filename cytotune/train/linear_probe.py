@@ -24,6 +24,7 @@ from cytotune.train.head import HeadFit, HeadSchedule, fit_linear_heads
 from cytotune.train.result import TrialResult
 from cytotune.train.runtime import PeakMemory, resolve_device
 from cytotune.train.scoring import scored_result
+from cytotune.train.text_classifier import text_classifier, text_head
 from cytotune.train.trial_data import TrialData, trial_manifest, trial_rows, write_trial_manifest
 
 SweepReport = Callable[[int, dict], None]
@@ -106,6 +107,12 @@ def run_probe_sweep(
     def stacked(role: str) -> torch.Tensor:
         return torch.stack([torch.from_numpy(getattr(d, role)) for d in datas]).to(device)
 
+    init = None
+    if cfg.head_init == "text":
+        classifier = text_classifier(cfg, list(manifest.classes))
+        heads = [text_head(classifier, features[torch.from_numpy(d.train).to(device)]) for d in datas]
+        init = torch.stack([torch.cat([w, b.unsqueeze(1)], 1) for w, b in heads])
+
     fits = fit_linear_heads(
         features,
         labels,
@@ -116,6 +123,7 @@ def run_probe_sweep(
         [torch.Generator().manual_seed(c.seed) for c in cfgs],
         on_eval=on_eval,
         where=[f"linear probe {c.backbone}/{c.dataset} lr={c.lr} seed={c.seed}" for c in cfgs],
+        init=init,
     )
     test_probabilities, artifacts = [], []
     for index, (data, fit) in enumerate(zip(datas, fits, strict=True)):

@@ -26,6 +26,7 @@ from cytotune.train.result import TrialResult
 from cytotune.train.runtime import PeakMemory, autocast, resolve_device, seed_everything
 from cytotune.train.schedule import warmup_cosine_lr
 from cytotune.train.scoring import scored_result
+from cytotune.train.text_classifier import text_classifier, text_head
 from cytotune.train.trial_data import TrialData, trial_data, write_trial_manifest
 
 Report = Callable[[dict, dict | None], None]
@@ -80,6 +81,25 @@ class LoraRun:
         self.examples_seen = 0
         self.train_seconds = 0.0
         self.where = f"LoRA {cfg.backbone}/{cfg.dataset} lr={cfg.lr} seed={cfg.seed}"
+        if cfg.head_init == "text":
+            self.start_head_from_text()
+
+    def start_head_from_text(self) -> None:
+        """head_init: text: the head from the class prompts' text embeddings (text_classifier.py), scaled by
+        the mean feature norm of the first eval_batch_size train images (evaluation view)."""
+        rows = self.data.train[: self.cfg.train.eval_batch_size]
+        classifier = text_classifier(self.cfg, list(self.data.manifest.classes))
+        training = self.backbone.training
+        self.backbone.eval()
+        with torch.inference_mode():
+            x = eval_transform(self.eval_images.batch(rows).to(self.device), *self.view)
+            with autocast(self.device):
+                features = self.backbone(x).float()
+        self.backbone.train(training)
+        weight, bias = text_head(classifier, features)
+        with torch.no_grad():
+            self.head.weight.copy_(weight)
+            self.head.bias.copy_(bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the adapted backbone + head on normalised images."""

@@ -77,6 +77,11 @@ def check_one_cell(cfgs: Sequence[TrialConfig]) -> None:
         raise CytotuneError(
             "a LoRA pack takes LoRA trials of one cell: expected them to differ in lr and seed only"
         )
+    if cfgs[0].head_init != "random":
+        raise CytotuneError(
+            "a LoRA pack starts its heads at random: head_init: text is for separate LoRA trials; "
+            "expected head_init: random"
+        )
 
 
 def rung_survivors(means: dict, eta: float) -> set:
