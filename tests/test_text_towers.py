@@ -292,3 +292,18 @@ def test_prompts_naming_a_class_the_dataset_lacks_stop_the_study_before_trials(
         f"{path}: methods[1]: prompts.classes of dataset 'synthetic': 'class_9' not a class of it; "
         "expected some of: class_0, class_1, class_2, class_3"
     )
+
+
+def test_a_yaml_defined_backbone_is_refused_for_text_methods_in_one_line(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text(
+        "name: text\nbackbones: [{name: mine, open_clip: /nowhere/model}]\n"
+        "datasets: [{name: synthetic, root: /nowhere/synthetic}]\n"
+        "methods:\n  - {method: zero_shot}\n"
+    )
+    with pytest.raises(CytotuneError) as err:
+        check_registries(load_study(path))
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: backbones[0]: backbone 'mine' is defined in the YAML")
+    assert "expected a registry backbone with one" in message

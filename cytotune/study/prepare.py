@@ -19,20 +19,27 @@ def check_registries(spec: StudySpec) -> None:
     from cytotune.data.registry import list_datasets
     from cytotune.models import get_backbone_spec
     from cytotune.models.hub import check_yaml_backbone
-    from cytotune.models.text import text_tower_spec
+    from cytotune.models.text import TEXT_METHODS, text_tower_spec
 
     datasets = set(list_datasets())
     for index, block in enumerate(spec.methods):
         scope = f"methods[{index}]." if block.backbones is not None else ""
         for j, entry in enumerate(block.backbones or spec.backbones or ()):
             definition = spec.backbone_definition(backbone_name(entry))
+            text = block.method == "zero_shot" or block.head_init == "text"
             try:
+                if text and definition is not None:
+                    raise CytotuneError(
+                        f"backbone {definition.name!r} is defined in the YAML, and {TEXT_METHODS} read "
+                        "text towers of registry backbones only; expected a registry backbone with one "
+                        "(see `cytotune backbones`, column text)"
+                    )
                 if definition is None:
                     get_backbone_spec(entry)
                 else:
                     check_yaml_backbone(definition, lora=block.method == "lora")
-                if block.method == "zero_shot" or block.head_init == "text":
-                    text_tower_spec(backbone_name(entry) if definition is None else definition.name)
+                if text:
+                    text_tower_spec(backbone_name(entry))
             except CytotuneError as err:
                 raise CytotuneError(f"{spec.where()}: {scope}backbones[{j}]: {err}") from err
         scope = f"methods[{index}]." if block.datasets is not None else ""
