@@ -687,6 +687,9 @@ def bench_scale_command(
     slots: Annotated[int, typer.Option(help="GPUs the local Ray node declares (trials at once).")] = 64,
     seconds: Annotated[float, typer.Option(help="Simulated seconds of a whole trial.")] = 1.0,
     trials: Annotated[int | None, typer.Option(help="At most this many trials (axes trimmed).")] = None,
+    checkpoint_every: Annotated[
+        float | None, typer.Option(help="Seconds between a trial's checkpoints (default: the YAML's).")
+    ] = None,
     fault: Annotated[str, typer.Option(help="none, driver-kill, mlflow-restart or node-loss.")] = "none",
     queries: Annotated[bool, typer.Option(help="Time `cytotune best` and `cytotune report`.")] = True,
     json_output: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
@@ -718,6 +721,7 @@ def bench_scale_command(
                     slots=slots,
                     seconds=seconds,
                     trials=trials,
+                    checkpoint_every_s=checkpoint_every,
                     fault=fault,
                     restart=restart,
                     queries=queries,

@@ -465,13 +465,12 @@ def demo_space(root: Path) -> Path:
 
 
 def trial_pids(experiment: Path) -> dict[str, int]:
-    """Ray Tune trial id -> pid of the process that ran it, from each trial's result.json in the storage."""
-    out = {}
-    for results in sorted(experiment.glob("*/result.json")):
-        lines = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-        if lines:
-            out[lines[-1]["trial_id"]] = lines[-1]["pid"]
-    return out
+    """Ray Tune trial id -> pid of the process that ran it, from each trial's last result in the saved
+    experiment state."""
+    from cytotune.study.runner import saved_trials
+
+    trials = saved_trials(str(experiment))
+    return {t.trial_id: t.last_result["pid"] for t in trials if (t.last_result or {}).get("pid")}
 
 
 def run_cluster_study(root: Path, ray_procs: Processes, mlflow: MlflowServer) -> ClusterStudy:

@@ -22,7 +22,7 @@ from ray.cluster_utils import Cluster
 
 from cytotune.errors import CytotuneError
 from cytotune.study.demo import demo_spec
-from cytotune.study.runner import describe_plan, dry_run, run_study
+from cytotune.study.runner import describe_plan, dry_run, run_study, saved_trials
 from cytotune.study.spec import load_study
 
 pytestmark = pytest.mark.slow
@@ -193,7 +193,7 @@ def test_killed_trial_worker_resumes_from_its_checkpoint(cluster, demo_data, tmp
         "    train: {base_steps: 40, steps_per_shot: 5, eval_every: 10}\n    resources: {cpus: 1, gpus: 0}\n"
     )
     path = study_yaml(tmp_path / "kill.yaml", demo_data, body.replace("seeds: [1, 2]", ""))
-    spec = load_study(path).model_copy(update={"seeds": (1,)})
+    spec = load_study(path).model_copy(update={"seeds": (1,), "checkpoint_every_s": 0.0})
     killer = KillFirstCheckpointedTrial()
     outcome = run_study(spec, storage=tmp_path / "ray", callbacks=[killer], say=lambda _: None)
     assert len(killer.killed) == 1
@@ -226,7 +226,7 @@ def test_killed_driver_resumes_every_trial_once(cluster, demo_data, tmp_path):
         while saved < 2 and time.time() < deadline and driver.poll() is None:
             time.sleep(0.5)
             if list((storage / "resume").glob("experiment_state-*.json")):
-                trials = tune.ExperimentAnalysis(str(storage / "resume")).trials
+                trials = saved_trials(str(storage / "resume"))
                 saved = sum(t.status == "TERMINATED" for t in trials)
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=60)

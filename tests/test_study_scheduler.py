@@ -167,3 +167,34 @@ def test_a_configuration_that_passed_a_rung_early_is_stopped_when_better_ones_ar
     assert rungs.result("middle", 1, 20, 0.6)
     assert not rungs.result("best", 1, 20, 0.7)
     assert rungs.stopped == {"worst", "middle"}
+
+
+def test_trial_to_run_is_the_first_pending_as_fifo_chooses_among_unended_trials():
+    """The same choice as Ray's FIFOScheduler (scanning every trial) at each step, while ended trials are
+    dropped from the scan."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import FIFOScheduler
+
+    trials = [SimpleNamespace(trial_id=f"t{i}", status=Trial.PENDING, config={}) for i in range(6)]
+    controller = SimpleNamespace(get_trials=lambda: trials)
+    ours = SeedGroupedASHA({}, {})
+    for trial in trials:
+        ours.on_trial_add(controller, trial)
+    steps = [
+        {},
+        {"t0": Trial.RUNNING},
+        {"t1": Trial.TERMINATED, "t2": Trial.RUNNING},
+        {"t0": Trial.ERROR, "t3": Trial.PAUSED, "t4": Trial.RUNNING},
+        {"t5": Trial.RUNNING},
+        {"t2": Trial.PENDING},  # a failed trial retried
+        {"t2": Trial.TERMINATED, "t3": Trial.RUNNING, "t4": Trial.TERMINATED, "t5": Trial.TERMINATED},
+    ]
+    chosen = []
+    for change in steps:
+        for trial in trials:
+            trial.status = change.get(trial.trial_id, trial.status)
+        expected = FIFOScheduler().choose_trial_to_run(controller)
+        assert ours.choose_trial_to_run(controller) is expected
+        chosen.append(expected.trial_id if expected else None)
+    assert chosen == ["t0", "t1", "t3", "t5", "t3", "t2", None]
+    assert list(ours._unended) == ["t3"]  # only the trial still running is scanned

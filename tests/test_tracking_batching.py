@@ -44,14 +44,17 @@ def test_every_buffered_step_lands_when_trials_finish_fail_or_the_launch_is_inte
     trials = {plan.trial_key: FakeTrial(f"t{i}", plan.ray_config()) for i, plan in everything}
     for plan in (finished, failed, interrupted, refused):
         callback.on_trial_start(0, [], trials[plan.trial_key])
+    callback.wait()  # runs are opened on the callback's writer threads
     calls.clear()
     _report(callback, trials[finished.trial_key], STEPS)
     _report(callback, trials[failed.trial_key], STEPS[:5])
     _report(callback, trials[interrupted.trial_key], STEPS[:7])
+    callback.wait()
     assert calls == []  # buffered: nothing written per report
     trials[finished.trial_key].last_result = {**trials[finished.trial_key].last_result, "done_trial": 1}
     callback.on_trial_complete(0, [], trials[finished.trial_key])
-    assert calls == [len(STEPS) * 3]  # one log_batch: every step's three metrics (and the status tag)
+    callback.wait()
+    assert calls == [len(STEPS) * 3]  # one log_batch: every step's 3 metrics (with params and status tag)
     trials[failed.trial_key].error = "RuntimeError: loss is NaN"
     callback.on_trial_error(0, [], trials[failed.trial_key])
 

@@ -35,6 +35,7 @@ def trial_run(callback: MlflowCallback, plan, trial_id: str, root: Path) -> str:
     callback.on_trial_start(0, [], trial)
     for step in (10, 20):
         callback.on_trial_result(0, [], trial, dataset_result(root, step))
+    callback.wait()
     return callback._runs[trial_id]
 
 
@@ -73,7 +74,10 @@ def test_a_resumed_trial_logs_its_dataset_once(tmp_path, mlflow_sqlite_uri):
     again.setup()
     assert trial_run(again, plan, "t1", tmp_path / "herlev") == run_id
     again.close()
-    assert len(MlflowClient(mlflow_sqlite_uri).get_run(run_id).inputs.dataset_inputs) == 1
+    run = MlflowClient(mlflow_sqlite_uri).get_run(run_id)
+    assert len(run.inputs.dataset_inputs) == 1
+    # the first driver died before its first flush: the resumed launch writes the trial's params
+    assert run.data.params["lr"] == str(plan.config.lr) and run.data.params["dataset_digest"] == "ab" * 20
 
 
 def test_a_rerun_study_keeps_each_dataset_s_name_and_layout(tmp_path, mlflow_sqlite_uri):

@@ -139,10 +139,13 @@ def _axis(raw: dict[str, Any], axis: str) -> list | None:
     return value if isinstance(value, list) else None
 
 
-def bench_yaml(space: Path, work: Path, trials: int | None = None) -> Path:
+def bench_yaml(
+    space: Path, work: Path, trials: int | None = None, checkpoint_every_s: float | None = None
+) -> Path:
     """The bench's copy of a study YAML in `work`: named scale_NAME, storage and data under `work`, no
     tracking URI, each trial asking 1 GPU and a hundredth of a CPU (so two real cores drive many slots);
-    with `trials`, axes trimmed from their end (backbones, datasets, ranks, shots) to at most that many."""
+    with `trials`, axes trimmed from their end (backbones, datasets, ranks, shots) to at most that many;
+    with `checkpoint_every_s`, that checkpoint period instead of the YAML's."""
     try:
         raw = yaml.safe_load(space.read_text())
     except OSError as err:
@@ -150,6 +153,8 @@ def bench_yaml(space: Path, work: Path, trials: int | None = None) -> Path:
     raw = {**raw, "name": f"scale_{raw['name']}", "storage": str(work / "ray_results")}
     raw["data_dir"] = str(work / "data")
     raw.pop("tracking_uri", None)
+    if checkpoint_every_s is not None:
+        raw["checkpoint_every_s"] = checkpoint_every_s
     raw["methods"] = [{**m, "resources": {"cpus": TRIAL_CPUS, "gpus": 1}} for m in raw["methods"]]
     work.mkdir(parents=True, exist_ok=True)
     path = work / f"{raw['name']}.yaml"
@@ -271,7 +276,7 @@ def drive(
     with local_ray(slots, events, lose_node_after):
         cells = expand_cells(spec)
         callback = study_callback(spec, cells, tracking_uri, resume=resume)
-        trainable = simulated_trainable_with_resources(seconds, events)
+        trainable = simulated_trainable_with_resources(seconds, events, spec.checkpoint_every_s)
         with counter.installed():
             before = resource.getrusage(resource.RUSAGE_SELF)
             outcome = run_study(
@@ -378,15 +383,13 @@ def rerun_counts(events: Path) -> tuple[int, int]:
     return sum(1 for n in starts.values() if n > 1), len(rerun)
 
 
-def tune_steps(experiment: Path) -> dict[str, set[int]]:
-    """Per trial key, the steps whose val_acc Ray Tune received (its result.json of each trial folder)."""
+def reported_steps(events: Path) -> dict[str, set[int]]:
+    """Per trial key, the steps whose report Ray Tune took (logged by the trainable once `tune.report`
+    returned), from the events file."""
     out: dict[str, set[int]] = {}
-    for path in experiment.glob("trial_*/result.json"):
-        for line in path.read_text().splitlines():
-            result = json.loads(line)
-            if "val_acc" in result:
-                key = result.get("config", {}).get("trial_key", "")
-                out.setdefault(key, set()).add(int(result["step"]))
+    for key, event, step, _ in _events(events):
+        if event == "step":
+            out.setdefault(key, set()).add(int(step))
     return out
 
 
@@ -461,6 +464,7 @@ def bench_scale(
     slots: int = 64,
     seconds: float = 1.0,
     trials: int | None = None,
+    checkpoint_every_s: float | None = None,
     fault: str = "none",
     restart: Callable[[], None] | None = None,
     queries: bool = True,
@@ -472,7 +476,7 @@ def bench_scale(
         raise CytotuneError(f"bench scale: --fault {fault!r}; expected one of: {', '.join(FAULTS)}")
     if fault == "mlflow-restart" and restart is None:
         raise CytotuneError("bench scale: --fault mlflow-restart needs the bench's own tracking server")
-    path = bench_yaml(space, work, trials)
+    path = bench_yaml(space, work, trials, checkpoint_every_s)
     n_trials, spec = _count(path)
     events = work / "events.tsv"
     say(f"bench scale: {spec.name}: {n_trials} trials, {slots} slots, {seconds:g} s a trial, fault {fault}")
@@ -497,9 +501,7 @@ def bench_scale(
     if figures is None:
         raise CytotuneError(f"bench scale: the driver failed; see {work / 'driver.log'}")
     parts.append(figures)
-    counts = mlflow_counts(
-        spec.name, tracking_uri, planned_keys(spec), tune_steps(work / "ray_results" / spec.name)
-    )
+    counts = mlflow_counts(spec.name, tracking_uri, planned_keys(spec), reported_steps(events))
     restarted, rerun = rerun_counts(events)
     out = ScaleFigures(
         study=spec.name,

@@ -4,10 +4,11 @@ The curve of a trial is a deterministic function of its trial key (cell, searche
 accuracy rises towards a plateau that depends on how far the learning rate is from its cell's best, plus a
 small per-seed offset, so seed-grouped ASHA has real decisions to make. A trial reports at its schedule's
 evaluation steps (as `lora_finetune` does: base_steps + steps_per_shot x shots, every eval_every) with a
-small checkpoint each time, sleeps so its whole schedule lasts `seconds`, and ends with the final report a
-real trial makes (every final metric, done_trial, result.json with per-image test correctness). Every start
-of a trial (first or resumed) and every end is appended to a log file, so a benchmark can tell a trial run
-again after it finished.
+small checkpoint when the study's checkpoint clock says so, sleeps so its whole schedule lasts `seconds`,
+and ends with the final report a real trial makes (every final metric, done_trial, result.json with
+per-image test correctness). Every start of a trial (first or resumed), every step it reported and every end
+is appended to a log file, so a benchmark can tell a trial run again after it finished, and count the steps
+MLflow should hold.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from cytotune.study.checkpoint_clock import CheckpointClock
 
 STATE_FILE = "state.json"
 TEST_IMAGES = 200
@@ -90,10 +93,12 @@ def _log(events: Path, *fields: Any) -> None:
         out.write("\t".join(str(f) for f in fields) + "\n")
 
 
-def simulated_trainable(seconds: float, events: Path) -> Callable[[dict[str, Any]], None]:
+def simulated_trainable(
+    seconds: float, events: Path, checkpoint_every_s: float
+) -> Callable[[dict[str, Any]], None]:
     """A Ray Tune function trainable over a study's Ray configs (TrialPlan.ray_config, the TrialConfig under
-    "trial") whose full schedule lasts `seconds`, logging its starts and ends to `events` (trial key, event,
-    step, time)."""
+    "trial") whose full schedule lasts `seconds`, saving its state at most every `checkpoint_every_s`
+    seconds, logging its starts, reported steps and ends to `events` (trial key, event, step, time)."""
 
     def trainable(config: dict[str, Any]) -> None:
         from ray import tune
@@ -107,6 +112,7 @@ def simulated_trainable(seconds: float, events: Path) -> Callable[[dict[str, Any
             with checkpoint.as_directory() as folder:
                 state = json.loads((Path(folder) / STATE_FILE).read_text())
         _log(events, key, "start", state["step"], time.time())
+        clock = CheckpointClock(checkpoint_every_s)
         fields = {**_dataset_fields(trial), "last_step": evals[-1]}
         for step in (s for s in evals if s > state["step"]):
             time.sleep(pause)
@@ -121,16 +127,21 @@ def simulated_trainable(seconds: float, events: Path) -> Callable[[dict[str, Any
                 "val_acc": acc,
                 "best_val_acc": state["best"],
             }
+            metrics["sim_s"] = state["sim_s"]
+            last = step == evals[-1]
+            if not last and not clock.due():
+                tune.report(metrics)
+                _log(events, key, "step", step, time.time())
+                continue
             with tempfile.TemporaryDirectory(prefix="cytotune-sim-") as folder:
                 (Path(folder) / STATE_FILE).write_text(json.dumps(state))
-                if step == evals[-1]:
+                if last:
                     final = _final(key, state["best"], state["best_step"], step, state["sim_s"])
                     (Path(folder) / "result.json").write_text(json.dumps({**final, "trial_key": key}))
                     final.pop("test_correct")
-                    metrics.update(final, val_acc=state["best"], done_trial=1, sim_s=state["sim_s"])
-                else:
-                    metrics["sim_s"] = state["sim_s"]
+                    metrics.update(final, val_acc=state["best"], done_trial=1)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            _log(events, key, "step", step, time.time())
         _log(events, key, "end", state["step"], time.time())
 
     return trainable
@@ -145,8 +156,8 @@ def trial_ask(config: dict[str, Any]):
     return tune.PlacementGroupFactory([{name: amount for name, amount in ask.items() if amount > 0}])
 
 
-def simulated_trainable_with_resources(seconds: float, events: Path):
+def simulated_trainable_with_resources(seconds: float, events: Path, checkpoint_every_s: float):
     """The simulated trainable asking each trial's resources from its config."""
     from ray import tune
 
-    return tune.with_resources(simulated_trainable(seconds, events), trial_ask)
+    return tune.with_resources(simulated_trainable(seconds, events, checkpoint_every_s), trial_ask)

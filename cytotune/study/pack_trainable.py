@@ -21,6 +21,7 @@ from ray import tune
 
 from cytotune.config import TrialConfig
 from cytotune.metric_names import BEST_VAL_ACC, DONE_TRIAL, LAST_STEP, STEP, VAL_ACC
+from cytotune.study.checkpoint_clock import CheckpointClock
 from cytotune.study.packs import pack_rungs
 from cytotune.study.spec import AshaSettings
 from cytotune.study.trainable import report_state, resume_state, trial_config, trial_context, write_result
@@ -28,14 +29,16 @@ from cytotune.tracking.schema import PACK_FINAL, PACK_KEY, PACK_RESULTS
 from cytotune.train.packed_lora import PackedOutcome
 
 
-def pack_trainable(config: dict[str, Any]) -> None:
-    """Run the pack described by a pack's Ray config (see packs.PackPlan.ray_config) and report it to Tune."""
+def pack_trainable(config: dict[str, Any], checkpoint_every_s: float = 0.0) -> None:
+    """Run the pack described by a pack's Ray config (see packs.PackPlan.ray_config) and report it to Tune,
+    saving its state at most every `checkpoint_every_s` seconds."""
     started_at = time.time()
     members = config[PACK_KEY]
     cfgs = [trial_config(member) for member in members]
     resume = resume_state()
     context = trial_context(cfgs[0], resume is not None, started_at)
     last_step = _last_step(cfgs[0], context["dataset_train"])
+    clock = CheckpointClock(checkpoint_every_s)
 
     def report(metrics: dict[int, dict], state: dict | None) -> None:
         evaluated = {str(i): {**m, LAST_STEP: last_step} for i, m in metrics.items()}
@@ -47,7 +50,8 @@ def pack_trainable(config: dict[str, Any]) -> None:
             LAST_STEP: last_step,
             PACK_RESULTS: evaluated,
         }
-        report_state({**top, **context, "elapsed_s": time.time() - started_at}, state)
+        timed = {**top, **context, "elapsed_s": time.time() - started_at}
+        report_state(timed, state if state is not None and clock.due() else None)
 
     with tempfile.TemporaryDirectory(prefix="cytotune-pack-") as folder:
         dirs = [Path(folder) / str(index) for index in range(len(cfgs))]

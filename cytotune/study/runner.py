@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ import pandas as pd
 from cytotune.config import TrialConfig
 from cytotune.errors import CytotuneError
 from cytotune.metric_names import TEST_ACC
+from cytotune.study.checkpoint_clock import KEEP_CHECKPOINTS
 from cytotune.study.grid import CellPlan, count_trials, expand_cells
 from cytotune.study.launch import (
     OWN_FILES,
@@ -283,14 +285,26 @@ def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _outcomes(path: str) -> list[TrialOutcome]:
-    """Each trial of the experiment at `path` as Ray Tune saved it (status, config, last result)."""
+def saved_trials(path: str) -> list[Any]:
+    """The trials of the experiment at `path` as Ray Tune last saved them. Tune's per-trial result files are
+    off (MLflow holds every result), so ExperimentAnalysis's warning that it finds none is silenced."""
     from ray.tune import ExperimentAnalysis
 
+    quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        return ExperimentAnalysis(path).trials
+    finally:
+        quiet.setLevel(level)
+
+
+def _outcomes(path: str) -> list[TrialOutcome]:
+    """Each trial of the experiment at `path` as Ray Tune saved it (status, config, last result)."""
     from cytotune.study.progress_line import trial_status
 
     out = []
-    for trial in ExperimentAnalysis(path).trials:
+    for trial in saved_trials(path):
         config = trial.config or {}
         checkpoint = trial.checkpoint
         if is_pack_config(config):
@@ -413,6 +427,9 @@ def run_study(
     """
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own tables off: ProgressLine reports
+    # Tune's CSV, JSON and TensorBoard files per trial off: MLflow holds every result, and those loggers cost
+    # the driver ~8 ms a result (an fsync each) at cluster scale (cytotune bench scale).
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     import ray
 
     from cytotune.study.prepare import check_registries, prepare_data
@@ -520,7 +537,7 @@ def _tuner(
 
     cells = plan.fit.cells
     progress = ProgressLine(ray_trial_count(cells))
-    trainable = trainable or study_trainable_with_resources()
+    trainable = trainable or study_trainable_with_resources(spec.checkpoint_every_s)
     if restore:
         tuner = tune.Tuner.restore(store.experiment, trainable, resume_errored=True)
         restored_callbacks(tuner, [*callbacks, progress])
@@ -539,7 +556,7 @@ def _tuner(
             name=spec.name,
             storage_path=store.root,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
             callbacks=[*callbacks, progress],
             verbose=0,
         ),

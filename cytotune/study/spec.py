@@ -427,6 +427,7 @@ class StudySpec(Frozen):
     tracking_uri: str | None = None
     storage: str | None = None  # a local folder or a URI (s3://, gs://, file://) that Ray Tune writes to
     max_failures: int = Field(2, ge=0)
+    checkpoint_every_s: float = Field(60.0, ge=0)  # a trial saves its state at most this often (0: each eval)
     _source: Path | None = PrivateAttr(None)
     _text: str | None = PrivateAttr(None)
 

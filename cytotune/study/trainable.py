@@ -1,7 +1,8 @@
 """The Ray Tune function trainable of a study: one trial through `run_trial`, reported to Tune.
 
 Each evaluation becomes `tune.report(metrics)`, with a checkpoint holding the trainer's state when it gives
-one (LoRA), so a retried trial continues from it. The last report carries all final metrics, "done_trial": 1,
+one (LoRA) and the study's checkpoint clock says so (at most once every `checkpoint_every_s`), so a retried
+trial continues from it. The last report carries all final metrics, "done_trial": 1,
 val_acc (of the returned model: its best checkpoint, so equal to best_val_acc) and a checkpoint with the
 trial's artifacts (trial_manifest.csv, adapter/ for LoRA, result.json).
 """
@@ -23,6 +24,7 @@ from ray.tune import PlacementGroupFactory
 
 from cytotune.config import TrialConfig
 from cytotune.metric_names import DONE_TRIAL, STEP, VAL_ACC
+from cytotune.study.checkpoint_clock import CheckpointClock
 
 STATE_FILE = "state.pt"
 RESULT_FILE = "result.json"
@@ -80,23 +82,26 @@ def report_state(metrics: dict, state: dict | None) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def study_trainable(config: dict[str, Any]) -> None:
-    """Run the trial described by a study's Ray config (see TrialPlan.ray_config) and report it to Tune; a
-    pack's config (study/packs.py) runs as a pack."""
+def study_trainable(config: dict[str, Any], checkpoint_every_s: float = 0.0) -> None:
+    """Run the trial described by a study's Ray config (see TrialPlan.ray_config) and report it to Tune,
+    saving its state at most every `checkpoint_every_s` seconds; a pack's config (study/packs.py) runs as a
+    pack."""
     from cytotune.tracking.schema import is_pack_config
     from cytotune.train import run_trial
 
     if is_pack_config(config):
         from cytotune.study.pack_trainable import pack_trainable
 
-        return pack_trainable(config)
+        return pack_trainable(config, checkpoint_every_s)
     started_at = time.time()
     cfg = trial_config(config)
     resume = resume_state()
     timing = trial_context(cfg, resume is not None, started_at)
+    clock = CheckpointClock(checkpoint_every_s)
 
     def report(metrics: dict, state: dict | None) -> None:
-        report_state({**metrics, **timing, "elapsed_s": time.time() - started_at}, state)
+        timed = {**metrics, **timing, "elapsed_s": time.time() - started_at}
+        report_state(timed, state if state is not None and clock.due() else None)
 
     with tempfile.TemporaryDirectory(prefix="cytotune-trial-") as folder:
         out = Path(folder)
@@ -141,6 +146,9 @@ def trial_resources(config: dict[str, Any]) -> PlacementGroupFactory:
     return PlacementGroupFactory([{name: amount for name, amount in ask.items() if amount > 0}])
 
 
-def study_trainable_with_resources() -> Callable[[dict[str, Any]], None]:
-    """The study trainable wrapped with per-trial resources for Tuner and Tuner.restore."""
-    return tune.with_resources(study_trainable, trial_resources)
+def study_trainable_with_resources(checkpoint_every_s: float) -> Callable[[dict[str, Any]], None]:
+    """The study trainable, saving trial states at most every `checkpoint_every_s` seconds, wrapped with
+    per-trial resources for Tuner and Tuner.restore."""
+    return tune.with_resources(
+        tune.with_parameters(study_trainable, checkpoint_every_s=checkpoint_every_s), trial_resources
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,11 +19,13 @@ from cytotune import __version__
 from cytotune.metric_names import DONE_TRIAL, STEP, TEST_ACC
 from cytotune.tracking import schema
 from cytotune.tracking.confusion import confusion_figure
+from cytotune.tracking.lanes import Lanes
 from cytotune.tracking.runs import search_pages
 from cytotune.tracking.uri import artifact_location, resolve_tracking_uri
 
 _BATCH = 100  # MLflow's limit of params (and of tags) in one log_batch
 _METRIC_BATCH = 1000  # ... and of metrics
+WRITERS = 8  # trials whose MLflow writes run at once (MLflow's HTTP pool holds 10 connections)
 
 
 class MlflowCallback(Callback):
@@ -43,10 +46,15 @@ class MlflowCallback(Callback):
     carry MLflow's standard source tags (mlflow.user, mlflow.source.*); a trial run has its dataset as an
     input, its manifest digest as a param.
 
-    Metrics, the dataset param and node tags are buffered per trial and written in one `log_batch` per flush:
-    when Tune saves its experiment state (`get_state`, so a resumed study re-reports whatever a crash lost),
-    when the trial ends (with its status tag) or errs, and when the launch ends. A flush the tracking server
-    refuses (after MLflow's own retries) keeps the buffer for the next one.
+    Params, metrics, the dataset param and node tags are buffered per trial and written in one `log_batch`
+    per flush: when Tune saves its experiment state (`get_state`, so a resumed study re-reports whatever a
+    crash lost), when the trial ends (with its status tag) or errs, and when the launch ends. A flush the
+    tracking server refuses (after MLflow's own retries) keeps the buffer for the next one.
+
+    Every write of a trial's run goes through `Lanes`: on background threads, in order per Ray trial (a
+    pack's runs share its lane), different trials at once, so MLflow's round trips never hold up Ray Tune's
+    controller. `get_state` and `close` wait for every write submitted before them; `wait()` does so for a
+    caller that reads the runs back.
     """
 
     def __init__(
@@ -72,7 +80,11 @@ class MlflowCallback(Callback):
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self._client: MlflowClient | None = None
+        # Keys are Ray trial ids (a pack's trials: PACK#INDEX). Written by the lanes: _runs (key -> run id),
+        # _ended, _unended (key -> MLflow status of an end whose flush was refused); the rest by Tune.
         self._runs: dict[str, str] = {}
+        self._opened: set[str] = set()
+        self._ending: set[str] = set()
         self._nodes: dict[str, str] = {}
         self._previous: dict[str, list[Any]] = {}
         self._claimed: set[str] = set()
@@ -82,33 +94,65 @@ class MlflowCallback(Callback):
         self._source: dict[str, str] = {}
         self._with_input: set[str] = set()
         self._buffer: dict[str, tuple[list[Metric], list[Param], list[RunTag]]] = {}
-        self._unended: dict[str, str] = {}  # run id -> MLflow status, for ends whose flush was refused
+        self._buffer_lock = threading.Lock()
+        self._unended: dict[str, str] = {}
+        self._lanes = Lanes(WRITERS)
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickled (Ray keeps the run config) without the MLflow client, which is made again when needed."""
-        return {**self.__dict__, "_client": None}
+        """Pickled (Ray keeps the run config) without the MLflow client and the buffer's lock, which are made
+        again when needed."""
+        return {**self.__dict__, "_client": None, "_buffer_lock": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _buffer_lock=threading.Lock())
 
     def get_state(self) -> dict[str, Any] | None:
         """Tune saves its experiment state: write every buffered metric first (nothing else to save)."""
         self.flush()
+        self.wait()
         return None
 
-    def flush(self, run_id: str | None = None) -> bool:
-        """Write the buffer of `run_id` (else of every run) in log_batch calls; False when the server refused
-        (the buffer is kept for the next flush)."""
-        ok = True
-        for rid in [run_id] if run_id is not None else list(self._buffer):
-            metrics, params, tags = self._buffer.pop(rid, ([], [], []))
-            try:
-                _log_batches(self.client, rid, metrics, params, tags)
-            except Exception as err:  # noqa: BLE001  (any transport or server error: keep, retry later)
-                self._buffer[rid] = (metrics, params, tags)
-                print(f"cytotune: MLflow refused a write ({err}); kept for the next flush", file=sys.stderr)
-                ok = False
-        return ok
+    def wait(self) -> None:
+        """Block until every MLflow write submitted so far is done (or refused and kept)."""
+        self._lanes.wait()
 
-    def _buffered(self, run_id: str) -> tuple[list[Metric], list[Param], list[RunTag]]:
-        return self._buffer.setdefault(run_id, ([], [], []))
+    def flush(self) -> None:
+        """Submit a write of every trial's buffer (see `wait`)."""
+        with self._buffer_lock:
+            keys = list(self._buffer)
+        for key in keys:
+            self._submit(key, lambda key=key: self._write_buffer(key))
+
+    def _lane(self, key: str) -> str:
+        """The lane of a trial's writes: its Ray trial id."""
+        return key
+
+    def _submit(self, key: str, call: Any) -> None:
+        self._lanes.submit(self._lane(key), call)
+
+    def _add(
+        self, key: str, metrics: list[Metric] = (), params: list[Param] = (), tags: list[RunTag] = ()
+    ) -> None:
+        """Buffer writes of a trial's run (Tune's thread)."""
+        with self._buffer_lock:
+            held = self._buffer.setdefault(key, ([], [], []))
+            for into, items in zip(held, (metrics, params, tags), strict=True):
+                into.extend(items)
+
+    def _write_buffer(self, key: str) -> bool:
+        """Write a trial's buffer in log_batch calls (in its lane); False when the server refused: the
+        buffer is kept for the next flush."""
+        with self._buffer_lock:
+            metrics, params, tags = self._buffer.pop(key, ([], [], []))
+        try:
+            _log_batches(self.client, self._runs[key], metrics, params, tags)
+        except Exception as err:  # noqa: BLE001  (any transport or server error: keep, retry later)
+            with self._buffer_lock:
+                later = self._buffer.pop(key, ([], [], []))
+                self._buffer[key] = tuple(a + b for a, b in zip((metrics, params, tags), later, strict=True))
+            print(f"cytotune: MLflow refused a write ({err}); kept for the next flush", file=sys.stderr)
+            return False
+        return True
 
     @property
     def client(self) -> MlflowClient:
@@ -157,52 +201,50 @@ class MlflowCallback(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Open (or continue) the trial's run and mark it running."""
-        self._run_of(trial)
+        self._open(trial)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         """Log the evaluation's metrics at its step; the final result also carries the final metrics."""
-        run_id = self._run_of(trial)
-        self._log_dataset(run_id, result)
-        metrics, _, tags = self._buffered(run_id)
+        key = self._open(trial)
+        self._log_dataset(key, result)
         node = result.get("node_id")
-        if node and self._nodes.get(trial.trial_id) != node:
-            tags.append(RunTag(schema.RAY_NODE_ID, node))
-            self._nodes[trial.trial_id] = node
-        step = int(result.get(STEP, result.get("training_iteration", 0)))
+        if node and self._nodes.get(key) != node:
+            self._add(key, tags=[RunTag(schema.RAY_NODE_ID, node)])
+            self._nodes[key] = node
         names = list(schema.STEP_METRICS)
         if result.get(DONE_TRIAL):
             names += [name for name in schema.FINAL_METRICS if name not in names]
-        stamp = int(time.time() * 1000)
-        metrics.extend(
-            Metric(name, float(result[name]), stamp, step) for name in names if _is_number(result.get(name))
-        )
+        self._add(key, metrics=step_metrics(result, names, int(time.time() * 1000)))
 
-    def _log_dataset(self, run_id: str, result: dict) -> None:
+    def _log_dataset(self, key: str, result: dict) -> None:
         """Once per run: the trial's dataset as an MLflow input, and its manifest digest as a param."""
-        if run_id in self._with_input or not all(name in result for name in schema.DATASET_FIELDS):
+        if key in self._with_input or not all(name in result for name in schema.DATASET_FIELDS):
             return
-        self.client.log_inputs(run_id, datasets=[schema.dataset_input(result)])
-        self._buffered(run_id)[1].append(Param(schema.DATASET_DIGEST, str(result[schema.DATASET_DIGEST])))
-        self._with_input.add(run_id)
+        dataset = schema.dataset_input(result)
+        self._submit(key, lambda: self.client.log_inputs(self._runs[key], datasets=[dataset]))
+        self._add(key, params=[Param(schema.DATASET_DIGEST, str(result[schema.DATASET_DIGEST]))])
+        self._with_input.add(key)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """End the trial's run: finished (with artifacts) when it reported its final result, else stopped."""
-        if trial.trial_id not in self._runs:
+        key = trial.trial_id
+        if key not in self._opened:
             return
-        run_id = self._runs[trial.trial_id]
         finished = bool((trial.last_result or {}).get(DONE_TRIAL))
         if finished:
-            self._log_final_artifacts(run_id, trial)
-        self._end(trial, schema.FINISHED if finished else schema.STOPPED)
+            self._log_final_artifacts(key, trial.checkpoint, trial.config)
+        self._end(key, schema.FINISHED if finished else schema.STOPPED)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """End the trial's run FAILED with the error text as a tag and as error.txt."""
-        run_id = self._run_of(trial)
-        text = _error_text(trial)
-        self._buffered(run_id)[2].append(RunTag(schema.ERROR, schema.clip_tag(text)))
-        self.client.log_text(run_id, text, "error.txt")
-        self._end(trial, schema.FAILED)
-        self._failed.add(run_id)
+        self._fail(self._open(trial), _error_text(trial))
+
+    def _fail(self, key: str, text: str) -> None:
+        """End a trial's run FAILED: the error text as a tag and as error.txt."""
+        self._add(key, tags=[RunTag(schema.ERROR, schema.clip_tag(text))])
+        self._submit(key, lambda: self.client.log_text(self._runs[key], text, "error.txt"))
+        self._end(key, schema.FAILED)
+        self._failed.add(key)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """End the launch: KILLED when interrupted (a trial left open, or fewer trials ended than the study
@@ -212,15 +254,17 @@ class MlflowCallback(Callback):
         self.close(interrupted=short)
 
     def close(self, interrupted: bool = False) -> None:
-        """End the launch's open trial runs KILLED and its parent run KILLED (interrupted, or a trial run was
-        open), FAILED (a trial failed) or FINISHED. Only the first call ends the launch."""
+        """Write what is buffered, then end the launch's open trial runs KILLED and its parent run KILLED
+        (interrupted, or a trial run was open), FAILED (a trial failed) or FINISHED. Only the first call ends
+        the launch."""
         self.flush()
-        for run_id in list(self._unended):
-            self._end_flushed(run_id)
-        left_open = [run_id for run_id in self._runs.values() if run_id not in self._ended]
-        for run_id in left_open:
-            self.client.set_terminated(run_id, status="KILLED")
-            self._ended.add(run_id)
+        self.wait()
+        for key, status in list(self._unended.items()):
+            self._finish(key, status)
+        left_open = [key for key in self._runs if key not in self._ended]
+        for key in left_open:
+            self.client.set_terminated(self._runs[key], status="KILLED")
+            self._ended.add(key)
         if self.parent_run_id is not None and not self._closed:
             status = "KILLED" if interrupted or left_open else "FAILED" if self._failed else "FINISHED"
             self.client.set_terminated(self.parent_run_id, status=status)
@@ -264,15 +308,23 @@ class MlflowCallback(Callback):
         for run in self._search("attributes.status = 'RUNNING'"):
             self.client.set_terminated(run.info.run_id, status="KILLED")
 
-    def _run_of(self, trial: Any) -> str:
-        run_id = self._runs.get(trial.trial_id)
-        if run_id is not None:
-            return run_id
-        config = trial.config
-        previous = self._previous_run(config["trial_key"], trial.trial_id)
-        run_id = self._continue(previous, trial) if previous is not None else self._create(trial)
-        self._runs[trial.trial_id] = run_id
-        return run_id
+    def _open(self, trial: Any) -> str:
+        """Submit the opening of a trial's run (continued on resume, else created), once; its key."""
+        key = trial.trial_id
+        if key in self._opened:
+            return key
+        self._opened.add(key)
+        previous = self._previous_run(trial.config["trial_key"], key)
+        if previous is not None:
+            self._submit(key, lambda: self._runs.__setitem__(key, self._continue(previous, trial)))
+        else:
+            tags = self._run_tags(trial, schema.KIND_TRIAL)
+            self._submit(key, lambda: self._runs.__setitem__(key, self._create(trial, tags)))
+        # with the first flush; again on resume (the same values: a driver that died before its first flush
+        # left the run without them)
+        params = schema.flatten_trial(trial.config["trial"]).items()
+        self._add(key, params=[Param(name, value) for name, value in params])
+        return key
 
     def _previous_run(self, trial_key: str, ray_trial_id: str) -> Any | None:
         candidates = [
@@ -303,13 +355,10 @@ class MlflowCallback(Callback):
             tags[schema.RESOURCES] = json.dumps(config["resources"], sort_keys=True)
         return tags
 
-    def _create(self, trial: Any) -> str:
+    def _create(self, trial: Any, tags: dict[str, str]) -> str:
+        """A new trial run with its tags and trial config file (its params come with the first flush)."""
         config = trial.config
-        tags = self._run_tags(trial, schema.KIND_TRIAL)
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=config["trial_key"])
-        params = [Param(name, value) for name, value in schema.flatten_trial(config["trial"]).items()]
-        for start in range(0, len(params), _BATCH):
-            self.client.log_batch(run.info.run_id, params=params[start : start + _BATCH])
         trial_json = config["trial"].model_dump(mode="json", exclude={"cache_dir"})  # each node has its own
         self.client.log_dict(run.info.run_id, trial_json, schema.TRIAL_ARTIFACT)
         return run.info.run_id
@@ -327,22 +376,27 @@ class MlflowCallback(Callback):
         self.client.update_run(run_id, status="RUNNING")
         return run_id
 
-    def _end(self, trial: Any, status: str) -> None:
-        run_id = self._runs[trial.trial_id]
-        self._buffered(run_id)[2].append(RunTag(schema.STATUS, status))
-        self._unended[run_id] = schema.RUN_STATUS[status]
-        self._end_flushed(run_id)
+    def _end(self, key: str, status: str) -> None:
+        """Submit the end of a trial's run with `status` (its buffer written first)."""
+        self._add(key, tags=[RunTag(schema.STATUS, status)])
+        self._ending.add(key)
+        self._submit(key, lambda: self._finish(key, schema.RUN_STATUS[status]))
 
-    def _end_flushed(self, run_id: str) -> None:
-        """End the run with its recorded status once its buffer is written (else at the next try)."""
-        if self.flush(run_id):
-            self.client.set_terminated(run_id, status=self._unended.pop(run_id))
-            self._ended.add(run_id)
+    def _finish(self, key: str, status: str) -> None:
+        """End the run with MLflow `status` once its buffer is written (else at `close`)."""
+        if self._write_buffer(key):
+            self.client.set_terminated(self._runs[key], status=status)
+            self._unended.pop(key, None)
+            self._ended.add(key)
+        else:
+            self._unended[key] = status
 
-    def _log_final_artifacts(self, run_id: str, trial: Any) -> None:
-        checkpoint = trial.checkpoint
-        if checkpoint is None:
-            return
+    def _log_final_artifacts(self, key: str, checkpoint: Any, config: dict[str, Any]) -> None:
+        """Submit the upload of a finished trial's files and confusion matrix from its final checkpoint."""
+        if checkpoint is not None:
+            self._submit(key, lambda: self._upload_final(self._runs[key], checkpoint, config))
+
+    def _upload_final(self, run_id: str, checkpoint: Any, config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as folder:
             folder = Path(folder)
             for name in ("trial_manifest.csv", "result.json"):
@@ -352,12 +406,12 @@ class MlflowCallback(Callback):
                 if (folder / model).is_dir():
                     self.client.log_artifacts(run_id, str(folder / model), model)
             if (folder / "result.json").is_file():
-                self._log_confusion(run_id, json.loads((folder / "result.json").read_text()), trial)
+                self._log_confusion(run_id, json.loads((folder / "result.json").read_text()), config)
 
-    def _log_confusion(self, run_id: str, result: dict, trial: Any) -> None:
+    def _log_confusion(self, run_id: str, result: dict, config: dict[str, Any]) -> None:
         if not result.get("confusion_matrix") or not result.get("classes"):
             return
-        cell, key = trial.config["cell_key"], trial.config["trial_key"]
+        cell, key = config["cell_key"], config["trial_key"]
         acc = result.get(TEST_ACC)
         title = cell + "\n" + key.removeprefix(cell + "/").replace("/", ", ")
         title += f": test accuracy {100 * acc:.2f}%" if _is_number(acc) else ""
@@ -377,6 +431,12 @@ def _log_batches(
         m = metrics[: _METRIC_BATCH - len(p) - len(t)]
         client.log_batch(run_id, metrics=m, params=p, tags=t)
         metrics, params, tags = metrics[len(m) :], params[len(p) :], tags[len(t) :]
+
+
+def step_metrics(result: dict, names: Any, stamp: int) -> list[Metric]:
+    """The metrics `names` of a result (those that are numbers) at its step."""
+    step = int(result.get(STEP, result.get("training_iteration", 0)))
+    return [Metric(name, float(result[name]), stamp, step) for name in names if _is_number(result.get(name))]
 
 
 def _is_number(value: Any) -> bool:

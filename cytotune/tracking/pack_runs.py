@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Param, RunTag
 from ray.tune import Checkpoint
 
-from cytotune.metric_names import DONE_TRIAL, STEP
+from cytotune.metric_names import DONE_TRIAL
 from cytotune.tracking import schema
-from cytotune.tracking.callback import MlflowCallback, _error_text, _is_number
+from cytotune.tracking.callback import MlflowCallback, _error_text, step_metrics
 from cytotune.tracking.schema import PACK_FINAL, PACK_KEY, PACK_RESULTS, is_pack_config
 
 
@@ -49,44 +49,44 @@ class PackedMlflowCallback(MlflowCallback):
         the pack's best in the pack run."""
         if not is_pack_config(trial.config):
             return super().on_trial_result(iteration, trials, trial, result, **info)
-        pack_run = self._pack_run(trial)
+        pack = self._pack_run(trial)
         stamp = int(time.time() * 1000)
-        self._log_metrics(pack_run, result, schema.STEP_METRICS, stamp)
+        self._add(pack, metrics=step_metrics(result, schema.STEP_METRICS, stamp))
         names = list(schema.STEP_METRICS)
         if result.get(DONE_TRIAL):
             names += [name for name in schema.FINAL_METRICS if name not in names]
         members = {**result.get(PACK_RESULTS, {}), **result.get(PACK_FINAL, {})}
         for index, metrics in members.items():
-            run_id = self._runs[_member_id(trial, index)]
-            self._log_dataset(run_id, result)
-            self._log_metrics(run_id, metrics, names, stamp)
+            key = _member_id(trial, index)
+            self._log_dataset(key, result)
+            self._add(key, metrics=step_metrics(metrics, names, stamp))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """End each trial's run as it ended inside the pack, then the pack's run."""
         if not is_pack_config(trial.config):
             return super().on_trial_complete(iteration, trials, trial, **info)
-        if trial.trial_id not in self._runs:
+        if trial.trial_id not in self._opened:
             return
         final = (
             (trial.last_result or {}).get(PACK_FINAL) if (trial.last_result or {}).get(DONE_TRIAL) else None
         )
         if final is None:
             for member in self._members(trial):
-                self._end(member, schema.STOPPED)
-            self._end(trial, schema.STOPPED)
+                self._end(member.trial_id, schema.STOPPED)
+            self._end(trial.trial_id, schema.STOPPED)
             return
-        with trial.checkpoint.as_directory() as folder:
-            for index, member in enumerate(self._members(trial)):
-                end = final.get(str(index), {})
-                status = end.get("status", schema.STOPPED)
-                if status == schema.FINISHED:
-                    member.checkpoint = Checkpoint.from_directory(str(Path(folder) / str(index)))
-                    self._log_final_artifacts(self._runs[member.trial_id], member)
-                elif status == schema.FAILED:
-                    self._fail(member, end.get("error") or "failed inside its pack; no error text")
-                    continue
-                self._end(member, status)
-        self._end(trial, schema.FINISHED)
+        folder = Path(trial.checkpoint.path)  # the final checkpoint: Ray keeps it after the trial ended
+        for index, member in enumerate(self._members(trial)):
+            end = final.get(str(index), {})
+            status = end.get("status", schema.STOPPED)
+            if status == schema.FINISHED:
+                checkpoint = Checkpoint(str(folder / str(index)), trial.checkpoint.filesystem)
+                self._log_final_artifacts(member.trial_id, checkpoint, member.config)
+            elif status == schema.FAILED:
+                self._fail(member.trial_id, end.get("error") or "failed inside its pack; no error text")
+                continue
+            self._end(member.trial_id, status)
+        self._end(trial.trial_id, schema.FINISHED)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """The pack failed for good: its run and every trial run still open end FAILED with its error."""
@@ -95,9 +95,9 @@ class PackedMlflowCallback(MlflowCallback):
         self._pack_run(trial)
         text = _error_text(trial)
         for member in self._members(trial):
-            if self._runs[member.trial_id] not in self._ended:
-                self._fail(member, text)
-        self._fail(trial, text)
+            if member.trial_id not in self._ending:
+                self._fail(member.trial_id, text)
+        self._fail(trial.trial_id, text)
 
     def _members(self, trial: Any) -> list[PackMember]:
         return [
@@ -105,25 +105,35 @@ class PackedMlflowCallback(MlflowCallback):
             for index, config in enumerate(trial.config[PACK_KEY])
         ]
 
-    def _pack_run(self, trial: Any) -> str:
-        """The pack's run (created, or continued on resume) and its trials' runs, nested under it."""
-        run_id = self._runs.get(trial.trial_id)
-        if run_id is not None:
-            return run_id
-        config = trial.config
-        previous = self._previous_pack(config["trial_key"]) if self.resume else None
-        run_id = self._continue(previous, trial) if previous is not None else self._create_pack(trial)
-        self._runs[trial.trial_id] = run_id
-        for member in self._members(trial):
-            child = self._run_of(member)
-            tags = {schema.PARENT_RUN_ID: run_id, schema.RAY_TRIAL_ID: trial.trial_id}
-            self.client.log_batch(child, tags=[RunTag(key, value) for key, value in tags.items()])
-        return run_id
+    def _lane(self, key: str) -> str:
+        """A pack's trials write in the pack's lane (their runs nest under its run)."""
+        return key.partition("#")[0]
 
-    def _create_pack(self, trial: Any) -> str:
+    def _pack_run(self, trial: Any) -> str:
+        """Submit the opening of the pack's run (created, or continued on resume) and of its trials' runs,
+        nested under it, once; the pack's key."""
+        key = trial.trial_id
+        if key in self._opened:
+            return key
+        self._opened.add(key)
+        previous = self._previous_pack(trial.config["trial_key"]) if self.resume else None
+        if previous is not None:
+            self._submit(key, lambda: self._runs.__setitem__(key, self._continue(previous, trial)))
+        else:
+            tags = self._run_tags(trial, schema.KIND_PACK)
+            self._submit(key, lambda: self._runs.__setitem__(key, self._create_pack(trial, tags)))
+        for member in self._members(trial):
+            self._open(member)
+            self._submit(member.trial_id, lambda member=member: self._nest(member.trial_id, key))
+        return key
+
+    def _nest(self, member: str, pack: str) -> None:
+        tags = {schema.PARENT_RUN_ID: self._runs[pack], schema.RAY_TRIAL_ID: pack}
+        self.client.log_batch(self._runs[member], tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def _create_pack(self, trial: Any, tags: dict[str, str]) -> str:
         config = trial.config
         members = config[PACK_KEY]
-        tags = self._run_tags(trial, schema.KIND_PACK)
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=config["trial_key"])
         shared = schema.flatten_trial(members[0]["trial"])
         params = [Param(name, value) for name, value in shared.items() if name not in ("lr", "seed")]
@@ -138,20 +148,6 @@ class PackedMlflowCallback(MlflowCallback):
         runs = self._search(f"{kind} and tags.`{schema.TRIAL_KEY}` = '{pack_key}'")
         runs.sort(key=lambda run: run.info.start_time or 0, reverse=True)
         return runs[0] if runs else None
-
-    def _log_metrics(self, run_id: str, metrics: dict, names: Any, stamp: int) -> None:
-        step = int(metrics.get(STEP, 0))
-        batch = [
-            Metric(name, float(metrics[name]), stamp, step) for name in names if _is_number(metrics.get(name))
-        ]
-        self._buffered(run_id)[0].extend(batch)  # written with the callback's batched flushes
-
-    def _fail(self, trial: Any, text: str) -> None:
-        run_id = self._runs[trial.trial_id]
-        self.client.set_tag(run_id, schema.ERROR, schema.clip_tag(text))
-        self.client.log_text(run_id, text, "error.txt")
-        self._end(trial, schema.FAILED)
-        self._failed.add(run_id)
 
 
 def _member_id(trial: Any, index: int | str) -> str:
