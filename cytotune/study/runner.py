@@ -285,18 +285,25 @@ def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def saved_trials(path: str) -> list[Any]:
-    """The trials of the experiment at `path` as Ray Tune last saved them. Tune's per-trial result files are
-    off (MLflow holds every result), so ExperimentAnalysis's warning that it finds none is silenced."""
-    from ray.tune import ExperimentAnalysis
-
+@contextmanager
+def without_result_files_warning() -> Iterator[None]:
+    """Silence ExperimentAnalysis's warning that a trial has no result files for the block: Tune's per-trial
+    result files are off (MLflow holds every result), and Tune reads them back at the end of `fit`."""
     quiet = logging.getLogger("ray.tune.analysis.experiment_analysis")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        return ExperimentAnalysis(path).trials
+        yield
     finally:
         quiet.setLevel(level)
+
+
+def saved_trials(path: str) -> list[Any]:
+    """The trials of the experiment at `path` as Ray Tune last saved them."""
+    from ray.tune import ExperimentAnalysis
+
+    with without_result_files_warning():
+        return ExperimentAnalysis(path).trials
 
 
 def _outcomes(path: str) -> list[TrialOutcome]:
@@ -480,7 +487,11 @@ def run_study(
                         spec, plan, store, restore, max_concurrent, callbacks, reuse_actors, trainable
                     )
                     say(f"running {plan.n_trials} trials on Ray Tune" + (" (resumed)" if resume else ""))
-                    with signals.tune_phase(), pending_trials_limit(plan.fit.cells, plan.nodes):
+                    with (
+                        signals.tune_phase(),
+                        pending_trials_limit(plan.fit.cells, plan.nodes),
+                        without_result_files_warning(),
+                    ):
                         tuner.fit()
         except CytotuneError:
             if new_folder is not None and not (path / "tuner.pkl").exists():
