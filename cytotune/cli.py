@@ -508,14 +508,16 @@ def best_command(
     from cytotune.report.tables import best_text
     from cytotune.tracking import best_configs, check_tracking
     from cytotune.tracking.rerun import write_rerun
+    from cytotune.tracking.runs import runs_frame
 
     uri = announce_tracking(tracking_uri)
     check_tracking(uri, must_exist=True)
-    best = best_configs(experiment, uri, where)
+    frame = runs_frame(experiment, uri, where)
+    best = best_configs(experiment, uri, where, frame=frame)
     if output_format == "json":
         from cytotune.report.uncertainty import study_uncertainty
 
-        best = study_uncertainty(experiment, uri, best, where)[0]
+        best = study_uncertainty(experiment, uri, best, where, frame=frame)[0]
     typer.echo(best_text(best, best.attrs["searched"], output_format), nl=False)
     if config_out is not None:
         path = write_rerun(experiment, config_out, uri, where)

@@ -23,7 +23,7 @@ from cytotune.report.tables import (
 from cytotune.report.uncertainty import ChosenTrials, study_uncertainty
 from cytotune.report.uncertainty_figures import forest_figure, reliability_figure
 from cytotune.tracking import schema
-from cytotune.tracking.runs import best_configs, latest_launch
+from cytotune.tracking.runs import best_configs, latest_launch, runs_frame
 from cytotune.tracking.uri import resolve_tracking_uri
 
 REPORT_ARTIFACTS = "report"
@@ -51,7 +51,10 @@ def build_report(
     launch = latest_launch(experiment, uri)
     out = Path(out_dir or Path("reports") / experiment)
     out.mkdir(parents=True, exist_ok=True)
-    best, comparisons, chosen = study_uncertainty(experiment, uri, best_configs(experiment, uri))
+    frame = runs_frame(experiment, uri)
+    best, comparisons, chosen = study_uncertainty(
+        experiment, uri, best_configs(experiment, uri, frame=frame), frame=frame
+    )
     searched = best.attrs["searched"]
     files = [_write(out / "best_configs.csv", best_text(best, searched, "csv"))]
     files.append(_write(out / "best_configs.md", best_text(best, searched, "markdown")))

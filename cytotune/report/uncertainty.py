@@ -155,6 +155,13 @@ def chosen_rows(
     return frame[keep]
 
 
+def _parsed(text: str | None) -> dict | None:
+    try:
+        return None if text is None else json.loads(text)
+    except ValueError:
+        return None
+
+
 def collect_chosen(rows: pd.DataFrame, read_result: Callable[[str], dict | None]) -> ChosenTrials:
     """The chosen trials' correctness and calibration, from each run's result.json (`read_result(run_id)`;
     None when the run has none). A cell is left out when any of its trials lacks per-image correctness."""
@@ -321,28 +328,24 @@ def with_comparisons(best: pd.DataFrame, comparisons: pd.DataFrame) -> pd.DataFr
 
 
 def study_uncertainty(
-    experiment: str, tracking_uri: str | None, best: pd.DataFrame, where: str | None = None
+    experiment: str,
+    tracking_uri: str | None,
+    best: pd.DataFrame,
+    where: str | None = None,
+    frame: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, ChosenTrials]:
-    """For a study's validation-selected `best`: best with interval, calibration, class-level and comparison
-    columns, the paired comparisons, and the chosen trials' results (read from each run's result.json)."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from cytotune.tracking.runs import read_artifact_text, runs_frame
+    """For a study's validation-selected `best` (chosen from `frame`, the study's runs_frame, else read
+    here): best with interval, calibration, class-level and comparison columns, the paired comparisons, and
+    the chosen trials' results (read from each run's result.json, several at once)."""
+    from cytotune.tracking.runs import read_artifact_texts, runs_frame
     from cytotune.tracking.uri import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
-    client = MlflowClient(uri)
-
-    def read_result(run_id: str) -> dict | None:
-        try:
-            return json.loads(read_artifact_text(client, run_id, "result.json"))
-        except (OSError, MlflowException, ValueError):
-            return None
-
-    frame = runs_frame(experiment, uri, where)
+    frame = runs_frame(experiment, uri, where) if frame is None else frame
     rows = chosen_rows(frame, best, list(best.attrs.get("searched", ("lr",))))
-    chosen = collect_chosen(rows, read_result)
+    texts = read_artifact_texts(uri, list(rows["artifact_uri"]), "result.json")
+    results = dict(zip(rows["run_id"], (_parsed(text) for text in texts), strict=True))
+    chosen = collect_chosen(rows, results.get)
     comparisons = paired_comparisons(best, chosen)
     annotated = with_comparisons(level_columns(interval_columns(best, chosen), rows), comparisons)
     annotated.attrs.update(best.attrs)

@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,8 @@ TAG_COLUMNS = {
     schema.ERROR: "error",
     schema.PARENT_RUN_ID: "parent_run_id",
 }
-BASE_COLUMNS = ("run_id", "run_status", "start_time", "end_time", *TAG_COLUMNS.values())
+BASE_COLUMNS = ("run_id", "run_status", "start_time", "end_time", "artifact_uri", *TAG_COLUMNS.values())
+READERS = 16  # artifacts read at once
 
 
 def experiment_id(client: MlflowClient, experiment: str) -> str:
@@ -73,12 +75,12 @@ def runs_frame(
 ) -> pd.DataFrame:
     """One row per trial run of a study: params (typed), cytotune tags, latest metrics and MLflow status.
 
-    Columns: run_id, run_status (MLflow), start_time, end_time, status, cell_key, trial_key, ray_trial_id,
-    searched, resources, error, parent_run_id, then the params (backbone, lr, seed, lora.rank, ...) and the
-    metrics (best_val_acc, test_acc, ...). A launch without --resume starts the study over, so only the runs
-    of the latest such launch and of the launches resuming it are read (all runs with `all_launches`); a
-    trial key with several runs keeps its latest. `where` keeps rows whose columns equal the given values
-    ("dataset=sipakmed,shots=4" or a mapping).
+    Columns: run_id, run_status (MLflow), start_time, end_time, artifact_uri, status, cell_key, trial_key,
+    ray_trial_id, searched, resources, error, parent_run_id, then the params (backbone, lr, seed, lora.rank,
+    ...) and the metrics (best_val_acc, test_acc, ...). A launch without --resume starts the study over, so
+    only the runs of the latest such launch and of the launches resuming it are read (all runs with
+    `all_launches`); a trial key with several runs keeps its latest. `where` keeps rows whose columns equal
+    the given values ("dataset=sipakmed,shots=4" or a mapping).
     """
     client = MlflowClient(resolve_tracking_uri(tracking_uri))
     runs = search_all(client, experiment, f"tags.`{schema.KIND}` = '{schema.KIND_TRIAL}'")
@@ -121,6 +123,7 @@ def _row(run: Run) -> dict[str, Any]:
         "run_status": run.info.status,
         "start_time": pd.to_datetime(run.info.start_time, unit="ms", utc=True),
         "end_time": pd.to_datetime(run.info.end_time, unit="ms", utc=True) if run.info.end_time else pd.NaT,
+        "artifact_uri": run.info.artifact_uri,
     }
     row.update({column: run.data.tags.get(tag) for tag, column in TAG_COLUMNS.items()})
     row.update(run.data.params)
@@ -198,6 +201,28 @@ def read_artifact_text(client: MlflowClient, run_id: str, path: str) -> str:
         return Path(client.download_artifacts(run_id, path, tmp)).read_text()
 
 
+def read_artifact_texts(tracking_uri: str, artifact_uris: list[str], path: str) -> list[str | None]:
+    """The text of the small artifact `path` under each run's artifact URI (None where it is missing or
+    unreadable), READERS at a time, straight from the URIs (no run lookup per read)."""
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+    def read(root: str) -> str | None:
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                local = download_artifacts(
+                    artifact_uri=f"{root.rstrip('/')}/{path}", dst_path=tmp, tracking_uri=tracking_uri
+                )
+                return Path(local).read_text()
+        except (OSError, MlflowException):
+            return None
+
+    with ThreadPoolExecutor(READERS) as pool:
+        return list(pool.map(read, artifact_uris))
+
+
 def expected_seeds(experiment: str, tracking_uri: str | None = None) -> dict[str, int] | None:
     """Seeds per cell key as the latest launch recorded them (cells.json); None when it recorded none."""
     try:
@@ -223,11 +248,14 @@ def searched_fields(frame: pd.DataFrame) -> tuple[str, ...]:
 
 
 def best_configs(
-    experiment: str, tracking_uri: str | None = None, where: str | Mapping[str, Any] | None = None
+    experiment: str,
+    tracking_uri: str | None = None,
+    where: str | Mapping[str, Any] | None = None,
+    frame: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """select_best over the study's runs, searched fields from the run tags (also in .attrs["searched"]),
-    expected seeds from the study YAML of the latest launch."""
-    frame = runs_frame(experiment, tracking_uri, where)
+    """select_best over the study's runs (`frame`, else runs_frame read here), searched fields from the run
+    tags (also in .attrs["searched"]), expected seeds from the study YAML of the latest launch."""
+    frame = runs_frame(experiment, tracking_uri, where) if frame is None else frame
     searched = searched_fields(frame)
     best = select_best(frame, searched, expected_seeds(experiment, tracking_uri))
     best.attrs["searched"] = searched

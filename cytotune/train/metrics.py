@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import sklearn.metrics as sk
 
 
 @dataclass(frozen=True)
@@ -27,6 +26,8 @@ def classification_metrics(
 ) -> ClassificationMetrics:
     """Accuracy, balanced accuracy (mean recall over classes present), macro F1 (over classes that occur as
     label or prediction), per-class recall and the confusion matrix, all from scikit-learn."""
+    import sklearn.metrics as sk  # here: reading a study back (tracking.schema) need not load sklearn
+
     labels = np.asarray(labels, dtype=np.int64)
     predictions = np.asarray(predictions, dtype=np.int64)
     if labels.size == 0:
