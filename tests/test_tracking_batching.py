@@ -87,3 +87,35 @@ def test_every_buffered_step_lands_when_trials_finish_fail_or_the_launch_is_inte
         assert run.data.tags[schema.STATUS] == status
     assert by_key[failed.trial_key].data.tags[schema.ERROR] == "RuntimeError: loss is NaN"
     assert client.get_run(callback.parent_run_id).info.status == "KILLED"
+
+
+def test_a_run_whose_creation_was_refused_is_created_by_its_next_write(
+    tmp_path, mlflow_sqlite_uri, monkeypatch
+):
+    yaml_path = write_study(tmp_path, "fake-refused-create")
+    plan = plans(yaml_path)[0]
+    callback = launch_callback(yaml_path, mlflow_sqlite_uri)
+    callback.setup()
+    create_run = callback.client.create_run
+
+    def refuse_once(*args, **kwargs):
+        monkeypatch.setattr(callback.client, "create_run", create_run)
+        raise MlflowException("503 Service Unavailable")
+
+    monkeypatch.setattr(callback.client, "create_run", refuse_once)
+    trial = FakeTrial("t0", plan.ray_config())
+    callback.on_trial_start(0, [], trial)
+    _report(callback, trial, STEPS[:4])
+    callback.wait()
+    assert "t0" not in callback._runs  # refused: no run yet, the metrics are kept
+    trial.last_result = {**trial.last_result, "done_trial": 1}
+    callback.on_trial_complete(0, [], trial)
+    callback.close()
+
+    client = MlflowClient(mlflow_sqlite_uri)
+    [run] = client.search_runs(
+        [callback.experiment_id], f"tags.`{schema.KIND}` = '{schema.KIND_TRIAL}'", max_results=10
+    )
+    assert run.info.status == "FINISHED" and run.data.tags[schema.STATUS] == schema.FINISHED
+    assert run.data.params["lr"] == str(plan.config.lr)
+    assert _steps(client, run.info.run_id, "val_acc") == STEPS[:4]

@@ -7,6 +7,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,7 @@ class MlflowCallback(Callback):
         # Keys are Ray trial ids (a pack's trials: PACK#INDEX). Written by the lanes: _runs (key -> run id),
         # _ended, _unended (key -> MLflow status of an end whose flush was refused); the rest by Tune.
         self._runs: dict[str, str] = {}
+        self._openers: dict[str, Callable[[], str]] = {}  # key -> creates or continues its run; its id
         self._opened: set[str] = set()
         self._ending: set[str] = set()
         self._nodes: dict[str, str] = {}
@@ -101,7 +103,7 @@ class MlflowCallback(Callback):
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (Ray keeps the run config) without the MLflow client and the buffer's lock, which are made
         again when needed."""
-        return {**self.__dict__, "_client": None, "_buffer_lock": None}
+        return {**self.__dict__, "_client": None, "_buffer_lock": None, "_openers": {}}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state, _buffer_lock=threading.Lock())
@@ -145,7 +147,7 @@ class MlflowCallback(Callback):
         with self._buffer_lock:
             metrics, params, tags = self._buffer.pop(key, ([], [], []))
         try:
-            _log_batches(self.client, self._runs[key], metrics, params, tags)
+            _log_batches(self.client, self._run_id(key), metrics, params, tags)
         except Exception as err:  # noqa: BLE001  (any transport or server error: keep, retry later)
             with self._buffer_lock:
                 later = self._buffer.pop(key, ([], [], []))
@@ -221,7 +223,7 @@ class MlflowCallback(Callback):
         if key in self._with_input or not all(name in result for name in schema.DATASET_FIELDS):
             return
         dataset = schema.dataset_input(result)
-        self._submit(key, lambda: self.client.log_inputs(self._runs[key], datasets=[dataset]))
+        self._submit(key, lambda: self.client.log_inputs(self._run_id(key), datasets=[dataset]))
         self._add(key, params=[Param(schema.DATASET_DIGEST, str(result[schema.DATASET_DIGEST]))])
         self._with_input.add(key)
 
@@ -242,7 +244,7 @@ class MlflowCallback(Callback):
     def _fail(self, key: str, text: str) -> None:
         """End a trial's run FAILED: the error text as a tag and as error.txt."""
         self._add(key, tags=[RunTag(schema.ERROR, schema.clip_tag(text))])
-        self._submit(key, lambda: self.client.log_text(self._runs[key], text, "error.txt"))
+        self._submit(key, lambda: self.client.log_text(self._run_id(key), text, "error.txt"))
         self._end(key, schema.FAILED)
         self._failed.add(key)
 
@@ -316,10 +318,10 @@ class MlflowCallback(Callback):
         self._opened.add(key)
         previous = self._previous_run(trial.config["trial_key"], key)
         if previous is not None:
-            self._submit(key, lambda: self._runs.__setitem__(key, self._continue(previous, trial)))
+            self._open_run(key, lambda: self._continue(previous, trial))
         else:
             tags = self._run_tags(trial, schema.KIND_TRIAL)
-            self._submit(key, lambda: self._runs.__setitem__(key, self._create(trial, tags)))
+            self._open_run(key, lambda: self._create(trial, tags))
         # with the first flush; again on resume (the same values: a driver that died before its first flush
         # left the run without them)
         params = schema.flatten_trial(trial.config["trial"]).items()
@@ -355,6 +357,18 @@ class MlflowCallback(Callback):
             tags[schema.RESOURCES] = json.dumps(config["resources"], sort_keys=True)
         return tags
 
+    def _open_run(self, key: str, opener: Callable[[], str]) -> None:
+        """Submit the opening of a trial's run; a write that finds it unopened (the server refused) opens it
+        first."""
+        self._openers[key] = opener
+        self._submit(key, lambda: self._run_id(key))
+
+    def _run_id(self, key: str) -> str:
+        """The id of a trial's run, opened now if its opening was refused before (raises if refused again)."""
+        if key not in self._runs:
+            self._runs[key] = self._openers[key]()
+        return self._runs[key]
+
     def _create(self, trial: Any, tags: dict[str, str]) -> str:
         """A new trial run with its tags and trial config file (its params come with the first flush)."""
         config = trial.config
@@ -385,7 +399,7 @@ class MlflowCallback(Callback):
     def _finish(self, key: str, status: str) -> None:
         """End the run with MLflow `status` once its buffer is written (else at `close`)."""
         if self._write_buffer(key):
-            self.client.set_terminated(self._runs[key], status=status)
+            self.client.set_terminated(self._run_id(key), status=status)
             self._unended.pop(key, None)
             self._ended.add(key)
         else:
@@ -394,7 +408,7 @@ class MlflowCallback(Callback):
     def _log_final_artifacts(self, key: str, checkpoint: Any, config: dict[str, Any]) -> None:
         """Submit the upload of a finished trial's files and confusion matrix from its final checkpoint."""
         if checkpoint is not None:
-            self._submit(key, lambda: self._upload_final(self._runs[key], checkpoint, config))
+            self._submit(key, lambda: self._upload_final(self._run_id(key), checkpoint, config))
 
     def _upload_final(self, run_id: str, checkpoint: Any, config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as folder:

@@ -118,18 +118,18 @@ class PackedMlflowCallback(MlflowCallback):
         self._opened.add(key)
         previous = self._previous_pack(trial.config["trial_key"]) if self.resume else None
         if previous is not None:
-            self._submit(key, lambda: self._runs.__setitem__(key, self._continue(previous, trial)))
+            self._open_run(key, lambda: self._continue(previous, trial))
         else:
             tags = self._run_tags(trial, schema.KIND_PACK)
-            self._submit(key, lambda: self._runs.__setitem__(key, self._create_pack(trial, tags)))
+            self._open_run(key, lambda: self._create_pack(trial, tags))
         for member in self._members(trial):
             self._open(member)
             self._submit(member.trial_id, lambda member=member: self._nest(member.trial_id, key))
         return key
 
     def _nest(self, member: str, pack: str) -> None:
-        tags = {schema.PARENT_RUN_ID: self._runs[pack], schema.RAY_TRIAL_ID: pack}
-        self.client.log_batch(self._runs[member], tags=[RunTag(k, v) for k, v in tags.items()])
+        tags = {schema.PARENT_RUN_ID: self._run_id(pack), schema.RAY_TRIAL_ID: pack}
+        self.client.log_batch(self._run_id(member), tags=[RunTag(k, v) for k, v in tags.items()])
 
     def _create_pack(self, trial: Any, tags: dict[str, str]) -> str:
         config = trial.config
