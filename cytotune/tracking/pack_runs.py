@@ -24,11 +24,10 @@ from cytotune.tracking.schema import PACK_FINAL, PACK_KEY, PACK_RESULTS, is_pack
 @dataclass
 class PackMember:
     """One trial of a pack, shaped as the Ray trial the MlflowCallback would get for it alone: its key in
-    the callback's runs (the pack's Ray trial id and its index), its Ray config and final checkpoint."""
+    the callback's runs (the pack's Ray trial id and its index) and its Ray config."""
 
     trial_id: str
     config: dict[str, Any]
-    checkpoint: Checkpoint | None = None
 
 
 class PackedMlflowCallback(MlflowCallback):
