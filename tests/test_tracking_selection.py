@@ -204,3 +204,62 @@ def test_where_parsing_and_filtering():
     assert list(filter_frame(frame, {"lr": "0.01"})["lr"]) == [1e-2]
     with pytest.raises(CytotuneError, match="no field 'rank'"):
         filter_frame(frame, "rank=2")
+
+
+def reference_choice(rows: list[dict], searched: tuple[str, ...], expected: int) -> dict[str, tuple]:
+    """The protocol spelled out in plain Python, cell by cell: the configurations finished (with both
+    accuracies) on at least `expected` distinct seeds; the one with the highest mean validation accuracy,
+    ties to the smaller searched values; its searched values, seeds, test mean and candidate count."""
+    out = {}
+    for cell in sorted({row["cell_key"] for row in rows}):
+        configs: dict[tuple, list[dict]] = {}
+        for row in rows:
+            if (
+                row["cell_key"] == cell
+                and row["status"] == "finished"
+                and not math.isnan(row["best_val_acc"])
+            ):
+                configs.setdefault(tuple(row[name] for name in searched), []).append(row)
+        complete = {key: runs for key, runs in configs.items() if len({r["seed"] for r in runs}) >= expected}
+        if not complete:
+            out[cell] = ("none",)
+            continue
+
+        def mean(runs, field):
+            return sum(r[field] for r in runs) / len(runs)
+
+        key = min(complete, key=lambda k: (-round(mean(complete[k], "best_val_acc"), 12), k))
+        runs = complete[key]
+        out[cell] = (key, tuple(sorted({r["seed"] for r in runs})), mean(runs, "test_acc"), len(complete))
+    return out
+
+
+def random_trial(rng) -> dict:
+    cell = rng.choice(["a/b/c/1", "a/b/c/2", "a/b/d/1"])
+    status = rng.choice(["finished", "finished", "stopped", "failed"])
+    val = rng.choice([0.5, 0.6, 0.7, math.nan])
+    row = trial(cell, rng.choice([1e-2, 1e-3]), rng.randint(0, 2), val, rng.random(), status=status)
+    return {**row, "lora.rank": rng.choice([2, 4])}
+
+
+@pytest.mark.parametrize("searched", [("lr",), ("lr", "lora.rank")])
+def test_matches_the_protocol_spelled_out_on_random_studies(searched):
+    import random
+
+    rng = random.Random(7)
+    for _ in range(40):
+        rows = [random_trial(rng) for _ in range(rng.randint(1, 40))]
+        expected = rng.choice([1, 2, 3])
+        best = select_best(pd.DataFrame(rows), searched, expected)
+        reference = reference_choice(rows, searched, expected)
+        assert list(best["cell_key"]) == list(reference)
+        for row in best.to_dict("records"):
+            want = reference[row["cell_key"]]
+            if want == ("none",):
+                assert row["selection"] != "chosen" and row["n_seeds"] == 0 and row["seeds"] == ()
+                continue
+            key, seeds, test_mean, candidates = want
+            assert tuple(row[name] for name in searched) == key and row["seeds"] == seeds
+            assert row["test_acc_mean"] == pytest.approx(test_mean, rel=1e-12)
+            assert row["n_candidates"] == candidates and row["n_seeds"] == len(seeds)
+            assert row["missing_seeds"] == (len(seeds) < expected)

@@ -17,6 +17,7 @@ from mlflow.entities import Run
 
 from cytotune.errors import CytotuneError
 from cytotune.tracking import schema
+from cytotune.tracking.run_records import RunRecord, search_records
 from cytotune.tracking.selection import select_best
 from cytotune.tracking.uri import resolve_tracking_uri
 
@@ -82,8 +83,10 @@ def runs_frame(
     `all_launches`); a trial key with several runs keeps its latest. `where` keeps rows whose columns equal
     the given values ("dataset=sipakmed,shots=4" or a mapping).
     """
-    client = MlflowClient(resolve_tracking_uri(tracking_uri))
-    runs = search_all(client, experiment, f"tags.`{schema.KIND}` = '{schema.KIND_TRIAL}'")
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(uri)
+    trial_filter = f"tags.`{schema.KIND}` = '{schema.KIND_TRIAL}'"
+    runs = search_records(uri, experiment_id(client, experiment), trial_filter)
     if not all_launches:
         current = current_launch_ids(client, experiment)
         runs = [run for run in runs if not current or current & _launches_of(run)]
@@ -92,9 +95,11 @@ def runs_frame(
         if column not in frame.columns:
             frame[column] = pd.Series(dtype=object)
     if not frame.empty:
+        for column in ("start_time", "end_time"):
+            frame[column] = pd.to_datetime(frame[column], unit="ms", utc=True)
         frame = frame.sort_values("start_time", kind="stable").drop_duplicates("trial_key", keep="last")
         frame = frame.sort_values("trial_key", kind="stable").reset_index(drop=True)
-    frame = _typed(frame, params=sorted({name for run in runs for name in run.data.params}))
+    frame = _typed(frame, params=sorted({name for run in runs for name in run.params}))
     return filter_frame(frame, where) if where else frame
 
 
@@ -110,24 +115,24 @@ def current_launch_ids(client: MlflowClient, experiment: str) -> set[str]:
     return current
 
 
-def _launches_of(run: Run) -> set[str]:
-    tags = run.data.tags
+def _launches_of(run: RunRecord) -> set[str]:
+    tags = run.tags
     return {launch for launch in tags.get(schema.LAUNCHES, "").split(",") if launch} | {
         tags.get(schema.PARENT_RUN_ID, "")
     }
 
 
-def _row(run: Run) -> dict[str, Any]:
+def _row(run: RunRecord) -> dict[str, Any]:
     row: dict[str, Any] = {
-        "run_id": run.info.run_id,
-        "run_status": run.info.status,
-        "start_time": pd.to_datetime(run.info.start_time, unit="ms", utc=True),
-        "end_time": pd.to_datetime(run.info.end_time, unit="ms", utc=True) if run.info.end_time else pd.NaT,
-        "artifact_uri": run.info.artifact_uri,
+        "run_id": run.run_id,
+        "run_status": run.status,
+        "start_time": run.start_time,
+        "end_time": run.end_time,
+        "artifact_uri": run.artifact_uri,
     }
-    row.update({column: run.data.tags.get(tag) for tag, column in TAG_COLUMNS.items()})
-    row.update(run.data.params)
-    row.update(run.data.metrics)
+    row.update({column: run.tags.get(tag) for tag, column in TAG_COLUMNS.items()})
+    row.update(run.params)
+    row.update(run.metrics)
     return row
 
 

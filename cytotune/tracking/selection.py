@@ -61,33 +61,46 @@ def select_best(
     if missing:
         expected = ", ".join(sorted(required))
         raise CytotuneError(f"runs table: missing columns {', '.join(missing)}; expected columns {expected}")
+    keys = ["cell_key", *searched]
     seen = int(frame.groupby("cell_key")["seed"].nunique().max())
     done = frame[(frame["status"] == FINISHED) & frame[BEST_VAL_ACC].notna() & frame[TEST_ACC].notna()]
-    rows = []
-    for cell, trials in frame.groupby("cell_key", sort=True):
-        expected = _expected(expected_seeds, str(cell), seen)
-        row = {"cell_key": cell, **_cell_fields(trials, searched)}
-        complete = _complete(done[done["cell_key"] == cell], searched, expected)
-        row.update(_choose(complete, searched) if len(complete) else _nothing(searched))
-        row["expected_seeds"] = expected
-        row["missing_seeds"] = bool(row["n_seeds"] < expected)
-        row["n_configurations"] = _configurations(trials, searched)
-        rows.append(row)
-    return pd.DataFrame(rows, columns=_output_columns(frame, searched))
+    cells = frame.drop_duplicates("cell_key").set_index("cell_key").sort_index()
+    expected = pd.Series([_expected(expected_seeds, str(cell), seen) for cell in cells.index], cells.index)
+    configs = _configurations(done, keys)
+    complete = configs[configs["n_seeds"].to_numpy() >= configs["cell_key"].map(expected).to_numpy(dtype=int)]
+    chosen = _choose(complete, searched).set_index("cell_key")
+    out = pd.DataFrame({"cell_key": cells.index})
+    for name in CELL_FIELDS:
+        if name in cells.columns and name not in searched:
+            out[name] = cells[name].to_numpy()
+    out = out.join(chosen, on="cell_key")
+    nothing = out["selection"].isna()
+    out["selection"] = np.where(nothing, NO_COMPLETE, out["selection"])
+    out["n_seeds"] = out["n_seeds"].fillna(0).astype(int)
+    out["n_candidates"] = out["n_candidates"].fillna(0).astype(int)
+    out["seeds"] = [() if empty else seeds for empty, seeds in zip(nothing, out["seeds"], strict=True)]
+    out["expected_seeds"] = expected.to_numpy()
+    out["missing_seeds"] = out["n_seeds"] < out["expected_seeds"]
+    tried = frame.groupby(keys, sort=False, dropna=False).size().reset_index()
+    out["n_configurations"] = out["cell_key"].map(tried.groupby("cell_key").size())
+    return out.reindex(columns=_output_columns(frame, searched)).reset_index(drop=True)
 
 
-def _complete(finished: pd.DataFrame, searched: list[str], expected: int) -> pd.DataFrame:
-    """The finished trials of the configurations finished on at least `expected` distinct seeds."""
-    if finished.empty:
-        return finished
-    keys = searched or ["cell_key"]
-    seeds = finished.groupby(keys, sort=False, dropna=False)["seed"].transform("nunique")
-    return finished[seeds >= expected]
-
-
-def _configurations(trials: pd.DataFrame, searched: list[str]) -> int:
-    keys = searched or ["cell_key"]
-    return int(trials.groupby(keys, sort=False, dropna=False).ngroups)
+def _configurations(done: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """One row per configuration (cell and searched values) of the finished trials: its means over them,
+    test_acc's sample std, its distinct seeds (sorted) and their number."""
+    groups = done.groupby(keys, sort=False, dropna=False)
+    means = {f"{metric}_mean": (metric, "mean") for metric in MEAN_METRICS if metric in done.columns}
+    configs = groups.agg(
+        val_acc_mean=(BEST_VAL_ACC, "mean"),
+        test_acc_mean=(TEST_ACC, "mean"),
+        test_acc_std=(TEST_ACC, "std"),
+        n_seeds=("seed", "nunique"),
+        **means,
+    )
+    configs = configs.reset_index()
+    configs["seeds"] = [tuple(sorted(int(seed) for seed in seeds)) for seeds in groups["seed"].unique()]
+    return configs
 
 
 def _ordered_searched(searched: Sequence[str]) -> list[str]:
@@ -103,59 +116,17 @@ def _expected(expected_seeds: int | Mapping[str, int] | None, cell: str, seen: i
     return int(expected_seeds)
 
 
-def _cell_fields(trials: pd.DataFrame, searched: list[str]) -> dict:
-    return {
-        name: trials[name].iloc[0] for name in CELL_FIELDS if name in trials.columns and name not in searched
-    }
-
-
-def _choose(candidates: pd.DataFrame, searched: list[str]) -> dict:
-    keys = searched or ["cell_key"]
-    groups = candidates.groupby(keys, sort=False, dropna=False)
-    summary = groups.agg(
-        val_acc_mean=(BEST_VAL_ACC, "mean"),
-        test_acc_mean=(TEST_ACC, "mean"),
-        test_acc_std=(TEST_ACC, "std"),
-        n_seeds=("seed", "nunique"),
-    ).reset_index()
-    summary["_rank"] = summary["val_acc_mean"].round(_TIE_DECIMALS)
-    summary = summary.sort_values(
-        ["_rank", *searched], ascending=[False] + [True] * len(searched), kind="stable"
+def _choose(complete: pd.DataFrame, searched: list[str]) -> pd.DataFrame:
+    """Per cell, the complete configuration with the highest mean validation accuracy (rounded, so float
+    noise does not break ties; ties to the smaller searched values in order), and the cell's number of
+    complete configurations."""
+    ranked = complete.assign(_rank=complete["val_acc_mean"].round(_TIE_DECIMALS))
+    ranked = ranked.sort_values(
+        ["cell_key", "_rank", *searched], ascending=[True, False] + [True] * len(searched), kind="stable"
     )
-    best = summary.iloc[0]
-    chosen = candidates
-    for name in searched:
-        chosen = chosen[_same(chosen[name], best[name])]
-    out = {"selection": CHOSEN, **{name: best[name] for name in searched}}
-    out.update(
-        val_acc_mean=float(best["val_acc_mean"]),
-        test_acc_mean=float(best["test_acc_mean"]),
-        test_acc_std=float(best["test_acc_std"]),
-        n_seeds=int(best["n_seeds"]),
-        seeds=tuple(sorted(int(s) for s in chosen["seed"].unique())),
-        n_candidates=len(summary),
-    )
-    for metric in MEAN_METRICS:
-        if metric in chosen.columns:
-            out[f"{metric}_mean"] = float(chosen[metric].mean())
-    return out
-
-
-def _same(column: pd.Series, value: object) -> pd.Series:
-    return column.isna() if pd.isna(value) else column == value
-
-
-def _nothing(searched: list[str]) -> dict:
-    return {
-        "selection": NO_COMPLETE,
-        **{name: np.nan for name in searched},
-        "val_acc_mean": np.nan,
-        "test_acc_mean": np.nan,
-        "test_acc_std": np.nan,
-        "n_seeds": 0,
-        "seeds": (),
-        "n_candidates": 0,
-    }
+    best = ranked.drop_duplicates("cell_key").drop(columns="_rank")
+    best.insert(1, "selection", CHOSEN)
+    return best.assign(n_candidates=best["cell_key"].map(complete.groupby("cell_key").size()).astype(int))
 
 
 def _output_columns(frame: pd.DataFrame, searched: list[str]) -> list[str]:
