@@ -1,6 +1,6 @@
 """Reading runs fast: start-time slices cover every time exactly once; the REST search read as JSON, in
 slices at once, gives what MlflowClient gives (against a real `mlflow server`), and a database store gives
-the same through MlflowClient."""
+the same through MlflowClient; small artifacts read in one request each, through a server or from disk."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow_servers import Server
 
 from cytotune.tracking.run_records import record_of_run, search_records, start_time_slices
+from cytotune.tracking.runs import read_artifact_texts
 
 CLAUSE = re.compile(r"attributes\.start_time (>=|<) (\d+)")
 
@@ -112,3 +113,23 @@ def test_a_database_store_reads_through_mlflow_client(mlflow_sqlite_uri):
     assert len(running) == 3 and {r.status for r in running} == {"RUNNING"}
     bare = next(r for r in records if not r.params)
     assert bare.metrics == {} and bare.tags["cytotune.kind"] == "trial"
+
+
+def artifact_roots(client: MlflowClient, name: str) -> list[str]:
+    """Artifact URIs of two runs, the first holding result.json, the second nothing."""
+    experiment_id = client.create_experiment(name)
+    runs = [client.create_run(experiment_id) for _ in range(2)]
+    client.log_text(runs[0].info.run_id, '{"test_acc": 0.5}', "result.json")
+    return [run.info.artifact_uri for run in runs]
+
+
+@pytest.mark.slow
+def test_artifact_texts_are_read_through_the_server_and_missing_ones_are_none(server):
+    roots = artifact_roots(MlflowClient(server), "artifacts")
+    assert roots[0].startswith("mlflow-artifacts:")
+    assert read_artifact_texts(server, roots * 3, "result.json") == ['{"test_acc": 0.5}', None] * 3
+
+
+def test_artifact_texts_are_read_from_a_local_store(mlflow_sqlite_uri):
+    roots = artifact_roots(MlflowClient(mlflow_sqlite_uri), "artifacts-local")
+    assert read_artifact_texts(mlflow_sqlite_uri, roots, "result.json") == ['{"test_acc": 0.5}', None]

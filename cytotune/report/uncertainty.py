@@ -253,15 +253,16 @@ def comparison_pairs(best: pd.DataFrame) -> list[tuple[str, str, str]]:
         ordered = sorted(group.iterrows(), key=lambda item: _method_rank(item[1]))
         for i, (_, a) in enumerate(ordered):
             pairs += [("method", a["cell_key"], b["cell_key"]) for _, b in ordered[i + 1 :]]
-    full_probe = cells[(cells["method"] == "linear_probe") & (cells["_budget"] == "full")]
+    probes = cells[cells["method"] == "linear_probe"]
+    probe_budgets = set(zip(probes["_data"], probes["backbone"], probes["_budget"], strict=True))
+    full_probes: dict[tuple, list[str]] = {}
+    for _, probe in probes[probes["_budget"] == "full"].iterrows():
+        full_probes.setdefault((probe["_data"], probe["backbone"]), []).append(probe["cell_key"])
     for _, lora in cells[(cells["method"] == "lora") & (cells["_budget"] != "full")].iterrows():
-        same = cells[(cells["_data"] == lora["_data"]) & (cells["backbone"] == lora["backbone"])]
-        if (same[same["_budget"] == lora["_budget"]]["method"] == "linear_probe").any():
+        if (lora["_data"], lora["backbone"], lora["_budget"]) in probe_budgets:
             continue
-        probe = full_probe[
-            (full_probe["_data"] == lora["_data"]) & (full_probe["backbone"] == lora["backbone"])
-        ]
-        pairs += [("lora vs full-data probe", lora["cell_key"], key) for key in probe["cell_key"]]
+        probe_keys = full_probes.get((lora["_data"], lora["backbone"]), [])
+        pairs += [("lora vs full-data probe", lora["cell_key"], key) for key in probe_keys]
     for _, group in cells.groupby(["_data", "_budget", "_block"], sort=True):
         if len(group) < 2:
             continue

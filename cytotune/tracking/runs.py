@@ -207,21 +207,21 @@ def read_artifact_text(client: MlflowClient, run_id: str, path: str) -> str:
 
 
 def read_artifact_texts(tracking_uri: str, artifact_uris: list[str], path: str) -> list[str | None]:
-    """The text of the small artifact `path` under each run's artifact URI (None where it is missing or
-    unreadable), READERS at a time, straight from the URIs (no run lookup per read)."""
-    from mlflow.artifacts import download_artifacts
+    """The text of the small file `path` under each run's artifact URI (None where it is missing or
+    unreadable), READERS at a time, each in one request: the artifact repository's `_download_file` (the
+    method every MLflow artifact repository implements) without download_artifacts' listing first."""
     from mlflow.exceptions import MlflowException
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from requests import RequestException
 
     def read(root: str) -> str | None:
         try:
+            repository = get_artifact_repository(root, tracking_uri=tracking_uri)
             with tempfile.TemporaryDirectory() as tmp:
-                local = download_artifacts(
-                    artifact_uri=f"{root.rstrip('/')}/{path}", dst_path=tmp, tracking_uri=tracking_uri
-                )
-                return Path(local).read_text()
-        except (OSError, MlflowException):
+                local = Path(tmp) / Path(path).name
+                repository._download_file(path, str(local))
+                return local.read_text()
+        except (OSError, MlflowException, RequestException):
             return None
 
     with ThreadPoolExecutor(READERS) as pool:
