@@ -219,3 +219,32 @@ def test_levels_are_averaged_over_the_chosen_seeds_and_shown_beside_hierswin():
     assert table.iloc[0]["mean over levels %"] == f"{100 * (0.85 + 0.7 + 0.55) / 3:.2f}"
     assert table.iloc[1].tolist()[1:] == ["92.08", "–", "78.35", "82.93"]
     assert hierarchy_display(best).empty
+
+
+def test_many_comparisons_and_cells_are_drawn_on_pages_of_bounded_size(tmp_path):
+    from PIL import Image
+
+    from cytotune.report.uncertainty_figures import (
+        FOREST_ROWS,
+        RELIABILITY_CELLS,
+        forest_figures,
+        reliability_figures,
+    )
+
+    n = 2 * FOREST_ROWS + 1
+    comparisons = pd.DataFrame(
+        {"kind": "method", "dataset": "d", "a": [f"a{i:03d}" for i in range(n)], "b": "b",
+         "difference": 0.01, "ci_low": -0.01, "ci_high": 0.03, "p_value": 0.5}
+    )  # fmt: skip
+    pages = forest_figures(comparisons, tmp_path / "forest.png")
+    assert [p.name for p in pages] == ["forest_1.png", "forest_2.png", "forest_3.png"]
+    heights = [Image.open(p).size[1] for p in pages]
+    assert heights[0] == heights[1] > heights[2] and heights[0] < 65536 / 20
+    assert [p.name for p in forest_figures(comparisons.head(3), tmp_path / "one.png")] == ["one.png"]
+
+    cells = [f"lora/bb/d/shots={i}" for i in range(RELIABILITY_CELLS + 1)]
+    best = pd.DataFrame({"cell_key": cells, "dataset": "d"})
+    bins = {"count": [2.0, 2.0], "correct": [1.0, 2.0], "confidence": [0.6, 1.8]}
+    paths = reliability_figures(best, dict.fromkeys(cells, bins), "d", tmp_path / "rel.png")
+    assert [p.name for p in paths] == ["rel_1.png", "rel_2.png"]
+    assert reliability_figures(best, {}, "d", tmp_path / "none.png") == []

@@ -21,7 +21,7 @@ from cytotune.report.tables import (
     uncertainty_display,
 )
 from cytotune.report.uncertainty import ChosenTrials, study_uncertainty
-from cytotune.report.uncertainty_figures import forest_figure, reliability_figure
+from cytotune.report.uncertainty_figures import forest_figures, reliability_figures
 from cytotune.tracking import schema
 from cytotune.tracking.runs import best_configs, latest_launch, runs_frame
 from cytotune.tracking.uri import resolve_tracking_uri
@@ -120,14 +120,15 @@ def _uncertainty_sections(
             "by seed). The p-values are not corrected for the number of comparisons.\n",
             markdown(comparison_display(comparisons)),
         ]
-        forest = forest_figure(comparisons, out / "forest_comparisons.png")
-        files.append(forest)
-        sections.append(f"![Paired comparisons]({forest.name})\n")
+        forest = forest_figures(comparisons, out / "forest_comparisons.png")
+        files += forest
+        sections += [f"![Paired comparisons]({path.name})\n" for path in forest]
     for dataset in sorted(best["dataset"].dropna().unique()):
-        path = reliability_figure(best, chosen.reliability, dataset, out / f"reliability_{dataset}.png")
-        if path is not None:
-            files.append(path)
-            sections.append(f"## Reliability: {dataset}\n\n![Reliability {dataset}]({path.name})\n")
+        paths = reliability_figures(best, chosen.reliability, dataset, out / f"reliability_{dataset}.png")
+        if paths:
+            files += paths
+            sections.append(f"## Reliability: {dataset}\n")
+            sections += [f"![Reliability {dataset}]({path.name})\n" for path in paths]
     return sections
 
 

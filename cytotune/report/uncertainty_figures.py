@@ -14,6 +14,20 @@ from cytotune.report.figures import COLOURS
 from cytotune.report.paper import dataset_label
 
 KIND_COLOURS = {"method": COLOURS[0], "lora vs full-data probe": COLOURS[1], "backbone": COLOURS[2]}
+FOREST_ROWS = 60  # comparisons a forest page (a study of thousands of trials has thousands of them)
+RELIABILITY_CELLS = 24  # cells a reliability page
+
+
+def page_paths(path: Path, pages: int) -> list[Path]:
+    """`path` for a single page, else `path` numbered: stem_1.png, stem_2.png, ..."""
+    path = Path(path)
+    if pages == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}_{page}{path.suffix}") for page in range(1, pages + 1)]
+
+
+def _pages(count: int, size: int) -> list[slice]:
+    return [slice(start, start + size) for start in range(0, count, size)]
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -23,12 +37,20 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def forest_figure(comparisons: pd.DataFrame, path: Path, level: float = 0.95) -> Path | None:
-    """Each paired comparison as a row: difference of test accuracy (a - b, points) with its bootstrap
-    interval, colour by kind, p-value at the right. None when there is no comparison."""
-    if comparisons.empty:
-        return None
+def forest_figures(comparisons: pd.DataFrame, path: Path, level: float = 0.95) -> list[Path]:
+    """Each paired comparison as a row (by dataset, kind, a, b): difference of test accuracy (a - b,
+    points) with its bootstrap interval, colour by kind, p-value at the right; FOREST_ROWS rows a page, at
+    `path` or, for several pages, numbered beside it (page_paths). None drawn without comparisons."""
     rows = comparisons.sort_values(["dataset", "kind", "a", "b"], kind="stable").reset_index(drop=True)
+    pages = _pages(len(rows), FOREST_ROWS)
+    paths = page_paths(path, len(pages))
+    for number, (page, out) in enumerate(zip(pages, paths, strict=True), start=1):
+        title = f" (page {number} of {len(pages)})" if len(pages) > 1 else ""
+        _forest_page(rows.iloc[page].reset_index(drop=True), out, level, title)
+    return paths
+
+
+def _forest_page(rows: pd.DataFrame, path: Path, level: float, title: str) -> Path:
     fig = Figure(figsize=(11.0, 1.6 + 0.32 * len(rows)), layout="constrained")
     ax = fig.add_subplot()
     y = np.arange(len(rows))[::-1]
@@ -49,22 +71,32 @@ def forest_figure(comparisons: pd.DataFrame, path: Path, level: float = 0.95) ->
     ax.set_yticks(y, [f"{row['a']}  vs  {row['b']}" for _, row in rows.iterrows()], fontsize=7)
     ax.set_xlabel(f"test accuracy difference a - b (points), {100 * level:g}% paired bootstrap interval")
     fig.suptitle(
-        "Paired comparisons on the same test images\n(blue: methods on one budget and backbone, red: LoRA vs "
-        "the backbone's full-data probe, green: backbones, best on validation first)",
+        f"Paired comparisons on the same test images{title}\n(blue: methods on one budget and backbone, red: "
+        "LoRA vs the backbone's full-data probe, green: backbones, best on validation first)",
         fontsize=10,
     )
     ax.grid(alpha=0.3, axis="x")
     return _save(fig, path)
 
 
-def reliability_figure(
+def reliability_figures(
     best: pd.DataFrame, reliability: dict[str, dict[str, list[float]]], dataset: str, path: Path
-) -> Path | None:
+) -> list[Path]:
     """Reliability diagrams of the dataset's cells (chosen configuration, bins pooled over seeds): accuracy
-    per confidence bin against the diagonal, bar width by bin, ECE in each title. None without bins."""
+    per confidence bin against the diagonal, bar width by bin, ECE in each title; RELIABILITY_CELLS cells a
+    page, at `path` or numbered beside it (page_paths); none without bins."""
     cells = [key for key in best[best["dataset"] == dataset]["cell_key"] if key in reliability]
-    if not cells:
-        return None
+    pages = _pages(len(cells), RELIABILITY_CELLS)
+    paths = page_paths(path, len(pages))
+    for number, (page, out) in enumerate(zip(pages, paths, strict=True), start=1):
+        title = f" (page {number} of {len(pages)})" if len(pages) > 1 else ""
+        _reliability_page(cells[page], reliability, dataset, out, title)
+    return paths
+
+
+def _reliability_page(
+    cells: list[str], reliability: dict[str, dict[str, list[float]]], dataset: str, path: Path, title: str
+) -> Path:
     cols = min(4, len(cells))
     rows = math.ceil(len(cells) / cols)
     fig = Figure(figsize=(3.3 * cols, 3.1 * rows + 0.6), layout="constrained")
@@ -87,5 +119,7 @@ def reliability_figure(
         ax.set_ylabel("accuracy", fontsize=8)
     for ax in axes[len(cells) :]:
         ax.set_visible(False)
-    fig.suptitle(f"Reliability of the chosen configurations on {dataset_label(dataset)} (seeds pooled)")
+    fig.suptitle(
+        f"Reliability of the chosen configurations on {dataset_label(dataset)} (seeds pooled){title}"
+    )
     return _save(fig, path)
