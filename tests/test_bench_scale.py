@@ -20,7 +20,7 @@ EXP2 = Path(__file__).resolve().parents[1] / "search_spaces" / "exp2_lora_fewsho
 @pytest.mark.slow
 def test_bench_scale_counts_one_run_per_trial_and_every_metric(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    with tracking_server(tmp_path) as server:
+    with tracking_server(tmp_path, workers=1) as server:
         figures = bench_scale(
             EXP2, tmp_path / "work", server.uri, slots=8, seconds=0.2, trials=20, queries=False, say=print
         )

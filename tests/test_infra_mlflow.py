@@ -1,5 +1,6 @@
 """infra/mlflow/start_server.sh for real: PostgreSQL store, 127.0.0.1, MLflow's basic-auth app; anonymous
-requests refused, a client with MLFLOW_TRACKING_USERNAME/PASSWORD served, cytotune's own check let through."""
+requests refused, a client with MLFLOW_TRACKING_USERNAME/PASSWORD served, cytotune's own check and its fast
+reads (REST search, artifact files) let through."""
 
 from __future__ import annotations
 
@@ -45,6 +46,26 @@ def test_the_server_refuses_anonymous_requests_and_serves_the_credentials(basic_
     client.log_text(run.info.run_id, "artifact through the server", "note.txt")
     assert client.get_run(run.info.run_id).data.metrics == {"val_acc": 0.5}
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["note.txt"]
+
+
+def test_cytotune_reads_runs_and_artifacts_of_a_basic_auth_server_with_the_credentials(
+    basic_auth_server, monkeypatch
+):
+    from mlflow import MlflowClient
+
+    from cytotune.tracking.run_records import search_records
+    from cytotune.tracking.runs import read_artifact_texts
+
+    _credentials(basic_auth_server, monkeypatch)
+    uri = basic_auth_server.uri
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("infra-basic-auth-reads")
+    run = client.create_run(experiment)
+    client.log_metric(run.info.run_id, "val_acc", 0.5)
+    client.log_text(run.info.run_id, "read back", "note.txt")
+    records = search_records(uri, experiment, "")
+    assert [(r.run_id, r.metrics) for r in records] == [(run.info.run_id, {"val_acc": 0.5})]
+    assert read_artifact_texts(uri, [run.info.artifact_uri], "note.txt") == ["read back"]
 
 
 def test_cytotune_checks_a_basic_auth_server_with_the_client_credentials(basic_auth_server, monkeypatch):

@@ -19,6 +19,7 @@ from pathlib import Path
 from cytotune.errors import CytotuneError
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
+WORKERS = 4  # what `mlflow server` starts by default
 
 
 def free_port() -> int:
@@ -52,7 +53,7 @@ class MlflowServer:
     """An `mlflow server` subprocess on 127.0.0.1 over `backend` (its own process group), restartable on its
     port with the same store."""
 
-    def __init__(self, backend: str, folder: Path, workers: int = 1):
+    def __init__(self, backend: str, folder: Path, workers: int = WORKERS):
         self.backend = backend
         self.folder = folder
         self.workers = workers
@@ -114,7 +115,7 @@ class MlflowServer:
 
 
 @contextlib.contextmanager
-def tracking_server(folder: Path, workers: int = 1) -> Iterator[MlflowServer]:
+def tracking_server(folder: Path, workers: int = WORKERS) -> Iterator[MlflowServer]:
     """A throwaway `mlflow server` on a throwaway PostgreSQL, started for the block and stopped after it."""
     with postgres_database() as backend:
         server = MlflowServer(backend, folder, workers)
