@@ -21,7 +21,7 @@ from cytotune.metric_names import DONE_TRIAL, STEP, TEST_ACC
 from cytotune.tracking import schema
 from cytotune.tracking.confusion import confusion_figure
 from cytotune.tracking.lanes import Lanes
-from cytotune.tracking.runs import search_pages
+from cytotune.tracking.run_records import search_pages
 from cytotune.tracking.uri import artifact_location, resolve_tracking_uri
 
 _BATCH = 100  # MLflow's limit of params (and of tags) in one log_batch

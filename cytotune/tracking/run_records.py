@@ -90,18 +90,21 @@ def search_records(
     if tracking_uri.startswith(("http://", "https://")):
         records = _RestSearch(tracking_uri, experiment_id).records(filter_string, slices)
     else:
-        records = [
-            record_of_run(run)
-            for run in _client_pages(MlflowClient(tracking_uri), experiment_id, filter_string)
-        ]
+        runs = search_pages(MlflowClient(tracking_uri), [experiment_id], filter_string)
+        records = [record_of_run(run) for run in runs]
     return sorted(records, key=lambda record: (record.start_time, record.run_id))
 
 
-def _client_pages(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Run]:
+def search_pages(
+    client: MlflowClient, experiment_ids: list[str], filter_string: str, order_by: list[str] | None = None
+) -> list[Run]:
+    """Every run of these experiments (by id) matching an MLflow filter string, read page after page."""
     runs: list[Run] = []
     token = None
     while True:
-        page = client.search_runs([experiment_id], filter_string, max_results=PAGE, page_token=token)
+        page = client.search_runs(
+            experiment_ids, filter_string, max_results=PAGE, order_by=order_by, page_token=token
+        )
         runs.extend(page)
         token = page.token
         if not token:
@@ -121,8 +124,8 @@ class _RestSearch:
         first = self._edge(filter_string, "ASC")
         if first is None:
             return []
-        last = self._edge(filter_string, "DESC")
-        clauses = start_time_slices(first, last if last is not None else first, slices)
+        last = self._edge(filter_string, "DESC") or first
+        clauses = start_time_slices(first, last, slices)
         filters = [" AND ".join(part for part in (filter_string, clause) if part) for clause in clauses]
         with ThreadPoolExecutor(len(filters)) as pool:
             return [record for part in pool.map(self._all, filters) for record in part]

@@ -17,7 +17,7 @@ from mlflow.entities import Run
 
 from cytotune.errors import CytotuneError
 from cytotune.tracking import schema
-from cytotune.tracking.run_records import RunRecord, search_records
+from cytotune.tracking.run_records import RunRecord, search_pages, search_records
 from cytotune.tracking.selection import select_best
 from cytotune.tracking.uri import resolve_tracking_uri
 
@@ -45,22 +45,6 @@ def experiment_id(client: MlflowClient, experiment: str) -> str:
             f"experiment {experiment!r} not found at {client.tracking_uri}; expected one of: {known}"
         )
     return found.experiment_id
-
-
-def search_pages(
-    client: MlflowClient, experiment_ids: list[str], filter_string: str, order_by: list[str] | None = None
-) -> list[Run]:
-    """Every run of these experiments (by id) matching an MLflow filter string, read page after page."""
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = client.search_runs(
-            experiment_ids, filter_string, max_results=1000, order_by=order_by, page_token=token
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
 
 
 def search_all(client: MlflowClient, experiment: str, filter_string: str, order_by: list[str] | None = None):
