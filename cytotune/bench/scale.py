@@ -306,6 +306,9 @@ def drive(
 def _driver_process(
     yaml_path: Path, uri: str, slots: int, seconds: float, resume: bool, lose_node_after: int | None = None
 ) -> subprocess.Popen:
+    """The bench driver (`drive`) in its own session. Ray starts at most as many worker processes at once as
+    a node has CPUs; a real node with `slots` GPUs has at least as many CPUs, so its raylets here may start
+    `slots` at once (with 2, trial actors start two at a time and the bench measures that, not Tune)."""
     args = json.dumps([str(yaml_path), uri, slots, seconds, resume, lose_node_after])
     log = (yaml_path.parent / "driver.log").open("a")
     return subprocess.Popen(
@@ -314,6 +317,7 @@ def _driver_process(
         stderr=log,
         text=True,
         start_new_session=True,
+        env={**os.environ, "RAY_worker_maximum_startup_concurrency": str(slots)},
     )
 
 
