@@ -13,6 +13,9 @@ VAL_ACC = "val_acc"
 BEST_VAL_ACC = "best_val_acc"
 # 1 in the study's final report of a trial that ran its whole schedule (the report with the final metrics).
 DONE_TRIAL = "done_trial"
+# 1 in the one report a resumed trial makes instead of training again: the end its MLflow run recorded before
+# the driver died (tracking/replay.py).
+REPLAYED = "replayed"
 # Final test metrics, at the best-validation step (TrialResult's fields of the same names).
 TEST_ACC = "test_acc"
 TEST_BALANCED_ACC = "test_balanced_acc"

@@ -4,6 +4,7 @@ checkpoints by the study's clock."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,31 @@ def test_bench_scale_counts_one_run_per_trial_and_every_metric(tmp_path, monkeyp
     assert checkpoints == ["checkpoint_000000"] * figures.driver.counts["finished"]
     assert figures.driver.mlflow_calls > 0 and figures.driver.sim_s > 0
     assert "duplicate runs" in table([figures])
+
+
+@pytest.mark.slow
+def test_a_killed_driver_resumes_without_training_again_a_trial_whose_end_mlflow_holds(tmp_path, monkeypatch):
+    """Ray Tune snapshots the experiment at the start only here, so every trial that ended before the kill
+    ended after the snapshot: Tune starts it again on resume, and it must report its recorded end."""
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "3600")
+    with tracking_server(tmp_path, workers=1) as server:
+        figures = bench_scale(
+            EXP2,
+            tmp_path / "work",
+            server.uri,
+            slots=8,
+            seconds=0.5,
+            trials=45,
+            fault="driver-kill",
+            queries=False,
+            say=print,
+        )
+        runs = search_all(MlflowClient(server.uri), figures.study, f"tags.`{schema.KIND}` = 'trial'")
+    assert figures.launches == 2 and figures.trials == 45
+    assert (figures.runs, figures.duplicates, figures.trials_without_run, figures.lost_steps) == (45, 0, 0, 0)
+    assert figures.recorded_ended >= 5 and figures.recorded_rerun == 0
+    # the resumed launch's outcome (replayed trials included) says what MLflow says of every trial
+    statuses = Counter(run.data.tags[schema.STATUS] for run in runs)
+    assert {name: n for name, n in figures.driver.counts.items() if n} == dict(statuses)
+    assert set(statuses) <= {schema.FINISHED, schema.STOPPED}

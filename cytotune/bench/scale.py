@@ -74,7 +74,9 @@ class ScaleFigures:
     metric_steps: int = 0
     lost_steps: int = 0
     restarted_trials: int = 0
-    finished_rerun: int = 0
+    ended_rerun: int = 0
+    recorded_ended: int = 0
+    recorded_rerun: int = 0
     best_s: float = 0.0
     report_s: float = 0.0
     load: str = ""
@@ -111,7 +113,9 @@ class ScaleFigures:
             "metric steps (Tune)": self.metric_steps,
             "metric steps lost": self.lost_steps,
             "trials restarted": self.restarted_trials,
-            "finished trials re-run": self.finished_rerun,
+            "ended trials re-run": self.ended_rerun,
+            "ended in MLflow at the kill": self.recorded_ended,
+            "... of them re-run": self.recorded_rerun,
             "best s": self.best_s,
             "report s": self.report_s,
             "load (1/5/15 min)": self.load,
@@ -263,7 +267,7 @@ def drive(
     lose_node_after: int | None = None,
 ) -> DriverFigures:
     """Run (or resume) the bench study in this process on Ray from `local_ray`."""
-    from cytotune.bench.simulated import simulated_trainable_with_resources
+    from cytotune.bench.simulated import simulated_trainable
     from cytotune.study.grid import expand_cells
     from cytotune.study.launch import study_callback
     from cytotune.study.runner import run_study
@@ -276,7 +280,7 @@ def drive(
     with local_ray(slots, events, lose_node_after):
         cells = expand_cells(spec)
         callback = study_callback(spec, cells, tracking_uri, resume=resume)
-        trainable = simulated_trainable_with_resources(seconds, events, spec.checkpoint_every_s)
+        trainable = simulated_trainable(seconds, events, spec.checkpoint_every_s)
         with counter.installed():
             before = resource.getrusage(resource.RUSAGE_SELF)
             outcome = run_study(
@@ -372,8 +376,9 @@ def ended_trials(events: Path) -> int:
     return len({key for key, event, *_ in _events(events) if event == "end"})
 
 
-def rerun_counts(events: Path) -> tuple[int, int]:
-    """(trials started more than once, trials started again after they had ended) from the events file."""
+def rerun_counts(events: Path, recorded: set[str] = frozenset()) -> tuple[int, int, int]:
+    """From the events file: trials started more than once, trials started again after they had ended, and
+    of those the ones in `recorded` (whose MLflow run held their end when the driver died)."""
     starts: Counter[str] = Counter()
     ended: set[str] = set()
     rerun: set[str] = set()
@@ -384,7 +389,19 @@ def rerun_counts(events: Path) -> tuple[int, int]:
                 rerun.add(key)
         elif event == "end":
             ended.add(key)
-    return sum(1 for n in starts.values() if n > 1), len(rerun)
+    return sum(1 for n in starts.values() if n > 1), len(rerun), len(rerun & recorded)
+
+
+def recorded_ends(study: str, uri: str) -> set[str]:
+    """Trial keys whose MLflow run ended (status tag finished or stopped)."""
+    from mlflow import MlflowClient
+
+    from cytotune.tracking import schema
+    from cytotune.tracking.runs import search_all
+
+    runs = search_all(MlflowClient(uri), study, f"tags.`{schema.KIND}` = '{schema.KIND_TRIAL}'")
+    ended = (schema.FINISHED, schema.STOPPED)
+    return {run.data.tags[schema.TRIAL_KEY] for run in runs if run.data.tags.get(schema.STATUS) in ended}
 
 
 def reported_steps(events: Path) -> dict[str, set[int]]:
@@ -488,6 +505,7 @@ def bench_scale(
     lose = n_trials // 3 if fault == "node-loss" else None
     process = _driver_process(path, tracking_uri, slots, seconds, resume=False, lose_node_after=lose)
     launches = 1
+    recorded: set[str] = set()
     if fault in ("driver-kill", "mlflow-restart") and _wait_for_third(process, events, n_trials):
         if fault == "driver-kill":
             say(
@@ -496,6 +514,8 @@ def bench_scale(
             )
             kill_session(process.pid)
             process.wait()
+            recorded = recorded_ends(spec.name, tracking_uri)
+            say(f"bench scale: MLflow holds the end of {len(recorded)} trials")
             process = _driver_process(path, tracking_uri, slots, seconds, resume=True)
             launches = 2
         else:
@@ -506,7 +526,7 @@ def bench_scale(
         raise CytotuneError(f"bench scale: the driver failed; see {work / 'driver.log'}")
     parts.append(figures)
     counts = mlflow_counts(spec.name, tracking_uri, planned_keys(spec), reported_steps(events))
-    restarted, rerun = rerun_counts(events)
+    restarted, rerun, recorded_rerun = rerun_counts(events, recorded)
     out = ScaleFigures(
         study=spec.name,
         trials=n_trials,
@@ -516,7 +536,9 @@ def bench_scale(
         launches=launches,
         driver=_sum(parts),
         restarted_trials=restarted,
-        finished_rerun=rerun,
+        ended_rerun=rerun,
+        recorded_ended=len(recorded),
+        recorded_rerun=recorded_rerun,
         load=" ".join(f"{x:.1f}" for x in os.getloadavg()),
         **counts,
     )

@@ -145,19 +145,3 @@ def simulated_trainable(
         _log(events, key, "end", state["step"], time.time())
 
     return trainable
-
-
-def trial_ask(config: dict[str, Any]):
-    """A trial's resources from its config, as the study trainable asks them (without importing it, and with
-    it torch, into each Ray worker)."""
-    from ray import tune
-
-    ask = config.get("resources", {"CPU": 1.0, "GPU": 0.0})
-    return tune.PlacementGroupFactory([{name: amount for name, amount in ask.items() if amount > 0}])
-
-
-def simulated_trainable_with_resources(seconds: float, events: Path, checkpoint_every_s: float):
-    """The simulated trainable asking each trial's resources from its config."""
-    from ray import tune
-
-    return tune.with_resources(simulated_trainable(seconds, events, checkpoint_every_s), trial_ask)

@@ -428,9 +428,10 @@ def run_study(
     A resume is refused when the study changed since its launch, and starts the study afresh when its launch
     was stopped before Tune saved a trial. SIGINT and SIGTERM stop the study cleanly at any moment: the
     outcome says which signal came (`stop_signal`) and that the study was interrupted. `signals`: handlers
-    the caller installed already (else run_study installs its own for the call). `trainable`: a Ray Tune
-    trainable (with its resources) run instead of the study's, e.g. a benchmark's simulated one; the data is
-    then not prepared.
+    the caller installed already (else run_study installs its own for the call). `trainable`: a function of
+    a trial's Ray config run instead of the study's trainable, e.g. a benchmark's simulated one; the data is
+    then not prepared. On resume, trials that Tune starts again although their MLflow run ended (after Tune's
+    last snapshot) report that end instead of training again (tracking/replay.py).
     """
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own tables off: ProgressLine reports
@@ -483,8 +484,17 @@ def run_study(
                         say(note)
                     if trainable is None:
                         prepare_data(spec, plan.fit.cells, features=address is None, say=say)
+                    replays = _replays(store, plan.fit.cells, callbacks, say) if restore else {}
                     tuner = _tuner(
-                        spec, plan, store, restore, max_concurrent, callbacks, reuse_actors, trainable
+                        spec,
+                        plan,
+                        store,
+                        restore,
+                        max_concurrent,
+                        callbacks,
+                        reuse_actors,
+                        trainable,
+                        replays,
                     )
                     say(f"running {plan.n_trials} trials on Ray Tune" + (" (resumed)" if resume else ""))
                     with (
@@ -512,6 +522,34 @@ def run_study(
     )
 
 
+def _replays(
+    store: StudyStorage, cells: list[CellPlan], callbacks: Sequence[Any], say: Callable[[str], None]
+) -> dict[str, dict]:
+    """What the trials Tune may start again report instead of training, where their MLflow run (read by the
+    launch's MlflowCallback) ended after Tune's last snapshot; none without an MlflowCallback. Tune starts
+    again the trials its snapshot holds as not ended, and its searcher suggests again those it suggested
+    after the snapshot: every trial of the plan the snapshot does not hold as ended."""
+    from ray.tune.experiment import Trial
+
+    from cytotune.study.search import planned_trials
+    from cytotune.tracking.callback import MlflowCallback
+
+    tracking = next((c for c in callbacks if isinstance(c, MlflowCallback)), None)
+    if tracking is None:
+        return {}
+    saved = [trial for trial in saved_trials(store.experiment) if "trial_key" in (trial.config or {})]
+    ended = {trial.config["trial_key"] for trial in saved if trial.status == Trial.TERMINATED}
+    waiting = {key: config for key, config in planned_trials(cells).items() if key not in ended}
+    waiting.update({t.config["trial_key"]: t.config for t in saved if t.status != Trial.TERMINATED})
+    replays = tracking.replays(waiting)
+    if replays:
+        say(
+            f"{len(replays)} trials ended after Ray Tune's last snapshot: they report their recorded end "
+            "instead of training again"
+        )
+    return replays
+
+
 def restored_callbacks(tuner: Any, callbacks: list) -> None:
     """Give a restored Tuner this launch's callbacks. Tuner.restore takes none (they are not saved with the
     experiment), so this sets them on its run config: the one private Ray API the study uses, kept here and
@@ -536,21 +574,26 @@ def _tuner(
     max_concurrent: int | None,
     callbacks: Sequence[Any],
     reuse_actors: bool,
-    trainable: Any | None = None,
+    train: Callable[[dict[str, Any]], None] | None = None,
+    replays: dict[str, dict[str, Any]] | None = None,
 ):
-    """The study's Tuner: restored from its storage, or new over every trial of the plan."""
+    """The study's Tuner: restored from its storage, or new over every trial of the plan. `train`: the
+    trial function (else the study's trainable); `replays`: what trials Tune starts again report instead."""
     from ray import tune
 
     from cytotune.study.progress_line import ProgressLine
     from cytotune.study.scheduler import SeedGroupedASHA
     from cytotune.study.search import CellSearcher
-    from cytotune.study.trainable import study_trainable_with_resources
+    from cytotune.study.trainable import study_trainable
+    from cytotune.study.tune_trainable import tune_trainable
 
     cells = plan.fit.cells
     progress = ProgressLine(ray_trial_count(cells))
-    trainable = trainable or study_trainable_with_resources(spec.checkpoint_every_s)
+    train = train or tune.with_parameters(study_trainable, checkpoint_every_s=spec.checkpoint_every_s)
+    trainable = tune_trainable(train, replays or {})
     if restore:
-        tuner = tune.Tuner.restore(store.experiment, trainable, resume_errored=True)
+        with without_result_files_warning():  # Tuner.restore reads the saved trials' results back
+            tuner = tune.Tuner.restore(store.experiment, trainable, resume_errored=True)
         restored_callbacks(tuner, [*callbacks, progress])
         return tuner
     return tune.Tuner(

@@ -10,7 +10,8 @@ next report (a seed not yet started stops at its first). The study's searcher qu
 configuration one after another, so they usually run side by side and the wait is short. A seed that fails
 for good stops its siblings: the configuration can no longer finish on every seed. A trial's report at or
 after its last step (`last_step` in the report, or the final report) never stops it, so a trial whose last
-step is a rung completes. Rungs are kept in this object only: a resumed study starts them afresh.
+step is a rung completes. Rungs are kept in this object only: a resumed study starts them afresh, and the
+one report a replayed trial makes on resume (tracking/replay.py) is not recorded in them.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from cytotune.metric_names import DONE_TRIAL, LAST_STEP, OBJECTIVE, OBJECTIVE_MODE
+from cytotune.metric_names import DONE_TRIAL, LAST_STEP, OBJECTIVE, OBJECTIVE_MODE, REPLAYED
 from cytotune.study.grid import CellPlan, configuration_key
 from cytotune.study.packs import is_packed
 from cytotune.study.rungs import CellRungs
@@ -84,7 +85,7 @@ class SeedGroupedASHA(FIFOScheduler):
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
         """Continue or stop the trial by its configuration's seed mean at the cell's rungs."""
         rungs = self._rungs(trial)
-        if rungs is None or result.get(DONE_TRIAL):
+        if rungs is None or result.get(DONE_TRIAL) or result.get(REPLAYED):
             return TrialScheduler.CONTINUE
         step, value = result.get(rungs.asha.time_attr), result.get(rungs.asha.metric)
         if step is None or value is None:

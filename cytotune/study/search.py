@@ -21,7 +21,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from ray.tune.search import Searcher
 
 from cytotune.metric_names import BEST_VAL_ACC, DONE_TRIAL, OBJECTIVE, OBJECTIVE_MODE, VAL_ACC
-from cytotune.study.grid import CellPlan, format_value
+from cytotune.study.grid import CellPlan, format_value, trial_key
 from cytotune.study.packs import is_packed, pack_of
 from cytotune.study.spec import OptunaDimension
 from cytotune.tracking.schema import FAILED, FINISHED, STOPPED
@@ -62,6 +62,22 @@ def _grid_entries(cell: CellPlan) -> list[tuple[dict[str, Any] | None, int]]:
     if is_packed(cell):
         return [(None, 0)]
     return [(values, seed) for values in cell.grid_values() for seed in cell.seeds]
+
+
+def planned_trials(cells: list[CellPlan]) -> dict[str, dict[str, Any]]:
+    """Every Ray trial of the grid cells, by trial key: a packed cell's pack (its Ray config), each other
+    trial's keys. Optuna cells are left out: their trials are known once asked."""
+    out: dict[str, dict[str, Any]] = {}
+    for cell in cells:
+        if cell.uses_optuna:
+            continue
+        for values, seed in _grid_entries(cell):
+            if values is None:
+                config = pack_of(cell).ray_config()
+            else:
+                config = {"trial_key": trial_key(cell.cell_key, values, seed), "cell_key": cell.cell_key}
+            out[config["trial_key"]] = config
+    return out
 
 
 class CellSearcher(Searcher):

@@ -13,14 +13,12 @@ import dataclasses
 import json
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import ray
 import torch
 from ray import tune
-from ray.tune import PlacementGroupFactory
 
 from cytotune.config import TrialConfig
 from cytotune.metric_names import DONE_TRIAL, STEP, VAL_ACC
@@ -138,17 +136,3 @@ def write_result(folder: Path, result: Any, trial_key: str) -> None:
     """The trial's whole result (a TrialResult) and its key as RESULT_FILE in `folder`."""
     full = {**jsonable(dataclasses.asdict(result)), "trial_key": trial_key}
     (folder / RESULT_FILE).write_text(json.dumps(full, indent=1))
-
-
-def trial_resources(config: dict[str, Any]) -> PlacementGroupFactory:
-    """The resources a trial asks for, from its Ray config (set per method block in the study YAML)."""
-    ask = config.get("resources", {"CPU": 1.0, "GPU": 0.0})
-    return PlacementGroupFactory([{name: amount for name, amount in ask.items() if amount > 0}])
-
-
-def study_trainable_with_resources(checkpoint_every_s: float) -> Callable[[dict[str, Any]], None]:
-    """The study trainable, saving trial states at most every `checkpoint_every_s` seconds, wrapped with
-    per-trial resources for Tuner and Tuner.restore."""
-    return tune.with_resources(
-        tune.with_parameters(study_trainable, checkpoint_every_s=checkpoint_every_s), trial_resources
-    )

@@ -21,7 +21,10 @@ from cytotune.metric_names import DONE_TRIAL, STEP, TEST_ACC
 from cytotune.tracking import schema
 from cytotune.tracking.confusion import confusion_figure
 from cytotune.tracking.lanes import Lanes
-from cytotune.tracking.run_records import search_pages
+from cytotune.tracking.replay import replay_results
+from cytotune.tracking.run_records import RunRecord, record_of_run, search_pages
+from cytotune.tracking.runs import current_launch_ids, launches_of
+from cytotune.tracking.schema import is_pack_config
 from cytotune.tracking.uri import artifact_location, resolve_tracking_uri
 
 _BATCH = 100  # MLflow's limit of params (and of tags) in one log_batch
@@ -38,14 +41,15 @@ class MlflowCallback(Callback):
     stopped, failed), per-evaluation metrics by step, final metrics and, for finished trials, the files of the
     final checkpoint plus the confusion matrix as PNG. ASHA-stopped trials end KILLED with status "stopped".
     An interrupted launch ends KILLED, and so do the runs of its unfinished trials (status still "running");
-    a launch in which a trial failed for good ends FAILED; runs a dead driver left RUNNING end KILLED when the
-    study is launched again.
+    a launch in which a trial failed for good ends FAILED; runs a dead driver left RUNNING end as their status
+    tag says (KILLED while it says running) when the study is launched again.
     With `resume`, a trial continues the child run holding its trial key (tagged with every launch id), so a
-    resumed study never makes a second run for a trial. `expected_trials` (the study's trial count) tells an
-    interrupted launch from a finished one; `cell_seeds` (seeds per cell key) is recorded on the launch run
-    (cells.json), so queries know every cell's seeds without parsing the YAML again. Launch and trial runs
-    carry MLflow's standard source tags (mlflow.user, mlflow.source.*); a trial run has its dataset as an
-    input, its manifest digest as a param.
+    resumed study never makes a second run for a trial; a trial replayed on resume (`replays`: its run
+    ended after Tune's last snapshot) leaves its run as it ended. `expected_trials` (the study's trial
+    count) tells an interrupted launch from a finished one; `cell_seeds` (seeds per cell key) is recorded
+    on the launch run (cells.json), so queries know every cell's seeds without parsing the YAML again.
+    Launch and trial runs carry MLflow's standard source tags (mlflow.user, mlflow.source.*); a trial run
+    has its dataset as an input, its manifest digest as a param.
 
     Params, metrics, the dataset param and node tags are buffered per trial and written in one `log_batch`
     per flush: when Tune saves its experiment state (`get_state`, so a resumed study re-reports whatever a
@@ -88,7 +92,9 @@ class MlflowCallback(Callback):
         self._opened: set[str] = set()
         self._ending: set[str] = set()
         self._nodes: dict[str, str] = {}
-        self._previous: dict[str, list[Any]] = {}
+        self._previous: dict[str, list[Any]] | None = None  # trial key -> its runs, latest first (resume)
+        self._replayed: dict[str, str] = {}  # trial or pack key -> its run, replayed on resume (`replays`)
+        self._replay_ids: set[str] = set()  # ... their keys in _runs
         self._claimed: set[str] = set()
         self._ended: set[str] = set()
         self._failed: set[str] = set()
@@ -175,7 +181,7 @@ class MlflowCallback(Callback):
             print(self.announcement, file=sys.stderr, flush=True)
         self.experiment_id = self._experiment_id()
         self._close_stale_runs()
-        if self.resume:
+        if self.resume and self._previous is None:
             self._previous = self._existing_trial_runs()
         self._source = schema.source_tags()
         tags = {
@@ -201,6 +207,35 @@ class MlflowCallback(Callback):
             self.client.log_dict(self.parent_run_id, self.cell_seeds, schema.CELLS_ARTIFACT)
         return self.parent_run_id
 
+    def replays(self, waiting: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Before a resumed launch: the report each trial Tune may start again (`waiting`: trial key -> Ray
+        config) makes instead of training, for those whose run in this study's current launches ended
+        (tracking/replay.py). Those runs are then left as they ended."""
+        experiment = self.client.get_experiment_by_name(self.study)
+        if experiment is None or not waiting:
+            return {}
+        self.experiment_id = experiment.experiment_id
+        self._previous = self._existing_trial_runs()
+        chain = current_launch_ids(self.client, self.study)
+
+        def current(run: Any | None) -> RunRecord | None:
+            record = None if run is None else record_of_run(run)
+            return record if record is not None and launches_of(record) & chain else None
+
+        trial_runs = {key: record for key, runs in self._previous.items() if (record := current(runs[0]))}
+        packs = {
+            key: record
+            for key, config in waiting.items()
+            if is_pack_config(config) and (record := current(self._previous_pack(key)))
+        }
+        replays = replay_results(waiting, trial_runs, packs)
+        for key in replays:
+            config = waiting[key]
+            self._replayed[key] = (packs if is_pack_config(config) else trial_runs)[key].run_id
+            for member in config.get(schema.PACK_KEY, []):
+                self._replayed[member["trial_key"]] = trial_runs[member["trial_key"]].run_id
+        return replays
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Open (or continue) the trial's run and mark it running."""
         self._open(trial)
@@ -208,6 +243,8 @@ class MlflowCallback(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         """Log the evaluation's metrics at its step; the final result also carries the final metrics."""
         key = self._open(trial)
+        if key in self._replay_ids:
+            return
         self._log_dataset(key, result)
         node = result.get("node_id")
         if node and self._nodes.get(key) != node:
@@ -230,7 +267,7 @@ class MlflowCallback(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """End the trial's run: finished (with artifacts) when it reported its final result, else stopped."""
         key = trial.trial_id
-        if key not in self._opened:
+        if key not in self._opened or key in self._replay_ids:
             return
         finished = bool((trial.last_result or {}).get(DONE_TRIAL))
         if finished:
@@ -238,8 +275,11 @@ class MlflowCallback(Callback):
         self._end(key, schema.FINISHED if finished else schema.STOPPED)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        """End the trial's run FAILED with the error text as a tag and as error.txt."""
-        self._fail(self._open(trial), _error_text(trial))
+        """End the trial's run FAILED with the error text as a tag and as error.txt (a replayed trial's run
+        keeps its end)."""
+        key = self._open(trial)
+        if key not in self._replay_ids:
+            self._fail(key, _error_text(trial))
 
     def _fail(self, key: str, text: str) -> None:
         """End a trial's run FAILED: the error text as a tag and as error.txt."""
@@ -306,9 +346,11 @@ class MlflowCallback(Callback):
         return by_key
 
     def _close_stale_runs(self) -> None:
-        """Runs left RUNNING by a driver that died end KILLED (a resumed trial's run is opened again)."""
+        """Runs left RUNNING by a driver that died end as their status tag says (a driver killed between
+        writing a trial's end and ending its run), else KILLED (a resumed trial's run is opened again)."""
         for run in self._search("attributes.status = 'RUNNING'"):
-            self.client.set_terminated(run.info.run_id, status="KILLED")
+            status = schema.RUN_STATUS.get(run.data.tags.get(schema.STATUS, ""), "KILLED")
+            self.client.set_terminated(run.info.run_id, status=status)
 
     def _open(self, trial: Any) -> str:
         """Submit the opening of a trial's run (continued on resume, else created), once; its key."""
@@ -316,6 +358,9 @@ class MlflowCallback(Callback):
         if key in self._opened:
             return key
         self._opened.add(key)
+        if trial.config["trial_key"] in self._replayed:
+            self._keep_ended(key, self._replayed[trial.config["trial_key"]])
+            return key
         previous = self._previous_run(trial.config["trial_key"], key)
         if previous is not None:
             self._open_run(key, lambda: self._continue(previous, trial))
@@ -328,9 +373,16 @@ class MlflowCallback(Callback):
         self._add(key, params=[Param(name, value) for name, value in params])
         return key
 
+    def _keep_ended(self, key: str, run_id: str) -> None:
+        """A replayed trial's (or pack's) run: known under `key`, left as it ended."""
+        self._runs[key] = run_id
+        self._claimed.add(run_id)
+        self._ended.add(key)
+        self._replay_ids.add(key)
+
     def _previous_run(self, trial_key: str, ray_trial_id: str) -> Any | None:
         candidates = [
-            run for run in self._previous.get(trial_key, []) if run.info.run_id not in self._claimed
+            run for run in (self._previous or {}).get(trial_key, []) if run.info.run_id not in self._claimed
         ]
         same_id = [run for run in candidates if run.data.tags.get(schema.RAY_TRIAL_ID) == ray_trial_id]
         chosen = (same_id or candidates or [None])[0]
@@ -439,10 +491,13 @@ class MlflowCallback(Callback):
 def _log_batches(
     client: MlflowClient, run_id: str, metrics: list[Metric], params: list[Param], tags: list[RunTag]
 ) -> None:
-    """log_batch within MLflow's limits per call (1000 metrics, 100 params, 100 tags, 1000 in all)."""
+    """log_batch within MLflow's limits per call (1000 metrics, 100 params, 100 tags, 1000 in all), the
+    tags with the last metrics: a trial's end (its status tag, buffered last) is never written before its
+    final metrics, even when a crash cuts the calls short."""
     while metrics or params or tags:
-        p, t = params[:_BATCH], tags[:_BATCH]
-        m = metrics[: _METRIC_BATCH - len(p) - len(t)]
+        p = params[:_BATCH]
+        m = metrics[: _METRIC_BATCH - len(p) - _BATCH]
+        t = tags[:_BATCH] if len(m) == len(metrics) else []
         client.log_batch(run_id, metrics=m, params=p, tags=t)
         metrics, params, tags = metrics[len(m) :], params[len(p) :], tags[len(t) :]
 

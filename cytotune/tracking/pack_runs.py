@@ -35,7 +35,8 @@ class PackedMlflowCallback(MlflowCallback):
     launch, a child run per trial of the pack nested under it. A child ends as its trial ended inside the
     pack: finished (with its files and confusion matrix), stopped at an in-pack rung or failed (a non-finite
     loss: the launch ends FAILED, as for a separate trial); a pack that fails for good fails every child
-    still open. With `resume`, the pack and each child continue their runs (by key)."""
+    still open. With `resume`, the pack and each child continue their runs (by key); a pack replayed on resume
+    leaves them as they ended."""
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Open (or continue) the pack's run and its trials' runs; other trials as MlflowCallback."""
@@ -49,6 +50,8 @@ class PackedMlflowCallback(MlflowCallback):
         if not is_pack_config(trial.config):
             return super().on_trial_result(iteration, trials, trial, result, **info)
         pack = self._pack_run(trial)
+        if pack in self._replay_ids:
+            return
         stamp = int(time.time() * 1000)
         self._add(pack, metrics=step_metrics(result, schema.STEP_METRICS, stamp))
         names = list(schema.STEP_METRICS)
@@ -64,7 +67,7 @@ class PackedMlflowCallback(MlflowCallback):
         """End each trial's run as it ended inside the pack, then the pack's run."""
         if not is_pack_config(trial.config):
             return super().on_trial_complete(iteration, trials, trial, **info)
-        if trial.trial_id not in self._opened:
+        if trial.trial_id not in self._opened or trial.trial_id in self._replay_ids:
             return
         final = (
             (trial.last_result or {}).get(PACK_FINAL) if (trial.last_result or {}).get(DONE_TRIAL) else None
@@ -91,7 +94,8 @@ class PackedMlflowCallback(MlflowCallback):
         """The pack failed for good: its run and every trial run still open end FAILED with its error."""
         if not is_pack_config(trial.config):
             return super().on_trial_error(iteration, trials, trial, **info)
-        self._pack_run(trial)
+        if self._pack_run(trial) in self._replay_ids:
+            return
         text = _error_text(trial)
         for member in self._members(trial):
             if member.trial_id not in self._ending:
@@ -115,6 +119,11 @@ class PackedMlflowCallback(MlflowCallback):
         if key in self._opened:
             return key
         self._opened.add(key)
+        if trial.config["trial_key"] in self._replayed:
+            self._keep_ended(key, self._replayed[trial.config["trial_key"]])
+            for member in self._members(trial):
+                self._open(member)
+            return key
         previous = self._previous_pack(trial.config["trial_key"]) if self.resume else None
         if previous is not None:
             self._open_run(key, lambda: self._continue(previous, trial))

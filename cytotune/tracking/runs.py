@@ -73,7 +73,7 @@ def runs_frame(
     runs = search_records(uri, experiment_id(client, experiment), trial_filter)
     if not all_launches:
         current = current_launch_ids(client, experiment)
-        runs = [run for run in runs if not current or current & _launches_of(run)]
+        runs = [run for run in runs if not current or current & launches_of(run)]
     frame = pd.DataFrame([_row(run) for run in runs])
     for column in BASE_COLUMNS:
         if column not in frame.columns:
@@ -99,7 +99,8 @@ def current_launch_ids(client: MlflowClient, experiment: str) -> set[str]:
     return current
 
 
-def _launches_of(run: RunRecord) -> set[str]:
+def launches_of(run: RunRecord) -> set[str]:
+    """The launches a trial run ran in: those in its launches tag, and the one it was made in."""
     tags = run.tags
     return {launch for launch in tags.get(schema.LAUNCHES, "").split(",") if launch} | {
         tags.get(schema.PARENT_RUN_ID, "")
