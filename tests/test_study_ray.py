@@ -204,43 +204,74 @@ def test_killed_trial_worker_resumes_from_its_checkpoint(cluster, demo_data, tmp
     assert trial.metrics["iterations_since_restore"] < trial.metrics["training_iteration"]
 
 
-def test_killed_driver_resumes_every_trial_once(cluster, demo_data, tmp_path):
+def _finished_runs(uri: str, study: str) -> dict[str, str]:
+    """Trial key -> run id of the study's trial runs whose end MLflow holds as finished."""
+    from mlflow import MlflowClient
+
+    from cytotune.tracking import schema
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(study)
+    if experiment is None:
+        return {}
+    runs = client.search_runs([experiment.experiment_id], f"tags.`{schema.STATUS}` = 'finished'")
+    return {run.data.tags[schema.TRIAL_KEY]: run.info.run_id for run in runs}
+
+
+def test_killed_driver_resumes_every_trial_once_and_trains_no_finished_trial_again(
+    cluster, demo_data, tmp_path
+):
+    """Ray Tune snapshots the study at its start only here (TUNE_GLOBAL_CHECKPOINT_S), so on resume Tune
+    starts again every trial, the finished ones too: those report the end their MLflow run holds."""
+    from mlflow import MlflowClient
+
+    from cytotune.study.grid import expand_cells
+    from cytotune.study.launch import study_callback
+
     body = "  - method: linear_probe\n    search: {lr: [1.0e-2, 3.0e-3, 1.0e-3, 3.0e-4]}\n"
     path = study_yaml(tmp_path / "resume.yaml", demo_data, body + "    train: {probe_epochs: 30}\n")
     storage = tmp_path / "ray"
-    args = [
-        "run",
-        str(path),
-        "--address",
-        cluster.address,
-        "--storage",
-        str(storage),
-        "--max-concurrent",
-        "1",
-    ]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "TUNE_GLOBAL_CHECKPOINT_S": "1"}
-    driver = subprocess.Popen([*CYTOTUNE, *args], stderr=subprocess.DEVNULL, env=env)
-    saved = 0
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["run", str(path), "--address", cluster.address, "--storage", str(storage), "--tracking-uri", uri]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "TUNE_GLOBAL_CHECKPOINT_S": "3600"}
+    driver = subprocess.Popen([*CYTOTUNE, *args, "--max-concurrent", "1"], stderr=subprocess.DEVNULL, env=env)
+    finished: dict[str, str] = {}
     try:
         deadline = time.time() + 120
-        while saved < 2 and time.time() < deadline and driver.poll() is None:
+        while len(finished) < 2 and time.time() < deadline and driver.poll() is None:
             time.sleep(0.5)
-            if list((storage / "resume").glob("experiment_state-*.json")):
-                trials = saved_trials(str(storage / "resume"))
-                saved = sum(t.status == "TERMINATED" for t in trials)
+            finished = _finished_runs(uri, "resume")
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=60)
     finally:
         if driver.poll() is None:
             driver.kill()
-    assert driver.returncode == -signal.SIGKILL and 2 <= saved < 8
+    finished = _finished_runs(uri, "resume")
+    assert driver.returncode == -signal.SIGKILL and 2 <= len(finished) < 8
+    assert (
+        sum(t.status == "TERMINATED" for t in saved_trials(str(storage / "resume"))) == 0
+    )  # snapshot: stale
+    client = MlflowClient(uri)
+    before = {key: client.get_run(run_id) for key, run_id in finished.items()}
+    spec = load_study(path)
+    callback = study_callback(spec, expand_cells(spec), uri, resume=True)
     resumed_at = time.time()
-    outcome = run_study(load_study(path), storage=storage, resume=True, say=lambda _: None)
+    outcome = run_study(spec, storage=storage, resume=True, callbacks=[callback], say=lambda _: None)
+    callback.close(interrupted=outcome.interrupted)
     assert outcome.counts()["finished"] == 8 and not outcome.interrupted
     keys = Counter(t.trial_key for t in outcome.trials)
     assert len(keys) == 8 and set(keys.values()) == {1}
-    rerun = [t for t in outcome.trials if t.metrics["started_at"] >= resumed_at]
-    assert 0 < len(rerun) <= 8 - saved  # the trials saved as finished do not run again
+    replayed = {t.trial_key for t in outcome.trials if t.metrics.get("replayed") == 1}
+    assert replayed == set(finished)  # every finished trial reports its recorded end, and only those
+    trained = [t for t in outcome.trials if t.trial_key not in finished]
+    assert trained and all(t.metrics["started_at"] >= resumed_at for t in trained)
+    for t in outcome.trials:
+        if t.trial_key in finished:
+            run = before[t.trial_key]
+            assert t.metrics["test_acc"] == run.data.metrics["test_acc"]
+            assert client.get_run(run.info.run_id).data.metrics == run.data.metrics  # left as it ended
+            assert client.get_run(run.info.run_id).info.end_time == run.info.end_time
+    assert sorted(_finished_runs(uri, "resume")) == sorted(keys)  # one finished run per trial
 
 
 def test_bad_input_fails_before_trials_start(cluster, demo_data, tmp_path):
