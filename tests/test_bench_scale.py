@@ -68,14 +68,14 @@ def test_a_killed_driver_resumes_without_training_again_a_trial_whose_end_mlflow
             server.uri,
             slots=8,
             seconds=0.5,
-            trials=45,
+            trials=30,
             fault="driver-kill",
             queries=False,
             say=print,
         )
         runs = search_all(MlflowClient(server.uri), figures.study, f"tags.`{schema.KIND}` = 'trial'")
-    assert figures.launches == 2 and figures.trials == 45
-    assert (figures.runs, figures.duplicates, figures.trials_without_run, figures.lost_steps) == (45, 0, 0, 0)
+    assert figures.launches == 2 and figures.trials == 30
+    assert (figures.runs, figures.duplicates, figures.trials_without_run, figures.lost_steps) == (30, 0, 0, 0)
     assert figures.recorded_ended >= 5 and figures.recorded_rerun == 0
     # the resumed launch's outcome (replayed trials included) says what MLflow says of every trial
     statuses = Counter(run.data.tags[schema.STATUS] for run in runs)

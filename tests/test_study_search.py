@@ -138,6 +138,31 @@ def test_resumed_searcher_continues_the_optuna_studies(optuna_demo_study, tmp_pa
         assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
 
 
+def test_a_resumed_searcher_suggests_again_what_it_asked_after_its_saved_state(optuna_demo_study, tmp_path):
+    """The driver died after Tune saved the searcher: what it suggested since comes again, same keys, and
+    each Optuna study ends with exactly its samples (none lost, none extra)."""
+    journal = tmp_path / "optuna.journal"
+    cells = expand_cells(optuna_demo_study)
+    first = CellSearcher(cells, journal)
+    head = [(f"a{i}", first.suggest(f"a{i}")) for i in range(16 + 4)]
+    complete(first, head)
+    state = tmp_path / "searcher.pkl"
+    first.save(str(state))
+    lost = [(f"b{i}", first.suggest(f"b{i}")) for i in range(6)]  # after the save, then the driver dies
+    complete(first, lost[:3])  # one suggestion ended on both seeds (told to Optuna), one on one seed
+    second = CellSearcher(cells, journal)
+    second.restore(str(state))
+    rest = drain(second)
+    complete(second, rest)
+    assert [c["trial_key"] for _, c in rest[:6]] == [c["trial_key"] for _, c in lost]
+    keys = [c["trial_key"] for _, c in head + rest]
+    assert len(keys) == len(set(keys)) == 16 + 12
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    for cell in (c for c in cells if c.uses_optuna):
+        study = optuna.load_study(study_name=cell.cell_key, storage=storage)
+        assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+
+
 def test_tpe_starts_modelling_after_a_third_of_the_samples_unless_the_yaml_says(optuna_demo_study, tmp_path):
     assert [default_startup(n) for n in (1, 3, 4, 6, 10, 30, 100)] == [1, 1, 2, 2, 4, 10, 10]
     searcher = CellSearcher(expand_cells(optuna_demo_study), tmp_path / "j.journal")

@@ -32,8 +32,7 @@ def test_finished_and_stopped_trials_replay_their_last_metrics_others_train_agai
         "failed": record("failed", "failed", {"val_acc": 0.2}),
         "no-eval": record("no-eval", "stopped", {}),
     }
-    waiting = {key: {"trial_key": key} for key in [*runs, "never-ran"]}
-    replays = replay_results(waiting, runs, {})
+    replays = replay_results(runs, {}, {})
     assert set(replays) == {"finished", "stopped"}
     assert replays["finished"] == {
         "train_loss": 0.1,
@@ -47,8 +46,8 @@ def test_finished_and_stopped_trials_replay_their_last_metrics_others_train_agai
         "replayed": 1,
     }
     assert replays["stopped"] == {"train_loss": 0.4, "val_acc": 0.5, "best_val_acc": 0.55, "replayed": 1}
-    # only the trials Tune starts again are looked up
-    assert replay_results({"stopped": {"trial_key": "stopped"}}, runs, {}) == {"stopped": replays["stopped"]}
+    # none of the trials Tune's snapshot holds as ended (Tune starts none of them again)
+    assert replay_results(runs, {}, {}, exclude={"finished"}) == {"stopped": replays["stopped"]}
 
 
 def _pack_config(keys: list[str]) -> dict:
@@ -69,7 +68,9 @@ def test_a_finished_pack_replays_each_trials_end_as_its_final_report_carried_it(
     }
     config = _pack_config(keys)
     pack = record("c/pack", "finished", {"val_acc": 0.9})
-    replay = replay_results({"c/pack": config}, members, {"c/pack": pack})["c/pack"]
+    replays = replay_results(members, {"c/pack": config}, {"c/pack": pack})
+    assert list(replays) == ["c/pack"]  # its trials run only inside it
+    replay = replays["c/pack"]
     assert (replay["val_acc"], replay["best_val_acc"], replay["step"]) == (0.9, 0.9, 60)
     assert (replay["done_trial"], replay["replayed"]) == (1, 1)
     outcomes = pack_members(config, "finished", replay, "/ckpt")
@@ -82,11 +83,11 @@ def test_a_finished_pack_replays_each_trials_end_as_its_final_report_carried_it(
     assert [o["checkpoint"] for o in outcomes] == ["/ckpt/0", "/ckpt/1", None]
     # a trial of the pack still running (its end never written), or the pack itself: the pack trains again
     running = {**members, keys[2]: record(keys[2], "running", {"val_acc": 0.3})}
-    assert replay_results({"c/pack": config}, running, {"c/pack": pack}) == {}
-    assert replay_results({"c/pack": config}, members, {"c/pack": record("c/pack", "running", {})}) == {}
+    assert replay_results(running, {"c/pack": config}, {"c/pack": pack}) == {}
+    assert replay_results(members, {"c/pack": config}, {"c/pack": record("c/pack", "running", {})}) == {}
     # no trial finished: the pack's val_acc is NaN, as its own final report makes it
     stopped = {k: record(k, "stopped", {"val_acc": 0.1, "best_val_acc": 0.1}) for k in keys}
-    assert math.isnan(replay_results({"c/pack": config}, stopped, {"c/pack": pack})["c/pack"]["val_acc"])
+    assert math.isnan(replay_results(stopped, {"c/pack": config}, {"c/pack": pack})["c/pack"]["val_acc"])
 
 
 def _outcome_of(study_plans):
@@ -119,8 +120,7 @@ def test_a_resume_replays_ended_runs_and_leaves_them_as_they_ended(tmp_path, mlf
     client.update_run(before[study_plans[3].trial_key].info.run_id, status="RUNNING")
 
     second = launch_callback(yaml_path, uri, resume=True)
-    waiting = {plan.trial_key: plan.ray_config() for plan in study_plans}  # Tune's snapshot predates all
-    replays = second.replays(waiting)
+    replays = second.replays({})  # Tune's snapshot predates every trial: it holds none as ended
     finished, stopped, failed, stale, running = (plan.trial_key for plan in study_plans)
     assert set(replays) == {finished, stopped, stale}
     assert replays[finished]["done_trial"] == 1 and replays[finished]["step"] == 30
@@ -167,7 +167,7 @@ def test_a_resume_replays_ended_runs_and_leaves_them_as_they_ended(tmp_path, mlf
     fresh = launch_callback(yaml_path, uri)
     fresh.setup()
     fresh.close(interrupted=True)
-    assert launch_callback(yaml_path, uri, resume=True).replays(waiting) == {}
+    assert launch_callback(yaml_path, uri, resume=True).replays({}) == {}
 
 
 def test_a_trials_end_is_written_with_its_last_metrics(tmp_path, mlflow_sqlite_uri):

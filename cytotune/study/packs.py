@@ -76,6 +76,12 @@ def pack_of(cell: CellPlan) -> PackPlan:
     return PackPlan(cell.cell_key, trials, dict(cell.resources), cell.block.asha)
 
 
+def pack_configs(cells: list[CellPlan]) -> dict[str, dict[str, Any]]:
+    """The Ray config of each packed cell's pack, by pack key."""
+    packs = [pack_of(cell) for cell in cells if is_packed(cell)]
+    return {pack.pack_key: pack.ray_config() for pack in packs}
+
+
 def pack_rungs(asha: AshaSettings, eval_every: int, total_steps: int) -> list[int]:
     """The in-pack rungs of `asha`: each rung moved to the first evaluation at or after it (the report the
     study's scheduler would judge a separate trial by), rungs at or past the last step left out (a trial at

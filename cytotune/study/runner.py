@@ -527,21 +527,19 @@ def _replays(
 ) -> dict[str, dict]:
     """What the trials Tune may start again report instead of training, where their MLflow run (read by the
     launch's MlflowCallback) ended after Tune's last snapshot; none without an MlflowCallback. Tune starts
-    again the trials its snapshot holds as not ended, and its searcher suggests again those it suggested
-    after the snapshot: every trial of the plan the snapshot does not hold as ended."""
+    again the trials its snapshot holds as not ended, and its searcher suggests again, with the same keys,
+    those it suggested after the snapshot: every trial the snapshot does not hold as ended."""
     from ray.tune.experiment import Trial
 
-    from cytotune.study.search import planned_trials
+    from cytotune.study.packs import pack_configs
     from cytotune.tracking.callback import MlflowCallback
 
     tracking = next((c for c in callbacks if isinstance(c, MlflowCallback)), None)
     if tracking is None:
         return {}
-    saved = [trial for trial in saved_trials(store.experiment) if "trial_key" in (trial.config or {})]
-    ended = {trial.config["trial_key"] for trial in saved if trial.status == Trial.TERMINATED}
-    waiting = {key: config for key, config in planned_trials(cells).items() if key not in ended}
-    waiting.update({t.config["trial_key"]: t.config for t in saved if t.status != Trial.TERMINATED})
-    replays = tracking.replays(waiting)
+    saved = saved_trials(store.experiment)
+    ended = {(t.config or {}).get("trial_key") for t in saved if t.status == Trial.TERMINATED}
+    replays = tracking.replays(pack_configs(cells), exclude=ended)
     if replays:
         say(
             f"{len(replays)} trials ended after Ray Tune's last snapshot: they report their recorded end "

@@ -21,7 +21,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from ray.tune.search import Searcher
 
 from cytotune.metric_names import BEST_VAL_ACC, DONE_TRIAL, OBJECTIVE, OBJECTIVE_MODE, VAL_ACC
-from cytotune.study.grid import CellPlan, format_value, trial_key
+from cytotune.study.grid import CellPlan, format_value
 from cytotune.study.packs import is_packed, pack_of
 from cytotune.study.spec import OptunaDimension
 from cytotune.tracking.schema import FAILED, FINISHED, STOPPED
@@ -62,22 +62,6 @@ def _grid_entries(cell: CellPlan) -> list[tuple[dict[str, Any] | None, int]]:
     if is_packed(cell):
         return [(None, 0)]
     return [(values, seed) for values in cell.grid_values() for seed in cell.seeds]
-
-
-def planned_trials(cells: list[CellPlan]) -> dict[str, dict[str, Any]]:
-    """Every Ray trial of the grid cells, by trial key: a packed cell's pack (its Ray config), each other
-    trial's keys. Optuna cells are left out: their trials are known once asked."""
-    out: dict[str, dict[str, Any]] = {}
-    for cell in cells:
-        if cell.uses_optuna:
-            continue
-        for values, seed in _grid_entries(cell):
-            if values is None:
-                config = pack_of(cell).ray_config()
-            else:
-                config = {"trial_key": trial_key(cell.cell_key, values, seed), "cell_key": cell.cell_key}
-            out[config["trial_key"]] = config
-    return out
 
 
 class CellSearcher(Searcher):
@@ -123,9 +107,10 @@ class CellSearcher(Searcher):
             seed = _sampler_seed(cell_key) + len(study.get_trials(deepcopy=False))
             startup = self._cells[cell_key].block.optuna.startup_trials(self._cells[cell_key].n_suggestions)
             study.sampler = optuna.samplers.TPESampler(n_startup_trials=startup, seed=seed)
+            # asked before this searcher's saved state, never told, not pending: lost with a dead driver
             known = {number for key, number in self._pending if key == cell_key}
             for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-                if trial.number not in known:
+                if trial.number not in known and trial.number < self._asked[cell_key]:
                     study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
             self._studies[cell_key] = study
         return self._studies[cell_key]
@@ -138,13 +123,23 @@ class CellSearcher(Searcher):
             cell = self._cells[key]
             if self._asked[key] >= cell.n_suggestions:
                 continue
+            trial = self._suggestion(key, self._asked[key])
             self._asked[key] += 1
-            trial = self._study(key).ask({path: optuna_distribution(d) for path, d in cell.optuna.items()})
             values = {path: _decode(cell.optuna[path], trial.params[path]) for path in cell.optuna}
             self._pending[(key, trial.number)] = {}
             self._queue.extend((key, values, seed, trial.number) for seed in cell.seeds)
             return True
         return False
+
+    def _suggestion(self, key: str, number: int) -> optuna.trial.BaseTrial:
+        """The cell's suggestion `number`: asked of Optuna, or the one the journal holds when it was asked
+        after this searcher's saved state (a resumed study suggests it again, with the same trial keys, so a
+        trial that ended before the driver died is not replaced by a new one)."""
+        study = self._study(key)
+        asked = {trial.number: trial for trial in study.get_trials(deepcopy=False)}
+        if number in asked:
+            return asked[number]
+        return study.ask({path: optuna_distribution(d) for path, d in self._cells[key].optuna.items()})
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         """The Ray config of the next trial, or FINISHED when all have been suggested."""

@@ -24,7 +24,6 @@ from cytotune.tracking.lanes import Lanes
 from cytotune.tracking.replay import replay_results
 from cytotune.tracking.run_records import RunRecord, record_of_run, search_pages
 from cytotune.tracking.runs import current_launch_ids, launches_of
-from cytotune.tracking.schema import is_pack_config
 from cytotune.tracking.uri import artifact_location, resolve_tracking_uri
 
 _BATCH = 100  # MLflow's limit of params (and of tags) in one log_batch
@@ -207,12 +206,15 @@ class MlflowCallback(Callback):
             self.client.log_dict(self.parent_run_id, self.cell_seeds, schema.CELLS_ARTIFACT)
         return self.parent_run_id
 
-    def replays(self, waiting: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        """Before a resumed launch: the report each trial Tune may start again (`waiting`: trial key -> Ray
-        config) makes instead of training, for those whose run in this study's current launches ended
-        (tracking/replay.py). Those runs are then left as they ended."""
+    def replays(
+        self, packs: dict[str, dict[str, Any]], exclude: set[str] = frozenset()
+    ) -> dict[str, dict[str, Any]]:
+        """Before a resumed launch: by trial key, the report a trial Tune may start again makes instead of
+        training, for those whose run in the study's current launches ended (tracking/replay.py); `packs`:
+        the study's packs (pack key -> Ray config), `exclude`: the trials Tune's snapshot holds as ended.
+        Those runs are then left as they ended."""
         experiment = self.client.get_experiment_by_name(self.study)
-        if experiment is None or not waiting:
+        if experiment is None:
             return {}
         self.experiment_id = experiment.experiment_id
         self._previous = self._existing_trial_runs()
@@ -223,16 +225,15 @@ class MlflowCallback(Callback):
             return record if record is not None and launches_of(record) & chain else None
 
         trial_runs = {key: record for key, runs in self._previous.items() if (record := current(runs[0]))}
-        packs = {
+        pack_runs = {
             key: record
-            for key, config in waiting.items()
-            if is_pack_config(config) and (record := current(self._previous_pack(key)))
+            for key in packs
+            if key not in exclude and (record := current(self._previous_pack(key)))
         }
-        replays = replay_results(waiting, trial_runs, packs)
+        replays = replay_results(trial_runs, packs, pack_runs, exclude)
         for key in replays:
-            config = waiting[key]
-            self._replayed[key] = (packs if is_pack_config(config) else trial_runs)[key].run_id
-            for member in config.get(schema.PACK_KEY, []):
+            self._replayed[key] = (pack_runs if key in packs else trial_runs)[key].run_id
+            for member in packs.get(key, {}).get(schema.PACK_KEY, []):
                 self._replayed[member["trial_key"]] = trial_runs[member["trial_key"]].run_id
         return replays
 

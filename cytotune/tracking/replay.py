@@ -14,32 +14,37 @@ trial's end under PACK_FINAL, as its own final report did.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from cytotune.metric_names import BEST_VAL_ACC, DONE_TRIAL, REPLAYED, STEP, VAL_ACC
 from cytotune.tracking import schema
 from cytotune.tracking.run_records import RunRecord
-from cytotune.tracking.schema import PACK_FINAL, PACK_KEY, is_pack_config
+from cytotune.tracking.schema import PACK_FINAL, PACK_KEY
 
 ENDED = (schema.FINISHED, schema.STOPPED)  # ends a Ray trial's run keeps across a resume
 PACK_TRIAL_ENDS = (schema.FINISHED, schema.STOPPED, schema.FAILED)  # a finished pack's trials end so
 
 
 def replay_results(
-    waiting: Mapping[str, dict[str, Any]],
     trial_runs: Mapping[str, RunRecord],
+    packs: Mapping[str, dict[str, Any]],
     pack_runs: Mapping[str, RunRecord],
+    exclude: Collection[str] = (),
 ) -> dict[str, dict[str, Any]]:
-    """The report each trial Tune starts again (`waiting`: trial key -> Ray config) makes instead of training,
-    for those whose run ended; `trial_runs` and `pack_runs`: the latest run of each trial and pack key."""
+    """By trial key, the report a trial Tune may start again makes instead of training, for those whose run
+    ended: each trial of `trial_runs` (its latest run in the study's current launches) outside the packs, and
+    each pack of `packs` (pack key -> Ray config; `pack_runs`: its run), but none in `exclude` (the trials
+    Tune's snapshot holds as ended: Tune starts none of them again)."""
+    members = {member["trial_key"] for config in packs.values() for member in config[PACK_KEY]}
     out = {}
-    for key, config in waiting.items():
-        if is_pack_config(config):
-            members = [trial_runs.get(member["trial_key"]) for member in config[PACK_KEY]]
-            result = pack_replay(pack_runs.get(key), members)
-        else:
-            result = trial_replay(trial_runs.get(key))
+    for key, run in trial_runs.items():
+        result = None if key in exclude or key in members else trial_replay(run)
+        if result is not None:
+            out[key] = result
+    for key, config in packs.items():
+        runs = [trial_runs.get(member["trial_key"]) for member in config[PACK_KEY]]
+        result = None if key in exclude else pack_replay(pack_runs.get(key), runs)
         if result is not None:
             out[key] = result
     return out
