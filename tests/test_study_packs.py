@@ -17,6 +17,7 @@ from cytotune.study.grid import expand_cells, expand_trials
 from cytotune.study.launch import study_callback
 from cytotune.study.packs import (
     backbone_size,
+    pack_members,
     pack_memory_bytes,
     pack_of,
     pack_rungs,
@@ -284,3 +285,47 @@ def test_the_dry_run_shows_each_pack_in_text_and_json():
         assert cell["pack"]["trials"] == 4 and cell["pack"]["fits"] and cell["pack"]["gpu_memory_gib"] is None
         row = next(line for line in text.splitlines() if line.startswith(cell["cell_key"] + " "))
         assert row.endswith(f"pack of 4, ~{cell['pack']['memory_gib'] * 1024:.0f} MiB")
+
+
+def test_a_pack_that_ended_before_the_driver_died_replays_its_trials_ends_on_resume(
+    tmp_path, mlflow_sqlite_uri
+):
+    config, plans, first = pack_launch(tmp_path, mlflow_sqlite_uri)
+    drive_pack(first, config, plans, "trial_00000", tmp_path / "ckpt")
+    first.wait()  # the pack's end is in MLflow; the driver dies before Tune's next snapshot
+    client = MlflowClient(mlflow_sqlite_uri)
+    experiment = client.get_experiment_by_name("packs").experiment_id
+    before = {r.info.run_id: r for r in client.search_runs([experiment], "tags.`cytotune.kind` != 'launch'")}
+
+    spec = load_study(tmp_path / "packs.yaml")
+    second = study_callback(spec, expand_cells(spec), mlflow_sqlite_uri, resume=True)
+    replays = second.replays({config["trial_key"]: config})
+    assert list(replays) == [config["trial_key"]]  # the pack only: its trials run inside it
+    replay = replays[config["trial_key"]]
+    assert replay["done_trial"] == 1 and replay["best_val_acc"] == max(val_acc(p) for p in plans[:2])
+    outcomes = pack_members(config, "finished", replay, None)
+    assert [o["status"] for o in outcomes] == list(ENDS)
+    assert [o["metrics"].get("test_acc") for o in outcomes] == [
+        final_metrics(plans[0])["test_acc"],
+        final_metrics(plans[1])["test_acc"],
+        None,
+        None,
+    ]
+    assert "loss is NaN at step 12" in outcomes[2]["metrics"]["error"]
+
+    second.setup()
+    trial = FakeTrial("trial_00000", config)
+    second.on_trial_start(0, [], trial)
+    trial.last_result = replay
+    second.on_trial_result(0, [], trial, replay)
+    trial.status = "TERMINATED"
+    second.on_trial_complete(0, [], trial)
+    second.on_experiment_end([trial] + [FakeTrial(f"p{i}", {}, status="TERMINATED") for i in range(4)])
+    after = {r.info.run_id: r for r in client.search_runs([experiment], "tags.`cytotune.kind` != 'launch'")}
+    assert sorted(after) == sorted(before)  # no new run
+    for run_id, run in before.items():  # the pack's run and its trials' runs left as they ended
+        assert after[run_id].data.tags == run.data.tags and after[run_id].data.metrics == run.data.metrics
+        assert (after[run_id].info.status, after[run_id].info.end_time) == (
+            run.info.status,
+            run.info.end_time,
+        )
