@@ -116,7 +116,11 @@ def test_optuna_waits_for_every_seed(optuna_demo_study, tmp_path):
     assert study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)) == []
 
 
-def test_resumed_searcher_continues_the_optuna_studies(optuna_demo_study, tmp_path):
+@pytest.mark.parametrize("after_save", [0, 6])
+def test_a_resumed_searcher_continues_the_optuna_studies(optuna_demo_study, tmp_path, after_save):
+    """A searcher restored from its saved state continues each Optuna study. What it suggested after the
+    save (`after_save`, some of it ended; then the driver died) comes again with the same keys, and each
+    Optuna study ends with exactly its samples: none lost, none extra."""
     journal = tmp_path / "optuna.journal"
     cells = expand_cells(optuna_demo_study)
     first = CellSearcher(cells, journal)
@@ -124,39 +128,17 @@ def test_resumed_searcher_continues_the_optuna_studies(optuna_demo_study, tmp_pa
     complete(first, head)
     state = tmp_path / "searcher.pkl"
     first.save(str(state))
-    second = CellSearcher(cells, journal)
-    second.restore(str(state))
-    rest = drain(second)
-    complete(second, rest)
-    keys = [c["trial_key"] for _, c in head + rest]
-    assert len(keys) == len(set(keys)) == 16 + 12
-    lrs = {c["trial"].lr for _, c in head + rest if c["trial"].method == "linear_probe"}
-    assert len(lrs) == 6
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
-    for cell in (c for c in cells if c.uses_optuna):
-        study = optuna.load_study(study_name=cell.cell_key, storage=storage)
-        assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
-
-
-def test_a_resumed_searcher_suggests_again_what_it_asked_after_its_saved_state(optuna_demo_study, tmp_path):
-    """The driver died after Tune saved the searcher: what it suggested since comes again, same keys, and
-    each Optuna study ends with exactly its samples (none lost, none extra)."""
-    journal = tmp_path / "optuna.journal"
-    cells = expand_cells(optuna_demo_study)
-    first = CellSearcher(cells, journal)
-    head = [(f"a{i}", first.suggest(f"a{i}")) for i in range(16 + 4)]
-    complete(first, head)
-    state = tmp_path / "searcher.pkl"
-    first.save(str(state))
-    lost = [(f"b{i}", first.suggest(f"b{i}")) for i in range(6)]  # after the save, then the driver dies
+    lost = [(f"b{i}", first.suggest(f"b{i}")) for i in range(after_save)]
     complete(first, lost[:3])  # one suggestion ended on both seeds (told to Optuna), one on one seed
     second = CellSearcher(cells, journal)
     second.restore(str(state))
     rest = drain(second)
     complete(second, rest)
-    assert [c["trial_key"] for _, c in rest[:6]] == [c["trial_key"] for _, c in lost]
+    assert [c["trial_key"] for _, c in rest[:after_save]] == [c["trial_key"] for _, c in lost]
     keys = [c["trial_key"] for _, c in head + rest]
     assert len(keys) == len(set(keys)) == 16 + 12
+    lrs = {c["trial"].lr for _, c in head + rest if c["trial"].method == "linear_probe"}
+    assert len(lrs) == 6
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
     for cell in (c for c in cells if c.uses_optuna):
         study = optuna.load_study(study_name=cell.cell_key, storage=storage)
