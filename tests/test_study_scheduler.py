@@ -198,3 +198,22 @@ def test_trial_to_run_is_the_first_pending_as_fifo_chooses_among_unended_trials(
         chosen.append(expected.trial_id if expected else None)
     assert chosen == ["t0", "t1", "t3", "t5", "t3", "t2", None]
     assert list(ours._unended) == ["t3"]  # only the trial still running is scanned
+
+
+def test_a_seed_replayed_as_stopped_on_resume_stops_its_siblings_and_a_finished_one_decides_nothing():
+    scheduler = scheduler_of()
+    stopped, sibling = trial("cell", "a", seed=1), trial("cell", "a", seed=2)
+    finished, other = trial("cell", "b", seed=1), trial("cell", "b", seed=2)
+    for t in (stopped, sibling, finished, other):
+        scheduler.on_trial_add(None, t)
+    # their recorded ends, reported again on resume: never stopped, never recorded at a rung
+    assert scheduler.on_trial_result(None, stopped, {"val_acc": 0.5, "replayed": 1}) == CONTINUE
+    assert (
+        scheduler.on_trial_result(
+            None, finished, {"step": 40, "val_acc": 0.1, "replayed": 1, "done_trial": 1}
+        )
+        == CONTINUE
+    )
+    assert scheduler.on_trial_result(None, sibling, {"step": 10, "val_acc": 0.99}) == STOP
+    assert scheduler.on_trial_result(None, other, {"step": 10, "val_acc": 0.2}) == CONTINUE
+    assert scheduler.on_trial_result(None, other, {"step": 20, "val_acc": 0.3}) == CONTINUE

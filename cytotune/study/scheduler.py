@@ -11,7 +11,8 @@ configuration one after another, so they usually run side by side and the wait i
 for good stops its siblings: the configuration can no longer finish on every seed. A trial's report at or
 after its last step (`last_step` in the report, or the final report) never stops it, so a trial whose last
 step is a rung completes. Rungs are kept in this object only: a resumed study starts them afresh, and the
-one report a replayed trial makes on resume (tracking/replay.py) is not recorded in them.
+one report a replayed trial makes on resume (tracking/replay.py) is not recorded in them; a seed replayed as
+stopped stops its configuration's other seeds, as its stop did before the driver died.
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ class SeedGroupedASHA(FIFOScheduler):
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
         """Continue or stop the trial by its configuration's seed mean at the cell's rungs."""
         rungs = self._rungs(trial)
+        if rungs is not None and result.get(REPLAYED) and not result.get(DONE_TRIAL):
+            # a seed stopped before the driver died (its recorded end): its configuration's others stop too
+            rungs.lose_seed(configuration_key(trial.config["trial_key"]))
         if rungs is None or result.get(DONE_TRIAL) or result.get(REPLAYED):
             return TrialScheduler.CONTINUE
         step, value = result.get(rungs.asha.time_attr), result.get(rungs.asha.metric)
