@@ -75,7 +75,9 @@ def test_a_killed_driver_resumes_without_training_again_a_trial_whose_end_mlflow
         )
         runs = search_all(MlflowClient(server.uri), figures.study, f"tags.`{schema.KIND}` = 'trial'")
     assert figures.launches == 2 and figures.trials == 30
-    assert (figures.runs, figures.duplicates, figures.trials_without_run, figures.lost_steps) == (30, 0, 0, 0)
+    assert (figures.runs, figures.duplicates, figures.trials_without_run) == (30, 0, 0)
+    # lost steps are not asserted: what a killed attempt reported after Tune's snapshot died with the driver,
+    # and its re-run may stop earlier (a sibling seed replayed as stopped stops it at its first report)
     assert figures.recorded_ended >= 5 and figures.recorded_rerun == 0
     # the resumed launch's outcome (replayed trials included) says what MLflow says of every trial
     statuses = Counter(run.data.tags[schema.STATUS] for run in runs)
