@@ -24,7 +24,7 @@ TRIALS = 4
 # the line the driver prints (stdout) or its progress line (stderr) when each phase begins
 PHASES = {
     "start-up": "starting a local Ray",
-    "preparing": "preparing synthetic at",
+    "preparing": "preparing synthetic (",
     "before-first-trial": f"running {TRIALS} trials on Ray Tune",
     "mid-study": f"1/{TRIALS} trials ended",
 }
