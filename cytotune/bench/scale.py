@@ -397,11 +397,11 @@ def recorded_ends(study: str, uri: str) -> set[str]:
     from mlflow import MlflowClient
 
     from cytotune.tracking import schema
+    from cytotune.tracking.replay import ENDED
     from cytotune.tracking.runs import search_all
 
     runs = search_all(MlflowClient(uri), study, f"tags.`{schema.KIND}` = '{schema.KIND_TRIAL}'")
-    ended = (schema.FINISHED, schema.STOPPED)
-    return {run.data.tags[schema.TRIAL_KEY] for run in runs if run.data.tags.get(schema.STATUS) in ended}
+    return {run.data.tags[schema.TRIAL_KEY] for run in runs if run.data.tags.get(schema.STATUS) in ENDED}
 
 
 def reported_steps(events: Path) -> dict[str, set[int]]:

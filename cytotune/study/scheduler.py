@@ -86,10 +86,12 @@ class SeedGroupedASHA(FIFOScheduler):
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
         """Continue or stop the trial by its configuration's seed mean at the cell's rungs."""
         rungs = self._rungs(trial)
-        if rungs is not None and result.get(REPLAYED) and not result.get(DONE_TRIAL):
-            # a seed stopped before the driver died (its recorded end): its configuration's others stop too
-            rungs.lose_seed(configuration_key(trial.config["trial_key"]))
-        if rungs is None or result.get(DONE_TRIAL) or result.get(REPLAYED):
+        if result.get(REPLAYED):
+            if rungs is not None and not result.get(DONE_TRIAL):
+                # a seed stopped before the driver died: its configuration's other seeds stop too
+                rungs.lose_seed(configuration_key(trial.config["trial_key"]))
+            return TrialScheduler.CONTINUE
+        if rungs is None or result.get(DONE_TRIAL):
             return TrialScheduler.CONTINUE
         step, value = result.get(rungs.asha.time_attr), result.get(rungs.asha.metric)
         if step is None or value is None:
