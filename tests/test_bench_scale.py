@@ -56,9 +56,10 @@ def test_bench_scale_counts_one_run_per_trial_and_every_metric(tmp_path, monkeyp
 
 
 @pytest.mark.slow
-def test_a_killed_driver_resumes_without_training_again_a_trial_whose_end_mlflow_holds(tmp_path, monkeypatch):
+def test_a_killed_driver_resumes_without_training_again_a_trial_whose_end_it_recorded(tmp_path, monkeypatch):
     """Ray Tune snapshots the experiment at the start only here, so every trial that ended before the kill
-    ended after the snapshot: Tune starts it again on resume, and it must report its recorded end."""
+    ended after the snapshot: Tune starts it again on resume, and it must report its recorded end, whether
+    MLflow held it at the kill or only the driver's end journal did."""
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "3600")
     with tracking_server(tmp_path, workers=1) as server:
@@ -78,7 +79,7 @@ def test_a_killed_driver_resumes_without_training_again_a_trial_whose_end_mlflow
     assert (figures.runs, figures.duplicates, figures.trials_without_run) == (30, 0, 0)
     # lost steps are not asserted: what a killed attempt reported after Tune's snapshot died with the driver,
     # and its re-run may stop earlier (a sibling seed replayed as stopped stops it at its first report)
-    assert figures.recorded_ended >= 5 and figures.recorded_rerun == 0
+    assert figures.recorded_ended + figures.journaled_ended >= 5 and figures.recorded_rerun == 0
     # the resumed launch's outcome (replayed trials included) says what MLflow says of every trial
     statuses = Counter(run.data.tags[schema.STATUS] for run in runs)
     assert {name: n for name, n in figures.driver.counts.items() if n} == dict(statuses)

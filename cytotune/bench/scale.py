@@ -76,6 +76,7 @@ class ScaleFigures:
     restarted_trials: int = 0
     ended_rerun: int = 0
     recorded_ended: int = 0
+    journaled_ended: int = 0
     recorded_rerun: int = 0
     best_s: float = 0.0
     report_s: float = 0.0
@@ -115,6 +116,7 @@ class ScaleFigures:
             "trials restarted": self.restarted_trials,
             "ended trials re-run": self.ended_rerun,
             "ended in MLflow at the kill": self.recorded_ended,
+            "... or only in the end journal": self.journaled_ended,
             "... of them re-run": self.recorded_rerun,
             "best s": self.best_s,
             "report s": self.report_s,
@@ -378,7 +380,7 @@ def ended_trials(events: Path) -> int:
 
 def rerun_counts(events: Path, recorded: set[str] = frozenset()) -> tuple[int, int, int]:
     """From the events file: trials started more than once, trials started again after they had ended, and
-    of those the ones in `recorded` (whose MLflow run held their end when the driver died)."""
+    of those the ones in `recorded` (whose end MLflow or the end journal held when the driver died)."""
     starts: Counter[str] = Counter()
     ended: set[str] = set()
     rerun: set[str] = set()
@@ -402,6 +404,18 @@ def recorded_ends(study: str, uri: str) -> set[str]:
 
     runs = search_all(MlflowClient(uri), study, f"tags.`{schema.KIND}` = '{schema.KIND_TRIAL}'")
     return {run.data.tags[schema.TRIAL_KEY] for run in runs if run.data.tags.get(schema.STATUS) in ENDED}
+
+
+def journaled_ends(spec: Any) -> set[str]:
+    """Trial keys whose end (finished or stopped) the study's end journal holds (tracking/end_journal.py)."""
+    from cytotune.study.runner import END_JOURNAL
+    from cytotune.study.storage import study_storage
+    from cytotune.tracking.end_journal import EndJournal
+    from cytotune.tracking.schema import FINISHED, RUN_STATUS, STOPPED
+
+    ended = {RUN_STATUS[FINISHED], RUN_STATUS[STOPPED]}
+    journal = EndJournal(study_storage(spec.name, None, spec.storage).driver_dir / END_JOURNAL)
+    return {end.trial_key for end in journal.read() if end.run_status in ended}
 
 
 def reported_steps(events: Path) -> dict[str, set[int]]:
@@ -506,6 +520,7 @@ def bench_scale(
     process = _driver_process(path, tracking_uri, slots, seconds, resume=False, lose_node_after=lose)
     launches = 1
     recorded: set[str] = set()
+    journaled: set[str] = set()
     if fault in ("driver-kill", "mlflow-restart") and _wait_for_third(process, events, n_trials):
         if fault == "driver-kill":
             say(
@@ -515,7 +530,11 @@ def bench_scale(
             kill_session(process.pid)
             process.wait()
             recorded = recorded_ends(spec.name, tracking_uri)
-            say(f"bench scale: MLflow holds the end of {len(recorded)} trials")
+            journaled = journaled_ends(spec) - recorded
+            say(
+                f"bench scale: MLflow holds the end of {len(recorded)} trials, the driver's end journal "
+                f"{len(journaled)} more"
+            )
             process = _driver_process(path, tracking_uri, slots, seconds, resume=True)
             launches = 2
         else:
@@ -526,7 +545,7 @@ def bench_scale(
         raise CytotuneError(f"bench scale: the driver failed; see {work / 'driver.log'}")
     parts.append(figures)
     counts = mlflow_counts(spec.name, tracking_uri, planned_keys(spec), reported_steps(events))
-    restarted, rerun, recorded_rerun = rerun_counts(events, recorded)
+    restarted, rerun, recorded_rerun = rerun_counts(events, recorded | journaled)
     out = ScaleFigures(
         study=spec.name,
         trials=n_trials,
@@ -538,6 +557,7 @@ def bench_scale(
         restarted_trials=restarted,
         ended_rerun=rerun,
         recorded_ended=len(recorded),
+        journaled_ended=len(journaled),
         recorded_rerun=recorded_rerun,
         load=" ".join(f"{x:.1f}" for x in os.getloadavg()),
         **counts,

@@ -47,6 +47,7 @@ from cytotune.study.storage import StudyStorage, study_storage
 from cytotune.tracking.schema import is_pack_config
 
 OPTUNA_JOURNAL = "optuna.journal"
+END_JOURNAL = "trial_ends.jsonl"  # trial ends not yet written to MLflow (tracking/end_journal.py)
 CONNECT_TIMEOUT_S = 30.0
 
 
@@ -469,6 +470,7 @@ def run_study(
                 restore = _launch_checks(spec, store, resume)
                 if resume and not restore:
                     _clear_ray_state(path)
+                _journal_ends(path, callbacks)
                 record = LaunchRecord(
                     study=study_fields(spec),
                     tracking_uri=tracking_uri,
@@ -532,11 +534,13 @@ def _replays(
     from ray.tune.experiment import Trial
 
     from cytotune.study.packs import pack_configs
-    from cytotune.tracking.callback import MlflowCallback
 
-    tracking = next((c for c in callbacks if isinstance(c, MlflowCallback)), None)
+    tracking = _tracking(callbacks)
     if tracking is None:
         return {}
+    recovered = tracking.recover_ends()
+    if recovered:
+        say(f"{recovered} trial ends the stopped driver had not written to MLflow: written from its journal")
     saved = saved_trials(store.experiment)
     ended = {(t.config or {}).get("trial_key") for t in saved if t.status == Trial.TERMINATED}
     replays = tracking.replays(pack_configs(cells), exclude=ended)
@@ -546,6 +550,22 @@ def _replays(
             "instead of training again"
         )
     return replays
+
+
+def _tracking(callbacks: Sequence[Any]) -> Any | None:
+    """The launch's MlflowCallback among its callbacks (None without one)."""
+    from cytotune.tracking.callback import MlflowCallback
+
+    return next((c for c in callbacks if isinstance(c, MlflowCallback)), None)
+
+
+def _journal_ends(driver_dir: Path, callbacks: Sequence[Any]) -> None:
+    """Give the launch's MlflowCallback the study's end journal (a killed driver's unwritten trial ends)."""
+    from cytotune.tracking.end_journal import EndJournal
+
+    tracking = _tracking(callbacks)
+    if tracking is not None:
+        tracking.end_journal = EndJournal(driver_dir / END_JOURNAL)
 
 
 def restored_callbacks(tuner: Any, callbacks: list) -> None:

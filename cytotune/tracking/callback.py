@@ -20,6 +20,7 @@ from cytotune import __version__
 from cytotune.metric_names import DONE_TRIAL, STEP, TEST_ACC
 from cytotune.tracking import schema
 from cytotune.tracking.confusion import confusion_figure
+from cytotune.tracking.end_journal import EndJournal, TrialEnd, trial_end
 from cytotune.tracking.lanes import Lanes
 from cytotune.tracking.replay import replay_results
 from cytotune.tracking.run_records import RunRecord, record_of_run, search_pages
@@ -54,6 +55,10 @@ class MlflowCallback(Callback):
     per flush: when Tune saves its experiment state (`get_state`, so a resumed study re-reports whatever a
     crash lost), when the trial ends (with its status tag) or errs, and when the launch ends. A flush the
     tracking server refuses (after MLflow's own retries) keeps the buffer for the next one.
+
+    With an `end_journal` (the runner gives it the study's), each trial's end is also appended to that file
+    before its writes are queued, so the ends a killed driver had not yet written reach their runs on resume
+    (`recover_ends`), and those trials replay their end instead of training again (tracking/end_journal.py).
 
     Every write of a trial's run goes through `Lanes`: on background threads, in order per Ray trial (a
     pack's runs share its lane), different trials at once, so MLflow's round trips never hold up Ray Tune's
@@ -104,6 +109,9 @@ class MlflowCallback(Callback):
         self._buffer_lock = threading.Lock()
         self._unended: dict[str, str] = {}
         self._lanes = Lanes(WRITERS)
+        self.end_journal: EndJournal | None = None
+        self._configs: dict[str, dict[str, Any]] = {}  # key -> its Ray config (trial and cell key, ...)
+        self._final_files: dict[str, tuple[str, str]] = {}  # key -> its final checkpoint (path, filesystem)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (Ray keeps the run config) without the MLflow client and the buffer's lock, which are made
@@ -114,9 +122,12 @@ class MlflowCallback(Callback):
         self.__dict__.update(state, _buffer_lock=threading.Lock())
 
     def get_state(self) -> dict[str, Any] | None:
-        """Tune saves its experiment state: write every buffered metric first (nothing else to save)."""
+        """Tune saves its experiment state: write every buffered metric first, then drop the ends written from
+        the end journal (nothing else to save)."""
         self.flush()
         self.wait()
+        if self.end_journal is not None:
+            self.end_journal.compact()
         return None
 
     def wait(self) -> None:
@@ -312,6 +323,8 @@ class MlflowCallback(Callback):
             status = "KILLED" if interrupted or left_open else "FAILED" if self._failed else "FINISHED"
             self.client.set_terminated(self.parent_run_id, status=status)
             self._closed = True
+        if self.end_journal is not None:
+            self.end_journal.compact()
 
     def _experiment_id(self) -> str:
         experiment = self.client.get_experiment_by_name(self.study)
@@ -359,6 +372,7 @@ class MlflowCallback(Callback):
         if key in self._opened:
             return key
         self._opened.add(key)
+        self._configs[key] = trial.config
         if trial.config["trial_key"] in self._replayed:
             self._keep_ended(key, self._replayed[trial.config["trial_key"]])
             return key
@@ -444,10 +458,21 @@ class MlflowCallback(Callback):
         return run_id
 
     def _end(self, key: str, status: str) -> None:
-        """Submit the end of a trial's run with `status` (its buffer written first)."""
+        """Submit the end of a trial's run with `status` (its buffer written first), journaled first."""
         self._add(key, tags=[RunTag(schema.STATUS, status)])
         self._ending.add(key)
+        if self.end_journal is not None and key in self._configs:
+            self.end_journal.append(self._trial_end(key, schema.RUN_STATUS[status]))
         self._submit(key, lambda: self._finish(key, schema.RUN_STATUS[status]))
+
+    def _trial_end(self, key: str, status: str) -> TrialEnd:
+        """The end of a trial's run as the end journal keeps it: what its buffer holds now."""
+        with self._buffer_lock:
+            batch = tuple(list(items) for items in self._buffer.get(key, ([], [], [])))
+        config = self._configs[key]
+        return trial_end(
+            key, config, self.parent_run_id, self._runs.get(key), status, batch, self._final_files.get(key)
+        )
 
     def _finish(self, key: str, status: str) -> None:
         """End the run with MLflow `status` once its buffer is written (else at `close`)."""
@@ -455,12 +480,53 @@ class MlflowCallback(Callback):
             self.client.set_terminated(self._run_id(key), status=status)
             self._unended.pop(key, None)
             self._ended.add(key)
+            if self.end_journal is not None:
+                self.end_journal.written(key)
         else:
             self._unended[key] = status
+
+    def recover_ends(self) -> int:
+        """Before a resumed launch: write the ends the end journal holds (a killed driver's, not yet in
+        MLflow) to their runs in the study's current launches, then clear it; how many were written."""
+        if self.end_journal is None:
+            return 0
+        ends = self.end_journal.read()
+        experiment = self.client.get_experiment_by_name(self.study) if ends else None
+        written = 0
+        if experiment is not None:
+            self.experiment_id = experiment.experiment_id
+            chain = current_launch_ids(self.client, self.study)
+            for end in ends:
+                run_id = end.run_id or self._run_of(end, chain)
+                if end.launch in chain and run_id is not None and self._write_end(run_id, end):
+                    written += 1
+        self.end_journal.clear()
+        return written
+
+    def _run_of(self, end: TrialEnd, chain: set[str]) -> str | None:
+        """The run of a journaled end whose run id was not yet known: by trial key, in the end's launch."""
+        runs = self._search(f"tags.`{schema.TRIAL_KEY}` = '{end.trial_key}'")
+        found = [run for run in runs if end.launch in launches_of(record_of_run(run)) & chain]
+        return found[0].info.run_id if found else None
+
+    def _write_end(self, run_id: str, end: TrialEnd) -> bool:
+        """Write a journaled end to its run unless the run holds an end already; whether it was written."""
+        if self.client.get_run(run_id).data.tags.get(schema.STATUS) not in (None, schema.RUNNING):
+            return False
+        _log_batches(self.client, run_id, *end.batch())
+        checkpoint = _checkpoint(end.files)
+        if checkpoint is not None:
+            try:
+                self._upload_final(run_id, checkpoint, {"cell_key": end.cell_key, "trial_key": end.trial_key})
+            except OSError as err:  # pruned or unreachable: the end matters more than its files
+                print(f"cytotune: {end.trial_key}: final files not uploaded ({err})", file=sys.stderr)
+        self.client.set_terminated(run_id, status=end.run_status)
+        return True
 
     def _log_final_artifacts(self, key: str, checkpoint: Any, config: dict[str, Any]) -> None:
         """Submit the upload of a finished trial's files and confusion matrix from its final checkpoint."""
         if checkpoint is not None:
+            self._final_files[key] = (str(checkpoint.path), checkpoint.filesystem.type_name)
             self._submit(key, lambda: self._upload_final(self._run_id(key), checkpoint, config))
 
     def _upload_final(self, run_id: str, checkpoint: Any, config: dict[str, Any]) -> None:
@@ -501,6 +567,19 @@ def _log_batches(
         t = tags[:_BATCH] if len(m) == len(metrics) else []
         client.log_batch(run_id, metrics=m, params=p, tags=t)
         metrics, params, tags = metrics[len(m) :], params[len(p) :], tags[len(t) :]
+
+
+def _checkpoint(files: tuple[str, str] | None) -> Any | None:
+    """The final checkpoint a journaled end names (path, pyarrow filesystem type): local, S3 or GCS."""
+    if files is None:
+        return None
+    from ray.tune import Checkpoint
+
+    path, filesystem = files
+    scheme = {"local": None, "s3": "s3", "gcs": "gs"}
+    if filesystem not in scheme:
+        return None
+    return Checkpoint(path if scheme[filesystem] is None else f"{scheme[filesystem]}://{path}")
 
 
 def step_metrics(result: dict, names: Any, stamp: int) -> list[Metric]:

@@ -119,6 +119,7 @@ class PackedMlflowCallback(MlflowCallback):
         if key in self._opened:
             return key
         self._opened.add(key)
+        self._configs[key] = trial.config
         if trial.config["trial_key"] in self._replayed:
             self._keep_ended(key, self._replayed[trial.config["trial_key"]])
             for member in self._members(trial):
