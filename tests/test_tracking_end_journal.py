@@ -39,7 +39,7 @@ def test_ends_the_killed_driver_had_not_written_reach_their_runs_on_resume_and_r
 ):
     uri = mlflow_sqlite_uri
     yaml_path = write_study(tmp_path, "fake-journal")
-    finished, stopped, failed, running = plans(yaml_path)[:4]
+    finished, stopped, failed, running, unmade = plans(yaml_path)[:5]
     journal = tmp_path / "driver" / "trial_ends.jsonl"
     first = launch_callback(yaml_path, uri)
     first.end_journal = EndJournal(journal)
@@ -51,20 +51,32 @@ def test_ends_the_killed_driver_had_not_written_reach_their_runs_on_resume_and_r
     end(first, finished, trials[finished.trial_key], "finished", tmp_path / "ckpt")
     end(first, stopped, trials[stopped.trial_key], "stopped", tmp_path / "ckpt")
     end(first, failed, trials[failed.trial_key], "failed", tmp_path / "ckpt")
+    # a short trial starts and ends while even the creation of its run waits in the queue
+    end(first, unmade, start(first, unmade, "trial_4"), "finished", tmp_path / "ckpt")
     assert first._lanes.queued > 0
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("fake-journal").experiment_id
     for plan in (finished, stopped, failed, running):  # MLflow lost every end with the driver
         assert _run_of(client, experiment, plan.trial_key).data.tags[schema.STATUS] == schema.RUNNING
-    assert len(journal.read_text().splitlines()) == 3
+    trial_runs = f"tags.`{schema.KIND}` = '{schema.KIND_TRIAL}'"
+    assert len(client.search_runs([experiment], trial_runs)) == 4  # none for the last trial
+    assert len(journal.read_text().splitlines()) == 4
 
     second = launch_callback(yaml_path, uri, resume=True)
     second.end_journal = EndJournal(journal)
-    assert second.recover_ends() == 3
+    assert second.recover_ends() == 4
     assert not journal.exists()
     replays = second.replays({})  # Tune's snapshot holds none of them as ended
-    assert set(replays) == {finished.trial_key, stopped.trial_key}
+    assert set(replays) == {finished.trial_key, stopped.trial_key, unmade.trial_key}
+    assert replays[unmade.trial_key]["test_acc"] == final_metrics(unmade)["test_acc"]
+    run = _run_of(client, experiment, unmade.trial_key)  # made from the journal, as the driver makes it
+    assert (run.info.status, run.data.tags[schema.STATUS]) == ("FINISHED", schema.FINISHED)
+    assert run.data.tags[schema.LAUNCHES] == first.parent_run_id
+    assert run.data.tags[schema.PARENT_RUN_ID] == first.parent_run_id
+    assert float(run.data.params["lr"]) == unmade.config.lr
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {schema.TRIAL_ARTIFACT, "result.json"}
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [10, 20]
 
     final = final_metrics(finished)
     assert replays[finished.trial_key]["done_trial"] == 1 and replays[finished.trial_key]["step"] == 30

@@ -112,6 +112,7 @@ class MlflowCallback(Callback):
         self.end_journal: EndJournal | None = None
         self._configs: dict[str, dict[str, Any]] = {}  # key -> its Ray config (trial and cell key, ...)
         self._final_files: dict[str, tuple[str, str]] = {}  # key -> its final checkpoint (path, filesystem)
+        self._creations: dict[str, dict[str, Any]] = {}  # key -> what its new run starts with
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (Ray keeps the run config) without the MLflow client and the buffer's lock, which are made
@@ -381,6 +382,7 @@ class MlflowCallback(Callback):
             self._open_run(key, lambda: self._continue(previous, trial))
         else:
             tags = self._run_tags(trial, schema.KIND_TRIAL)
+            self._creations[key] = {"tags": tags, "trial": _trial_json(trial.config)}
             self._open_run(key, lambda: self._create(trial, tags))
         # with the first flush; again on resume (the same values: a driver that died before its first flush
         # left the run without them)
@@ -434,13 +436,15 @@ class MlflowCallback(Callback):
         """The id of a trial's run, opened now if its opening was refused before (raises if refused again)."""
         if key not in self._runs:
             self._runs[key] = self._openers[key]()
+            self._creations.pop(key, None)
         return self._runs[key]
 
     def _create(self, trial: Any, tags: dict[str, str]) -> str:
         """A new trial run with its tags and trial config file (its params come with the first flush)."""
-        config = trial.config
-        run = self.client.create_run(self.experiment_id, tags=tags, run_name=config["trial_key"])
-        trial_json = config["trial"].model_dump(mode="json", exclude={"cache_dir"})  # each node has its own
+        return self._create_trial_run(trial.config["trial_key"], tags, _trial_json(trial.config))
+
+    def _create_trial_run(self, trial_key: str, tags: dict[str, str], trial_json: dict[str, Any]) -> str:
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=trial_key)
         self.client.log_dict(run.info.run_id, trial_json, schema.TRIAL_ARTIFACT)
         return run.info.run_id
 
@@ -469,10 +473,14 @@ class MlflowCallback(Callback):
         """The end of a trial's run as the end journal keeps it: what its buffer holds now."""
         with self._buffer_lock:
             batch = tuple(list(items) for items in self._buffer.get(key, ([], [], [])))
-        config = self._configs[key]
-        return trial_end(
-            key, config, self.parent_run_id, self._runs.get(key), status, batch, self._final_files.get(key)
-        )
+        run_id = self._runs.get(key)
+        create = None if run_id is not None else self._creation(key)
+        files = self._final_files.get(key)
+        return trial_end(key, self._configs[key], self.parent_run_id, run_id, status, batch, files, create)
+
+    def _creation(self, key: str) -> dict[str, Any] | None:
+        """What the new run of trial `key` starts with (None: it continues an earlier run)."""
+        return self._creations.get(key)
 
     def _finish(self, key: str, status: str) -> None:
         """End the run with MLflow `status` once its buffer is written (else at `close`)."""
@@ -497,16 +505,22 @@ class MlflowCallback(Callback):
             self.experiment_id = experiment.experiment_id
             chain = current_launch_ids(self.client, self.study)
             for end in ends:
+                if end.launch not in chain:
+                    continue
                 run_id = end.run_id or self._run_of(end, chain)
-                if end.launch in chain and run_id is not None and self._write_end(run_id, end):
+                if run_id is None and end.create is not None:
+                    run_id = self._create_trial_run(end.trial_key, end.create["tags"], end.create["trial"])
+                if run_id is not None and self._write_end(run_id, end):
                     written += 1
         self.end_journal.clear()
         return written
 
     def _run_of(self, end: TrialEnd, chain: set[str]) -> str | None:
-        """The run of a journaled end whose run id was not yet known: by trial key, in the end's launch."""
+        """The run of a journaled end whose run id was not yet known: its trial key's latest run in the
+        study's current launches (None: its creation never reached MLflow)."""
         runs = self._search(f"tags.`{schema.TRIAL_KEY}` = '{end.trial_key}'")
-        found = [run for run in runs if end.launch in launches_of(record_of_run(run)) & chain]
+        found = [run for run in runs if launches_of(record_of_run(run)) & chain]
+        found.sort(key=lambda run: run.info.start_time or 0, reverse=True)
         return found[0].info.run_id if found else None
 
     def _write_end(self, run_id: str, end: TrialEnd) -> bool:
@@ -567,6 +581,11 @@ def _log_batches(
         t = tags[:_BATCH] if len(m) == len(metrics) else []
         client.log_batch(run_id, metrics=m, params=p, tags=t)
         metrics, params, tags = metrics[len(m) :], params[len(p) :], tags[len(t) :]
+
+
+def _trial_json(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's config as its run's trial.json holds it (without the cache folder: each node has its own)."""
+    return config["trial"].model_dump(mode="json", exclude={"cache_dir"})
 
 
 def _checkpoint(files: tuple[str, str] | None) -> Any | None:

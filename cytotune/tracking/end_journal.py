@@ -4,10 +4,12 @@ The MLflow callback writes on background lanes, so a trial's end (its last metri
 of its run) reaches MLflow some time after Ray Tune learns of it: under load, tens of ends behind. A driver
 killed in that window loses those ends, and on resume Tune trains their trials again. So the callback
 appends each end to this journal first, in Tune's thread: one JSON line (the run's unwritten metrics,
-params and tags, its status, the final checkpoint to upload), written and flushed to the operating system,
-which keeps it when the driver process dies (not when the machine does). When Tune snapshots its experiment
-every write has finished, and the journal keeps only the ends MLflow refused. On resume the lines left are
-written to their runs before the replays are read (tracking/replay.py), so those trials replay their end.
+params and tags, its status, the final checkpoint to upload, and how to make the run when even its creation
+was still queued: a one-second trial can end before its run exists), written and flushed to the operating
+system, which keeps it when the driver process dies (not when the machine does). When Tune snapshots its
+experiment every write has finished, and the journal keeps only the ends MLflow refused. On resume the lines
+left are written to their runs before the replays are read (tracking/replay.py), so those trials replay
+their end.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from mlflow.entities import Metric, Param, RunTag
 
 @dataclass(frozen=True)
 class TrialEnd:
-    """One end: the run (id, when it was known; else found by trial key among the launch's runs), MLflow
-    status to end it with, its unwritten metrics (name, value, timestamp, step), params and tags (the status
-    tag last), and the final checkpoint's files (path, filesystem) for a finished trial."""
+    """One end: the run (id, when it was known; else found by trial key among the study's current launches,
+    else made from `create`), MLflow status to end it with, its unwritten metrics (name, value, timestamp,
+    step), params and tags (the status tag last), the final checkpoint's files (path, filesystem) for a
+    finished trial, and what a new run of the trial starts with (tags, and the trial config as a dict)."""
 
     key: str
     trial_key: str
@@ -37,6 +40,7 @@ class TrialEnd:
     params: list[tuple[str, str]]
     tags: list[tuple[str, str]]
     files: tuple[str, str] | None = field(default=None)
+    create: dict[str, Any] | None = field(default=None)
 
     def batch(self) -> tuple[list[Metric], list[Param], list[RunTag]]:
         """Its writes as MLflow entities."""
@@ -55,6 +59,7 @@ def trial_end(
     run_status: str,
     batch: tuple[list[Metric], list[Param], list[RunTag]],
     files: tuple[str, str] | None = None,
+    create: dict[str, Any] | None = None,
 ) -> TrialEnd:
     """The end of the trial (or pack) `key` whose Ray config is `config`, from its unwritten buffer."""
     metrics, params, tags = batch
@@ -69,6 +74,7 @@ def trial_end(
         params=[(p.key, p.value) for p in params],
         tags=[(t.key, t.value) for t in tags],
         files=files,
+        create=create,
     )
 
 
@@ -90,6 +96,7 @@ def decode(line: str) -> TrialEnd | None:
         params=[tuple(p) for p in raw["params"]],
         tags=[tuple(t) for t in raw["tags"]],
         files=tuple(files) if files else None,
+        create=raw.get("create"),
     )
 
 

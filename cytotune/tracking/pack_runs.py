@@ -108,6 +108,11 @@ class PackedMlflowCallback(MlflowCallback):
             for index, config in enumerate(trial.config[PACK_KEY])
         ]
 
+    def _creation(self, key: str) -> dict[str, Any] | None:
+        """A pack's trial runs nest under the pack's run: an end journaled before they existed makes none
+        on resume (the trial trains again)."""
+        return None if "#" in key else super()._creation(key)
+
     def _lane(self, key: str) -> str:
         """A pack's trials write in the pack's lane (their runs nest under its run)."""
         return key.partition("#")[0]
