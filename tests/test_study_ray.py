@@ -218,15 +218,22 @@ def _finished_runs(uri: str, study: str) -> dict[str, str]:
     return {run.data.tags[schema.TRIAL_KEY]: run.info.run_id for run in runs}
 
 
+def _run_metrics(client, uri: str, trial_key: str) -> dict[str, float]:
+    return client.get_run(_finished_runs(uri, "resume")[trial_key]).data.metrics
+
+
 def test_killed_driver_resumes_every_trial_once_and_trains_no_finished_trial_again(
     cluster, demo_data, tmp_path
 ):
     """Ray Tune snapshots the study at its start only here (TUNE_GLOBAL_CHECKPOINT_S), so on resume Tune
-    starts again every trial, the finished ones too: those report the end their MLflow run holds."""
+    starts again every trial, the finished ones too: those report the end their MLflow run holds, or the end
+    the driver's end journal held when its MLflow writes had not caught up."""
     from mlflow import MlflowClient
 
     from cytotune.study.grid import expand_cells
     from cytotune.study.launch import study_callback
+    from cytotune.study.runner import END_JOURNAL
+    from cytotune.tracking.end_journal import EndJournal
 
     body = "  - method: linear_probe\n    search: {lr: [1.0e-2, 3.0e-3, 1.0e-3, 3.0e-4]}\n"
     path = study_yaml(tmp_path / "resume.yaml", demo_data, body + "    train: {probe_epochs: 30}\n")
@@ -251,6 +258,8 @@ def test_killed_driver_resumes_every_trial_once_and_trains_no_finished_trial_aga
     assert (
         sum(t.status == "TERMINATED" for t in saved_trials(str(storage / "resume"))) == 0
     )  # snapshot: stale
+    journal = EndJournal(storage / "resume" / END_JOURNAL).read()
+    journaled = {end.trial_key for end in journal if end.run_status == "FINISHED"} - set(finished)
     client = MlflowClient(uri)
     before = {key: client.get_run(run_id) for key, run_id in finished.items()}
     spec = load_study(path)
@@ -262,8 +271,8 @@ def test_killed_driver_resumes_every_trial_once_and_trains_no_finished_trial_aga
     keys = Counter(t.trial_key for t in outcome.trials)
     assert len(keys) == 8 and set(keys.values()) == {1}
     replayed = {t.trial_key for t in outcome.trials if t.metrics.get("replayed") == 1}
-    assert replayed == set(finished)  # every finished trial reports its recorded end, and only those
-    trained = [t for t in outcome.trials if t.trial_key not in finished]
+    assert replayed == set(finished) | journaled  # every finished trial reports its recorded end, only those
+    trained = [t for t in outcome.trials if t.trial_key not in replayed]
     assert trained and all(t.metrics["started_at"] >= resumed_at for t in trained)
     for t in outcome.trials:
         if t.trial_key in finished:
@@ -271,6 +280,8 @@ def test_killed_driver_resumes_every_trial_once_and_trains_no_finished_trial_aga
             assert t.metrics["test_acc"] == run.data.metrics["test_acc"]
             assert client.get_run(run.info.run_id).data.metrics == run.data.metrics  # left as it ended
             assert client.get_run(run.info.run_id).info.end_time == run.info.end_time
+        elif t.trial_key in journaled:  # its end written from the journal on resume
+            assert t.metrics["test_acc"] == _run_metrics(client, uri, t.trial_key)["test_acc"]
     assert sorted(_finished_runs(uri, "resume")) == sorted(keys)  # one finished run per trial
 
 
