@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -80,7 +80,7 @@ def trial_end(
 
 def encode(end: TrialEnd) -> str:
     """One journal line (NaN and infinities as JSON's extensions, which `decode` reads back)."""
-    return json.dumps(asdict(end), separators=(",", ":")) + "\n"
+    return json.dumps(vars(end), separators=(",", ":")) + "\n"
 
 
 def decode(line: str) -> TrialEnd | None:
