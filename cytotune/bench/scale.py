@@ -47,7 +47,6 @@ class DriverFigures:
 
     trials: int = 0
     wall_s: float = 0.0
-    sim_s: float = 0.0
     driver_cpu_s: float = 0.0
     peak_rss_mb: float = 0.0
     mlflow_calls: int = 0
@@ -78,6 +77,7 @@ class ScaleFigures:
     recorded_ended: int = 0
     journaled_ended: int = 0
     recorded_rerun: int = 0
+    simulated_s: float = 0.0
     best_s: float = 0.0
     report_s: float = 0.0
     load: str = ""
@@ -85,7 +85,7 @@ class ScaleFigures:
     @property
     def ideal_s(self) -> float:
         """Total simulated trial time over the slots."""
-        return self.driver.sim_s / self.slots
+        return self.simulated_s / self.slots
 
     def row(self) -> dict[str, Any]:
         """The figures as one flat mapping (the table's column, the JSON's object)."""
@@ -299,7 +299,6 @@ def drive(
     return DriverFigures(
         trials=len(outcome.trials),
         wall_s=outcome.wall_s,
-        sim_s=sum(float(t.metrics.get("sim_s", 0.0)) for t in outcome.trials),
         driver_cpu_s=(after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
         peak_rss_mb=after.ru_maxrss / 1024,
         mlflow_calls=counter.calls,
@@ -354,7 +353,6 @@ def _sum(parts: list[DriverFigures]) -> DriverFigures:
     return DriverFigures(
         trials=parts[-1].trials if parts else 0,
         wall_s=sum(p.wall_s for p in parts),
-        sim_s=parts[-1].sim_s if parts else 0.0,
         driver_cpu_s=sum(p.driver_cpu_s for p in parts),
         peak_rss_mb=max((p.peak_rss_mb for p in parts), default=0.0),
         mlflow_calls=sum(p.mlflow_calls for p in parts),
@@ -457,16 +455,25 @@ def mlflow_counts(study: str, uri: str, planned: set[str], steps: dict[str, set[
     }
 
 
-def planned_keys(spec: Any) -> set[str]:
-    """The trial keys of a study's grid cells (the plan, independent of what ran)."""
+def planned_evaluations(spec: Any) -> dict[str, int]:
+    """By trial key, how many evaluations the trials of a study's grid cells make (the plan, independent of
+    what ran)."""
+    from cytotune.bench.simulated import schedule
     from cytotune.study.grid import expand_cells
 
-    return {
-        cell.trial(values, seed, None).trial_key
+    plans = (
+        cell.trial(values, seed, None)
         for cell in expand_cells(spec)
         for values in cell.grid_values()
         for seed in cell.seeds
-    }
+    )
+    return {plan.trial_key: len(schedule(plan.config.model_dump(mode="json"))) for plan in plans}
+
+
+def simulated_s(steps: dict[str, set[int]], evaluations: dict[str, int], seconds: float) -> float:
+    """The simulated seconds of every step some attempt of a trial reported (a trial's whole schedule lasts
+    `seconds`): what the study's trials ran, counted the same for trials replayed on resume."""
+    return sum(len(done) * seconds / evaluations[key] for key, done in steps.items() if key in evaluations)
 
 
 def _timed_cli(*args: str) -> float:
@@ -544,7 +551,8 @@ def bench_scale(
     if figures is None:
         raise CytotuneError(f"bench scale: the driver failed; see {work / 'driver.log'}")
     parts.append(figures)
-    counts = mlflow_counts(spec.name, tracking_uri, planned_keys(spec), reported_steps(events))
+    evaluations, steps = planned_evaluations(spec), reported_steps(events)
+    counts = mlflow_counts(spec.name, tracking_uri, set(evaluations), steps)
     restarted, rerun, recorded_rerun = rerun_counts(events, recorded | journaled)
     out = ScaleFigures(
         study=spec.name,
@@ -559,6 +567,7 @@ def bench_scale(
         recorded_ended=len(recorded),
         journaled_ended=len(journaled),
         recorded_rerun=recorded_rerun,
+        simulated_s=simulated_s(steps, evaluations, seconds),
         load=" ".join(f"{x:.1f}" for x in os.getloadavg()),
         **counts,
     )

@@ -127,7 +127,6 @@ def simulated_trainable(
                 "val_acc": acc,
                 "best_val_acc": state["best"],
             }
-            metrics["sim_s"] = state["sim_s"]
             last = step == evals[-1]
             if not last and not clock.due():
                 tune.report(metrics)
