@@ -381,9 +381,10 @@ class MlflowCallback(Callback):
         if previous is not None:
             self._open_run(key, lambda: self._continue(previous, trial))
         else:
-            tags = self._run_tags(trial, schema.KIND_TRIAL)
-            self._creations[key] = {"tags": tags, "trial": _trial_json(trial.config)}
-            self._open_run(key, lambda: self._create(trial, tags))
+            tags, trial_json = self._run_tags(trial, schema.KIND_TRIAL), _trial_json(trial.config)
+            if self.end_journal is not None:
+                self._creations[key] = {"tags": tags, "trial": trial_json}
+            self._open_run(key, lambda: self._create(trial.config["trial_key"], tags, trial_json))
         # with the first flush; again on resume (the same values: a driver that died before its first flush
         # left the run without them)
         params = schema.flatten_trial(trial.config["trial"]).items()
@@ -439,11 +440,8 @@ class MlflowCallback(Callback):
             self._creations.pop(key, None)
         return self._runs[key]
 
-    def _create(self, trial: Any, tags: dict[str, str]) -> str:
+    def _create(self, trial_key: str, tags: dict[str, str], trial_json: dict[str, Any]) -> str:
         """A new trial run with its tags and trial config file (its params come with the first flush)."""
-        return self._create_trial_run(trial.config["trial_key"], tags, _trial_json(trial.config))
-
-    def _create_trial_run(self, trial_key: str, tags: dict[str, str], trial_json: dict[str, Any]) -> str:
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=trial_key)
         self.client.log_dict(run.info.run_id, trial_json, schema.TRIAL_ARTIFACT)
         return run.info.run_id
@@ -509,7 +507,7 @@ class MlflowCallback(Callback):
                     continue
                 run_id = end.run_id or self._run_of(end, chain)
                 if run_id is None and end.create is not None:
-                    run_id = self._create_trial_run(end.trial_key, end.create["tags"], end.create["trial"])
+                    run_id = self._create(end.trial_key, end.create["tags"], end.create["trial"])
                 if run_id is not None and self._write_end(run_id, end):
                     written += 1
         self.end_journal.clear()
