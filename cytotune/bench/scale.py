@@ -38,6 +38,7 @@ from cytotune.errors import CytotuneError
 
 FAULTS = ("none", "driver-kill", "mlflow-restart", "node-loss")
 TRIAL_CPUS = 0.01
+DRIVER_OUT = "driver.out"  # the driver's stdout (its figures, as the last JSON line)
 AXES = ("backbones", "datasets", "lora.rank", "shots")  # trimmed from the end, in this order, for --trials
 
 
@@ -315,15 +316,18 @@ def _driver_process(
     a node has CPUs; a real node with `slots` GPUs has at least as many CPUs, so its raylets here may start
     `slots` at once (with 2, trial actors start two at a time and the bench measures that, not Tune)."""
     args = json.dumps([str(yaml_path), uri, slots, seconds, resume, lose_node_after])
-    log = (yaml_path.parent / "driver.log").open("a")
-    return subprocess.Popen(
-        [sys.executable, "-m", "cytotune.bench.scale", args],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        start_new_session=True,
-        env={**os.environ, "RAY_worker_maximum_startup_concurrency": str(slots)},
-    )
+    folder = yaml_path.parent
+    # stdout to a file, not a pipe: a driver writing more than a pipe holds while the bench waits for a
+    # third of the trials would block
+    with (folder / "driver.log").open("a") as log, (folder / DRIVER_OUT).open("a") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cytotune.bench.scale", args],
+            stdout=out,
+            stderr=log,
+            text=True,
+            start_new_session=True,
+            env={**os.environ, "RAY_worker_maximum_startup_concurrency": str(slots)},
+        )
 
 
 def kill_session(sid: int) -> int:
@@ -342,9 +346,10 @@ def kill_session(sid: int) -> int:
     return killed
 
 
-def _driver_figures(process: subprocess.Popen) -> DriverFigures | None:
-    out, _ = process.communicate()
-    lines = [line for line in (out or "").splitlines() if line.startswith("{")]
+def _driver_figures(process: subprocess.Popen, folder: Path) -> DriverFigures | None:
+    """The figures the driver printed as its last JSON line, once it exited (None if it failed)."""
+    process.wait()
+    lines = [line for line in (folder / DRIVER_OUT).read_text().splitlines() if line.startswith("{")]
     return DriverFigures(**json.loads(lines[-1])) if process.returncode == 0 and lines else None
 
 
@@ -547,7 +552,7 @@ def bench_scale(
         else:
             say(f"bench scale: restarting the MLflow server after {ended_trials(events)} trials ended")
             restart()
-    figures = _driver_figures(process)
+    figures = _driver_figures(process, work)
     if figures is None:
         raise CytotuneError(f"bench scale: the driver failed; see {work / 'driver.log'}")
     parts.append(figures)

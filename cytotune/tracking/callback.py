@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -175,8 +176,11 @@ class MlflowCallback(Callback):
 
     @property
     def client(self) -> MlflowClient:
-        """The MLflow client at this callback's tracking URI."""
+        """The MLflow client at this callback's tracking URI. Against a tracking server MLflow would print
+        two "View run" lines to stdout at each run's end, after one more request (get_run) to name it: that
+        is switched off (the study prints where its runs are once)."""
         if self._client is None:
+            os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
             self._client = MlflowClient(self.tracking_uri)
         return self._client
 
