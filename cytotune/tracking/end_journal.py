@@ -153,7 +153,7 @@ class EndJournal:
         return list(ends.values())
 
     def clear(self) -> None:
-        """Forget every end (a new launch, or after they were written on resume)."""
+        """Forget every end (on resume, once they were written to their runs)."""
         if self._file is not None:
             self._file.close()
             self._file = None
