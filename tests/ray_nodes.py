@@ -1,13 +1,17 @@
-"""A one-node local Ray cluster for tests: 2 CPUs, no dashboard, a small object store, a free GCS port."""
+"""A one-node local Ray cluster for tests (2 CPUs, no dashboard, a small object store, a free GCS port), and
+a Tune callback that interrupts a study."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import ray
 from ray.cluster_utils import Cluster
+from ray.tune import Callback
 
 
 def free_port() -> int:
@@ -34,3 +38,15 @@ def one_node_ray(num_cpus: int = 2) -> Iterator[Cluster]:
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+class InterruptAfter(Callback):
+    """Interrupts the Tune run like Ctrl+C (Tune also takes SIGUSR1) once `count` trials have ended."""
+
+    def __init__(self, count: int):
+        self.count, self.ended = count, 0
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.ended += 1
+        if self.ended == self.count:
+            os.kill(os.getpid(), signal.SIGUSR1)

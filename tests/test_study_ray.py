@@ -330,3 +330,40 @@ def test_dry_run_says_whether_the_machine_can_run_the_study():
         "asked, but the cluster has no GPU; expected gpus: 0 or allow_cpu_fallback: true",
     ]
     assert "can run: yes" in describe_plan(dry_run(load_study(ROOT / "search_spaces" / "demo.yaml")))
+
+
+def _snapshot_rungs(experiment: Path) -> dict:
+    """The scheduler's rungs in the callback state of Tune's newest launch (the RungsKeeper's): the file with
+    the greatest name, as Tune picks it on resume (names hold the launch's time)."""
+    import pickle
+
+    newest = max(experiment.glob("callback-states-*.pkl"))
+    [kept] = [state for state in pickle.loads(newest.read_bytes()).values() if state]
+    return kept["rungs"]
+
+
+def test_a_resumed_study_keeps_the_rungs_of_its_last_snapshot(cluster, tmp_path):
+    """Interrupted after 6 trials ended (Tune snapshots then), then resumed: the configurations whose seeds
+    had all ended never report again, yet their means stay in the rungs the resumed launch decides on."""
+    from ray_nodes import InterruptAfter
+
+    from cytotune.bench.scale import bench_yaml
+    from cytotune.bench.simulated import simulated_trainable
+    from cytotune.study.grid import count_trials, expand_cells
+    from cytotune.study.storage import study_storage
+
+    space = Path(__file__).resolve().parents[1] / "search_spaces" / "exp2_lora_fewshot.yaml"
+    spec = load_study(bench_yaml(space, tmp_path, trials=18))
+    trainable = simulated_trainable(0.4, tmp_path / "events.tsv", spec.checkpoint_every_s)
+    quiet = {"address": cluster.address, "trainable": trainable, "say": lambda _: None}
+    first = run_study(spec, callbacks=[InterruptAfter(6)], **quiet)
+    assert first.interrupted
+    experiment = Path(study_storage(spec.name, None, spec.storage).experiment)
+    kept = _snapshot_rungs(experiment)
+    assert sum(len(means) for rungs in kept.values() for means in rungs.recorded.values()) >= 2
+    resumed = run_study(spec, resume=True, **quiet)
+    assert not resumed.interrupted and len(resumed.trials) == count_trials(expand_cells(spec))
+    final = _snapshot_rungs(experiment)
+    for cell, rungs in kept.items():
+        for rung, means in rungs.recorded.items():
+            assert means.items() <= final[cell].recorded[rung].items()

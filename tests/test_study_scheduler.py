@@ -217,3 +217,48 @@ def test_a_seed_replayed_as_stopped_on_resume_stops_its_siblings_and_a_finished_
     assert scheduler.on_trial_result(None, sibling, {"step": 10, "val_acc": 0.99}) == STOP
     assert scheduler.on_trial_result(None, other, {"step": 10, "val_acc": 0.2}) == CONTINUE
     assert scheduler.on_trial_result(None, other, {"step": 20, "val_acc": 0.3}) == CONTINUE
+
+
+def test_rungs_kept_in_tune_s_snapshot_decide_a_resumed_study_as_the_uninterrupted_one(tmp_path):
+    """The driver dies after two trials of the easy cell reached rung 10; Tune saved its callbacks' state
+    (the keeper's rungs) in its last snapshot, through its own CallbackList, and hands it back on resume."""
+    from ray.tune.callback import CallbackList
+
+    from cytotune.study.scheduler import RungsKeeper
+
+    settings = ({"easy": ASHA, "hard": ASHA}, {"easy": 1, "hard": 1})
+    curves = {**EASY, **HARD}
+    trials = {name: trial(name.rstrip("0123456789"), name) for name in curves}
+    script = [(name, step, curves[name][rung]) for rung, step in enumerate((10, 20, 40)) for name in curves]
+
+    def run(scheduler, steps, stopped):
+        for name, step, value in steps:
+            if name not in stopped:
+                result = {"step": step, "val_acc": value}
+                if scheduler.on_trial_result(None, trials[name], result) == STOP:
+                    stopped[name] = step
+        return stopped
+
+    before = run(SeedGroupedASHA(*settings), script[:2], {})
+    first = SeedGroupedASHA(*settings)
+    run(first, script[:2], {})
+    CallbackList([RungsKeeper(first)]).save_to_dir(str(tmp_path))
+    resumed = SeedGroupedASHA(*settings)
+    CallbackList([RungsKeeper(resumed)]).restore_from_dir(str(tmp_path))
+    # by hand (as test_hard_cell_is_not_stopped_because_of_the_easy_cell): all but the best of each cell
+    # stop at rung 10; easy2 (0.91) stops against the rung's kept [0.95, 0.93] (median 0.94)
+    expected = {"easy1": 10, "easy2": 10, "easy3": 10, "hard1": 10, "hard2": 10, "hard3": 10}
+    assert run(resumed, script[2:], dict(before)) == expected
+    # with its rungs started afresh, easy2 is the first at rung 10 and goes on; it stops at rung 20 only,
+    # after easy0 recorded 0.96 there: ten more steps of training than the uninterrupted study gave it
+    assert run(SeedGroupedASHA(*settings), script[2:], dict(before)) == {**expected, "easy2": 20}
+    # a cell whose ASHA settings changed since the snapshot starts afresh
+    changed = SeedGroupedASHA({"easy": AshaSettings(grace_period=5, max_steps=40), "hard": ASHA}, settings[1])
+    CallbackList([RungsKeeper(changed)]).restore_from_dir(str(tmp_path))
+    assert changed.rungs() == {}
+
+
+def test_a_study_without_results_saves_no_rungs():
+    from cytotune.study.scheduler import RungsKeeper
+
+    assert RungsKeeper(scheduler_of()).get_state() is None

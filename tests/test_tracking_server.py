@@ -5,15 +5,13 @@ interrupted and resumed into one run per trial, and an unreachable server refuse
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import sys
 
 import pytest
 from mlflow import MlflowClient
 from mlflow_servers import Server, create_database, drop_database, free_port, postgres_uri
-from ray.tune import Callback
+from ray_nodes import InterruptAfter
 from tracking_fakes import (
     check_layout,
     complete_lora_outcome,
@@ -134,18 +132,6 @@ def test_unreachable_server_is_one_line_and_nothing_starts(tmp_path, monkeypatch
     assert err.startswith(f"cytotune: error: MLflow tracking server {uri} is unreachable")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["down.yaml"]
     assert not ray.is_initialized()
-
-
-class InterruptAfter(Callback):
-    """Interrupts the Tune run like Ctrl+C (Tune also takes SIGUSR1) once `count` trials have ended."""
-
-    def __init__(self, count: int):
-        self.count, self.ended = count, 0
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self.ended += 1
-        if self.ended == self.count:
-            os.kill(os.getpid(), signal.SIGUSR1)
 
 
 def test_real_study_interrupted_then_resumed_has_one_run_per_trial(servers, tmp_path, monkeypatch):

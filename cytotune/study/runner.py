@@ -570,18 +570,31 @@ def _journal_ends(driver_dir: Path, callbacks: Sequence[Any]) -> None:
 
 def restored_callbacks(tuner: Any, callbacks: list) -> None:
     """Give a restored Tuner this launch's callbacks. Tuner.restore takes none (they are not saved with the
-    experiment), so this sets them on its run config: the one private Ray API the study uses, kept here and
-    checked by tests/test_study_ray_private.py, so a Ray release that moves it fails loudly."""
-    internal = getattr(tuner, "_local_tuner", None)
-    config = getattr(internal, "_run_config", None)
+    experiment), so this sets them on its run config: with `restored_scheduler`, the private Ray API the
+    study uses, kept here and checked by tests/test_study_ray_private.py, so a Ray release that moves it
+    fails loudly."""
+    config = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
     if config is None or not hasattr(config, "callbacks"):
-        import ray
-
-        raise RuntimeError(
-            f"Ray {ray.__version__}: Tuner._local_tuner._run_config.callbacks is gone; resume cannot pass "
-            "its MLflow callback (see cytotune.study.runner.restored_callbacks)"
-        )
+        _moved("_run_config.callbacks", "its MLflow callback", "restored_callbacks")
     config.callbacks = callbacks
+
+
+def restored_scheduler(tuner: Any) -> Any:
+    """The scheduler a restored Tuner unpickled from its experiment (the one its trials will report to), so
+    that the rungs of Tune's last snapshot can be handed to it (scheduler.RungsKeeper)."""
+    config = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
+    if config is None or not hasattr(config, "scheduler"):
+        _moved("_tune_config.scheduler", "its early-stopping rungs", "restored_scheduler")
+    return config.scheduler
+
+
+def _moved(attribute: str, what: str, function: str) -> None:
+    import ray
+
+    raise RuntimeError(
+        f"Ray {ray.__version__}: Tuner._local_tuner.{attribute} is gone; resume cannot pass {what} (see "
+        f"cytotune.study.runner.{function})"
+    )
 
 
 def _tuner(
@@ -600,7 +613,7 @@ def _tuner(
     from ray import tune
 
     from cytotune.study.progress_line import ProgressLine
-    from cytotune.study.scheduler import SeedGroupedASHA
+    from cytotune.study.scheduler import RungsKeeper, SeedGroupedASHA
     from cytotune.study.search import CellSearcher
     from cytotune.study.trainable import study_trainable
     from cytotune.study.tune_trainable import tune_trainable
@@ -612,13 +625,15 @@ def _tuner(
     if restore:
         with without_result_files_warning():  # Tuner.restore reads the saved trials' results back
             tuner = tune.Tuner.restore(store.experiment, trainable, resume_errored=True)
-        restored_callbacks(tuner, [*callbacks, progress])
+        # the keeper first: Tune hands each callback back its saved state by position
+        restored_callbacks(tuner, [RungsKeeper(restored_scheduler(tuner)), *callbacks, progress])
         return tuner
+    scheduler = SeedGroupedASHA.for_cells(cells)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=CellSearcher(cells, store.driver_dir / OPTUNA_JOURNAL),
-            scheduler=SeedGroupedASHA.for_cells(cells),
+            scheduler=scheduler,
             num_samples=ray_trial_count(cells),
             max_concurrent_trials=max_concurrent,
             reuse_actors=reuse_actors,
@@ -629,7 +644,7 @@ def _tuner(
             storage_path=store.root,
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
-            callbacks=[*callbacks, progress],
+            callbacks=[RungsKeeper(scheduler), *callbacks, progress],
             verbose=0,
         ),
     )

@@ -10,8 +10,12 @@ next report (a seed not yet started stops at its first). The study's searcher qu
 configuration one after another, so they usually run side by side and the wait is short. A seed that fails
 for good stops its siblings: the configuration can no longer finish on every seed. A trial's report at or
 after its last step (`last_step` in the report, or the final report) never stops it, so a trial whose last
-step is a rung completes. Rungs are kept in this object only: a resumed study starts them afresh, and the
-one report a replayed trial makes on resume (tracking/replay.py) is not recorded in them; a seed replayed as
+step is a rung completes. Tune saves a scheduler only as it was at the launch, so `RungsKeeper` (a callback)
+puts the rungs in each of Tune's experiment snapshots and gives them back on resume: a resumed study decides
+against the rungs of its last snapshot, as the uninterrupted study would have. Recording is idempotent (a
+seed's first value at a rung is kept), so a trial that resumes from an earlier checkpoint and reports a rung
+again changes nothing. What trials recorded after that snapshot, before the driver died, is not in them; the
+one report a trial replays on resume (tracking/replay.py) is not recorded either, but a seed replayed as
 stopped stops its configuration's other seeds, as its stop did before the driver died.
 """
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ray.tune import Callback
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
@@ -111,7 +116,35 @@ class SeedGroupedASHA(FIFOScheduler):
         if rungs is not None:
             rungs.lose_seed(configuration_key(trial.config["trial_key"]))
 
+    def rungs(self) -> dict[str, CellRungs]:
+        """The rungs of each cell that has recorded any result, by cell key."""
+        return {cell: rungs for cell, rungs in self._cells.items() if rungs.values}
+
+    def restore_rungs(self, rungs: dict[str, CellRungs]) -> None:
+        """Take back the rungs of an earlier launch of the study: those of cells whose ASHA settings and seeds
+        are still this scheduler's (a cell whose settings changed starts afresh)."""
+        for cell, kept in rungs.items():
+            if kept.asha == self._settings.get(cell) and kept.seeds == self._seeds.get(cell, 1):
+                self._cells[cell] = kept
+
     def debug_string(self) -> str:
         """How many cells keep rungs and how many configurations they have stopped."""
         stopped = sum(len(c.stopped) for c in self._cells.values())
         return f"Using seed-grouped ASHA: {len(self._cells)} cells, {stopped} configurations stopped"
+
+
+class RungsKeeper(Callback):
+    """The scheduler's rungs in Tune's experiment snapshots: Tune saves its callbacks' state with the
+    searcher's at every snapshot and hands it back on resume, before any trial reports."""
+
+    def __init__(self, scheduler: SeedGroupedASHA):
+        self.scheduler = scheduler
+
+    def get_state(self) -> dict[str, Any] | None:
+        """The rungs recorded so far (None before any: Tune then writes no callback state)."""
+        rungs = self.scheduler.rungs()
+        return {"rungs": rungs} if rungs else None
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Give the scheduler the rungs of the snapshot the study resumes from."""
+        self.scheduler.restore_rungs(state.get("rungs", {}))
