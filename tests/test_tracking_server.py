@@ -191,3 +191,59 @@ def test_real_study_interrupted_then_resumed_has_one_run_per_trial(servers, tmp_
     assert selected == json.loads(expected.to_json(orient="records"))
     assert best[0]["n_seeds"] == 2 and not best[0]["missing_seeds"]
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_trials_ending_side_by_side_each_get_their_dataset_input_on_postgres(servers):
+    """MLflow's SQL store looks a dataset up, then inserts it: eight runs logging one new dataset at once
+    make all but one insert fail on PostgreSQL (a unique-key error); the callback's call logs it again."""
+    import threading
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    from cytotune.tracking.callback import log_dataset_input
+
+    client = MlflowClient(servers["postgres"])
+    experiment = client.create_experiment("dataset-race")
+    failures: list[Exception] = []
+    runs = []
+    for round_ in range(4):
+        ids = [client.create_run(experiment).info.run_id for _ in range(8)]
+        runs += [(run_id, f"set{round_}") for run_id in ids]
+        dataset = Dataset(f"set{round_}", f"digest{round_}", "local", '{"uri": "file:///data"}')
+        given = DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "trial")])
+        start = threading.Barrier(len(ids))
+
+        def log(run_id: str, given: DatasetInput = given, start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                log_dataset_input(client, run_id, given)
+            except Exception as err:  # noqa: BLE001  (collected and asserted below)
+                failures.append(err)
+
+        threads = [threading.Thread(target=log, args=(run_id,)) for run_id in ids]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert failures == []
+    for run_id, name in runs:
+        inputs = client.get_run(run_id).inputs.dataset_inputs
+        assert [i.dataset.name for i in inputs] == [name]
+
+
+def test_an_input_error_other_than_a_conflict_is_not_retried():
+    from mlflow.exceptions import MlflowException
+
+    from cytotune.tracking.callback import log_dataset_input
+
+    class Refusing:
+        calls = 0
+
+        def log_inputs(self, run_id, datasets):
+            self.calls += 1
+            raise MlflowException("RESOURCE_DOES_NOT_EXIST: run 'x' not found")
+
+    client = Refusing()
+    with pytest.raises(MlflowException, match="not found"):
+        log_dataset_input(client, "x", object())
+    assert client.calls == 1

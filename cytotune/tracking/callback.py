@@ -31,6 +31,7 @@ from cytotune.tracking.uri import artifact_location, resolve_tracking_uri
 _BATCH = 100  # MLflow's limit of params (and of tags) in one log_batch
 _METRIC_BATCH = 1000  # ... and of metrics
 WRITERS = 8  # trials whose MLflow writes run at once (MLflow's HTTP pool holds 10 connections)
+INPUT_ATTEMPTS = 3  # log_inputs calls for one dataset input (see log_dataset_input)
 
 
 class MlflowCallback(Callback):
@@ -277,7 +278,7 @@ class MlflowCallback(Callback):
         if key in self._with_input or not all(name in result for name in schema.DATASET_FIELDS):
             return
         dataset = schema.dataset_input(result)
-        self._submit(key, lambda: self.client.log_inputs(self._run_id(key), datasets=[dataset]))
+        self._submit(key, lambda: log_dataset_input(self.client, self._run_id(key), dataset))
         self._add(key, params=[Param(schema.DATASET_DIGEST, str(result[schema.DATASET_DIGEST]))])
         self._with_input.add(key)
 
@@ -583,6 +584,31 @@ def _log_batches(
         t = tags[:_BATCH] if len(m) == len(metrics) else []
         client.log_batch(run_id, metrics=m, params=p, tags=t)
         metrics, params, tags = metrics[len(m) :], params[len(p) :], tags[len(t) :]
+
+
+def log_dataset_input(client: MlflowClient, run_id: str, dataset: Any) -> None:
+    """Log one dataset input of a run; again when the server's insert of the dataset met the same insert
+    from another call. MLflow's SQL store looks the dataset up, then inserts it: of concurrent first logs of
+    one dataset (trials of one dataset ending side by side), all but one fail on PostgreSQL or MySQL with a
+    unique-key error, and once the row exists a second call links it to the run."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(1, INPUT_ATTEMPTS + 1):
+        try:
+            client.log_inputs(run_id, datasets=[dataset])
+            return
+        except MlflowException as err:
+            if attempt == INPUT_ATTEMPTS or not _is_unique_conflict(str(err)):
+                raise
+
+
+def _is_unique_conflict(message: str) -> bool:
+    """Whether a server error is a unique-key violation (PostgreSQL, MySQL or SQLite wording)."""
+    lowered = message.lower()
+    return any(
+        word in lowered
+        for word in ("uniqueviolation", "duplicate key", "duplicate entry", "unique constraint")
+    )
 
 
 def _trial_json(config: dict[str, Any]) -> dict[str, Any]:
