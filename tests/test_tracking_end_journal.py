@@ -5,9 +5,12 @@ read back as written, a line cut short is skipped, and written ends are dropped 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
+import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from tracking_fakes import end, final_metrics, launch_callback, plans, start, write_study
 
 from cytotune.tracking import schema
@@ -135,3 +138,39 @@ def test_an_end_reads_back_as_written_a_cut_line_is_skipped_and_written_ends_are
     journal.written("t2")
     journal.compact()
     assert not journal.path.exists()
+
+
+def test_a_journaled_end_that_cannot_be_written_keeps_the_journal_and_the_others_are_written(
+    tmp_path, mlflow_sqlite_uri
+):
+    """Ends are written several at once; one whose run MLflow no longer has fails the resume once the
+    others are written, and the journal stays for the next resume, which writes nothing twice."""
+    yaml_path = write_study(tmp_path, "fake-journal-fail")
+    trial_plans = plans(yaml_path)[:3]
+    journal = tmp_path / "driver" / "trial_ends.jsonl"
+    first = launch_callback(yaml_path, mlflow_sqlite_uri)
+    first.end_journal = EndJournal(journal)
+    first.setup()
+    trials = [start(first, plan, f"trial_{i}") for i, plan in enumerate(trial_plans)]
+    first.get_state()
+    first._lanes = UnwrittenLanes()
+    for plan, trial in zip(trial_plans, trials, strict=True):
+        end(first, plan, trial, "stopped", tmp_path / "ckpt")
+    lost = replace(decode(journal.read_text().splitlines()[0]), key="gone", run_id="0" * 32)  # no such run
+    journal.write_text(encode(lost) + journal.read_text())  # first: the others are written all the same
+
+    second = launch_callback(yaml_path, mlflow_sqlite_uri, resume=True)
+    second.end_journal = EndJournal(journal)
+    with pytest.raises(MlflowException, match="not found"):
+        second.recover_ends()
+    assert journal.exists()
+    client = MlflowClient(mlflow_sqlite_uri)
+    experiment = client.get_experiment_by_name("fake-journal-fail").experiment_id
+    for plan in trial_plans:
+        assert _run_of(client, experiment, plan.trial_key).data.tags[schema.STATUS] == schema.STOPPED
+    kept = [line for line in journal.read_text().splitlines() if '"gone"' not in line]
+    journal.write_text("".join(line + "\n" for line in kept))
+    third = launch_callback(yaml_path, mlflow_sqlite_uri, resume=True)
+    third.end_journal = EndJournal(journal)
+    assert len(kept) == 3 and third.recover_ends() == 0  # each written before, none again
+    assert not journal.exists()

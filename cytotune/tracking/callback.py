@@ -9,6 +9,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -498,7 +499,9 @@ class MlflowCallback(Callback):
 
     def recover_ends(self) -> int:
         """Before a resumed launch: write the ends the end journal holds (a killed driver's, not yet in
-        MLflow) to their runs in the study's current launches, then clear it; how many were written."""
+        MLflow) to their runs in the study's current launches, WRITERS at once, then clear it; how many were
+        written. A write that fails raises once the others are done, and the journal is kept for the next
+        resume (an end already written is not written again)."""
         if self.end_journal is None:
             return 0
         ends = self.end_journal.read()
@@ -507,16 +510,20 @@ class MlflowCallback(Callback):
         if experiment is not None:
             self.experiment_id = experiment.experiment_id
             chain = current_launch_ids(self.client, self.study)
-            for end in ends:
-                if end.launch not in chain:
-                    continue
-                run_id = end.run_id or self._run_of(end, chain)
-                if run_id is None and end.create is not None:
-                    run_id = self._create(end.trial_key, end.create["tags"], end.create["trial"])
-                if run_id is not None and self._write_end(run_id, end):
-                    written += 1
+            mine = [end for end in ends if end.launch in chain]
+            with ThreadPoolExecutor(WRITERS, thread_name_prefix="cytotune-recover") as pool:
+                futures = [pool.submit(self._recover_end, end, chain) for end in mine]
+            written = sum(future.result() for future in futures)  # every write ran; the first error raises
         self.end_journal.clear()
         return written
+
+    def _recover_end(self, end: TrialEnd, chain: set[str]) -> bool:
+        """Write one journaled end to its run (made first when its creation never reached MLflow); whether
+        it was written."""
+        run_id = end.run_id or self._run_of(end, chain)
+        if run_id is None and end.create is not None:
+            run_id = self._create(end.trial_key, end.create["tags"], end.create["trial"])
+        return run_id is not None and self._write_end(run_id, end)
 
     def _run_of(self, end: TrialEnd, chain: set[str]) -> str | None:
         """The run of a journaled end whose run id was not yet known: its trial key's latest run in the
