@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pandas as pd
 
@@ -588,7 +588,7 @@ def restored_scheduler(tuner: Any) -> Any:
     return config.scheduler
 
 
-def _moved(attribute: str, what: str, function: str) -> None:
+def _moved(attribute: str, what: str, function: str) -> NoReturn:
     import ray
 
     raise RuntimeError(

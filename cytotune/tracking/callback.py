@@ -510,9 +510,9 @@ class MlflowCallback(Callback):
         if experiment is not None:
             self.experiment_id = experiment.experiment_id
             chain = current_launch_ids(self.client, self.study)
-            mine = [end for end in ends if end.launch in chain]
+            current = [end for end in ends if end.launch in chain]
             with ThreadPoolExecutor(WRITERS, thread_name_prefix="cytotune-recover") as pool:
-                futures = [pool.submit(self._recover_end, end, chain) for end in mine]
+                futures = [pool.submit(self._recover_end, end, chain) for end in current]
             written = sum(future.result() for future in futures)  # every write ran; the first error raises
         self.end_journal.clear()
         return written
@@ -595,8 +595,8 @@ def _log_batches(
 
 def log_dataset_input(client: MlflowClient, run_id: str, dataset: Any) -> None:
     """Log one dataset input of a run; again when the server's insert of the dataset met the same insert
-    from another call. MLflow's SQL store looks the dataset up, then inserts it: of concurrent first logs of
-    one dataset (trials of one dataset ending side by side), all but one fail on PostgreSQL or MySQL with a
+    from another call. MLflow's SQL store looks the dataset up, then inserts it: when trials of one dataset
+    first report side by side, the calls that lose the race fail (on PostgreSQL, as measured) with a
     unique-key error, and once the row exists a second call links it to the run."""
     from mlflow.exceptions import MlflowException
 
