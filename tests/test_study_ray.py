@@ -349,7 +349,7 @@ def test_a_resumed_study_keeps_the_rungs_of_its_last_snapshot(cluster, tmp_path)
 
     from cytotune.bench.scale import bench_yaml
     from cytotune.bench.simulated import simulated_trainable
-    from cytotune.study.grid import count_trials, expand_cells
+    from cytotune.study.grid import configuration_key, count_trials, expand_cells
     from cytotune.study.storage import study_storage
 
     space = Path(__file__).resolve().parents[1] / "search_spaces" / "exp2_lora_fewshot.yaml"
@@ -360,7 +360,13 @@ def test_a_resumed_study_keeps_the_rungs_of_its_last_snapshot(cluster, tmp_path)
     assert first.interrupted
     experiment = Path(study_storage(spec.name, None, spec.storage).experiment)
     kept = _snapshot_rungs(experiment)
-    assert sum(len(means) for rungs in kept.values() for means in rungs.recorded.values()) >= 2
+    # the test's point: a configuration recorded in the snapshot whose every seed had ended (none of its
+    # trials reports after the resume, so only the kept rungs can hold its mean)
+    seeds = {cell.cell_key: len(cell.seeds) for cell in expand_cells(spec)}
+    ends = [t for t in first.trials if t.status in ("finished", "stopped")]
+    ended = Counter((t.cell_key, configuration_key(t.trial_key)) for t in ends)
+    done = {config for (cell, config), n in ended.items() if n == seeds[cell]}
+    assert done & {config for rungs in kept.values() for means in rungs.recorded.values() for config in means}
     resumed = run_study(spec, resume=True, **quiet)
     assert not resumed.interrupted and len(resumed.trials) == count_trials(expand_cells(spec))
     final = _snapshot_rungs(experiment)
