@@ -16,6 +16,10 @@ DONE_TRIAL = "done_trial"
 # 1 in the one report a resumed trial makes instead of training again: the end its MLflow run recorded before
 # the driver died (tracking/replay.py).
 REPLAYED = "replayed"
+# In a replayed report of a trial outside a pack: its validation accuracies as MLflow recorded them, as
+# [step, value] pairs in the order reported, so the scheduler records the rungs the trial reached before the
+# driver died.
+VAL_HISTORY = "val_acc_history"
 # Final test metrics, at the best-validation step (TrialResult's fields of the same names).
 TEST_ACC = "test_acc"
 TEST_BALANCED_ACC = "test_balanced_acc"

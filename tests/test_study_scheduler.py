@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
 from cytotune.study.rungs import CellRungs, rung_steps
@@ -217,6 +218,44 @@ def test_a_seed_replayed_as_stopped_on_resume_stops_its_siblings_and_a_finished_
     assert scheduler.on_trial_result(None, sibling, {"step": 10, "val_acc": 0.99}) == STOP
     assert scheduler.on_trial_result(None, other, {"step": 10, "val_acc": 0.2}) == CONTINUE
     assert scheduler.on_trial_result(None, other, {"step": 20, "val_acc": 0.3}) == CONTINUE
+
+
+def test_a_replayed_history_is_recorded_at_the_rungs_as_the_uninterrupted_study_recorded_it():
+    """Configuration a's two seeds ended after Tune's last snapshot, before the driver died: their replays
+    carry their val_acc histories, which decide b's rung as a's reports did before the kill."""
+    scheduler = scheduler_of()
+    a1, a2 = trial("cell", "a", seed=1), trial("cell", "a", seed=2)
+    b1, b2 = trial("cell", "b", seed=1), trial("cell", "b", seed=2)
+    for t in (a1, a2, b1, b2):
+        scheduler.on_trial_add(None, t)
+    finished = {"step": 40, "val_acc": 0.95, "replayed": 1, "done_trial": 1}
+    history = [[10, 0.9], [20, 0.92], [40, 0.95]]
+    assert scheduler.on_trial_result(None, a1, {**finished, "val_acc_history": history}) == CONTINUE
+    history = [[10, 0.8], [20, 0.85], [40, 0.9]]
+    assert scheduler.on_trial_result(None, a2, {**finished, "val_acc_history": history}) == CONTINUE
+    # by hand: a's means are 0.85 at rung 10 and 0.885 at rung 20; rung 40 is both seeds' last step
+    recorded = scheduler.rungs()["cell"].recorded
+    means = [list(recorded[rung].values()) for rung in (10, 20, 40)]
+    assert means == [[pytest.approx(0.85, abs=1e-15)], [pytest.approx(0.885, abs=1e-15)], []]
+    # b's mean at rung 10, 0.75, is below the median of the kept [0.85]: both its seeds stop
+    assert scheduler.on_trial_result(None, b1, {"step": 10, "val_acc": 0.7}) == CONTINUE  # waits for b2
+    assert scheduler.on_trial_result(None, b2, {"step": 10, "val_acc": 0.8}) == STOP
+    assert scheduler.on_trial_result(None, b1, {"step": 12, "val_acc": 0.7}) == STOP
+
+
+def test_a_seed_replayed_as_stopped_records_its_history_and_stops_its_sibling():
+    scheduler = scheduler_of()
+    stopped, sibling = trial("cell", "a", seed=1), trial("cell", "a", seed=2)
+    other1, other2 = trial("cell", "b", seed=1), trial("cell", "b", seed=2)
+    for t in (stopped, sibling, other1, other2):
+        scheduler.on_trial_add(None, t)
+    replay = {"val_acc": 0.6, "replayed": 1, "val_acc_history": [[10, 0.6]]}
+    assert scheduler.on_trial_result(None, stopped, replay) == CONTINUE
+    assert scheduler.on_trial_result(None, sibling, {"step": 10, "val_acc": 0.4}) == STOP
+    # a's rung 10 mean, (0.6 + 0.4) / 2, is recorded: b at 0.45 is below it and stops
+    assert list(scheduler.rungs()["cell"].recorded[10].values()) == [pytest.approx(0.5, abs=1e-15)]
+    assert scheduler.on_trial_result(None, other1, {"step": 10, "val_acc": 0.4}) == CONTINUE
+    assert scheduler.on_trial_result(None, other2, {"step": 10, "val_acc": 0.5}) == STOP
 
 
 def test_rungs_kept_in_tune_s_snapshot_decide_a_resumed_study_as_the_uninterrupted_one(tmp_path):

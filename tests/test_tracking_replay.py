@@ -127,6 +127,9 @@ def test_a_resume_replays_ended_runs_and_leaves_them_as_they_ended(tmp_path, mlf
     assert replays[finished]["val_acc"] == val_acc(study_plans[0])
     assert replays[finished]["test_acc"] == before[finished].data.metrics["test_acc"]
     assert "done_trial" not in replays[stopped] and replays[stopped]["val_acc"] == val_acc(study_plans[1])
+    for key, plan in ((finished, study_plans[0]), (stopped, study_plans[1]), (stale, study_plans[3])):
+        # the validation history `start` reported, for the scheduler's rungs
+        assert replays[key]["val_acc_history"] == [[10, val_acc(plan) * 0.5], [20, val_acc(plan)]]
 
     second.setup()
     assert client.get_run(before[stale].info.run_id).info.status == "FINISHED"  # as its status tag says

@@ -4,13 +4,13 @@ Pure Python, no Ray: the Ray scheduler (scheduler.py) and the offline replay of 
 the same results. A configuration is a cell's searched values (all its seeds); a rung is a step count
 grace_period * reduction_factor**k <= max_steps. When every seed of a configuration has reached a rung (its
 value there is the val_acc of its first report at or past the rung), the configuration's mean over seeds is
-compared with the means the cell's other configurations recorded at that rung: below the (1 - 1/rf) quantile
-of those, the configuration is stopped, all its seeds together; with nothing recorded yet it continues (as
-in asynchronous ASHA). A configuration that went on from a rung is checked again at each later report against
-that rung's current cutoff over all configurations recorded there: one that passed only because it arrived
-early is stopped once enough better configurations have arrived, so the outcome depends less on the order in
-which configurations reach the rung. A seed that reaches a rung before its siblings keeps training until they
-arrive.
+compared with the means the cell's other configurations recorded at that rung (a configuration already stopped
+records its mean all the same): below the (1 - 1/rf) quantile of those, the configuration is stopped, all its
+seeds together; with nothing recorded yet it continues (as in asynchronous ASHA). A configuration that went on
+from a rung is checked again at each later report against that rung's current cutoff over all configurations
+recorded there: one that passed only because it arrived early is stopped once enough better configurations
+have arrived, so the outcome depends less on the order in which configurations reach the rung. A seed that
+reaches a rung before its siblings keeps training until they arrive.
 A rung at or after a trial's last step decides nothing: a trial at its last step always completes.
 """
 
@@ -61,8 +61,7 @@ class CellRungs:
         for rung in self.rungs:
             if step >= rung and (last_step is None or rung < last_step):
                 seen.setdefault(rung, {}).setdefault(seed, float(value))
-        if configuration not in self.stopped:
-            self._decide(configuration)
+        self._decide(configuration)  # a stopped configuration's means are recorded too, as ASHA records all
         if configuration not in self.stopped:
             self._recheck(configuration)
         return configuration in self.stopped and not at_end

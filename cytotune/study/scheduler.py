@@ -14,9 +14,11 @@ step is a rung completes. Tune saves a scheduler only as it was at the launch, s
 puts the rungs in each of Tune's experiment snapshots and gives them back on resume: a resumed study decides
 against the rungs of its last snapshot, as the uninterrupted study would have. Recording is idempotent (a
 seed's first value at a rung is kept), so a trial that resumes from an earlier checkpoint and reports a rung
-again changes nothing. What trials recorded after that snapshot, before the driver died, is not in them; the
-one report a trial replays on resume (tracking/replay.py) is not recorded either, but a seed replayed as
-stopped stops its configuration's other seeds, as its stop did before the driver died.
+again changes nothing. What trials recorded after that snapshot, before the driver died, is not in them: it
+comes back with the trials that ended since (tracking/replay.py), whose one report carries the validation
+history MLflow holds of them, recorded at the rungs as it was reported; a seed replayed as stopped stops its
+configuration's other seeds, as its stop did before the driver died. Trials still running at the kill
+resume from the checkpoint of the snapshot and report the steps after it again.
 """
 
 from __future__ import annotations
@@ -28,7 +30,15 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from cytotune.metric_names import DONE_TRIAL, LAST_STEP, OBJECTIVE, OBJECTIVE_MODE, REPLAYED
+from cytotune.metric_names import (
+    DONE_TRIAL,
+    LAST_STEP,
+    OBJECTIVE,
+    OBJECTIVE_MODE,
+    REPLAYED,
+    STEP,
+    VAL_HISTORY,
+)
 from cytotune.study.grid import CellPlan, configuration_key
 from cytotune.study.packs import is_packed
 from cytotune.study.rungs import CellRungs
@@ -92,9 +102,8 @@ class SeedGroupedASHA(FIFOScheduler):
         """Continue or stop the trial by its configuration's seed mean at the cell's rungs."""
         rungs = self._rungs(trial)
         if result.get(REPLAYED):
-            if rungs is not None and not result.get(DONE_TRIAL):
-                # a seed stopped before the driver died: its configuration's other seeds stop too
-                rungs.lose_seed(configuration_key(trial.config["trial_key"]))
+            if rungs is not None:
+                self._replayed(rungs, trial, result)
             return TrialScheduler.CONTINUE
         if rungs is None or result.get(DONE_TRIAL):
             return TrialScheduler.CONTINUE
@@ -109,6 +118,17 @@ class SeedGroupedASHA(FIFOScheduler):
             result.get(LAST_STEP),
         )
         return TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
+
+    def _replayed(self, rungs: CellRungs, trial: Trial, result: dict) -> None:
+        """Record what a trial that ended before the driver died reported at the rungs (its history), as
+        when it reported it; a seed stopped then stops its configuration's other seeds too."""
+        configuration = configuration_key(trial.config["trial_key"])
+        finished = bool(result.get(DONE_TRIAL))
+        last_step = result.get(STEP) if finished else None  # a stopped trial stopped before its last step
+        for step, value in result.get(VAL_HISTORY, ()):
+            rungs.result(configuration, trial.config["trial"].seed, step, value, last_step)
+        if not finished:
+            rungs.lose_seed(configuration)
 
     def on_trial_error(self, tune_controller, trial: Trial) -> None:
         """A seed failed for good: its configuration's other seeds stop at their next report."""

@@ -19,7 +19,7 @@ from mlflow.entities import Metric, Param, RunTag
 from ray.tune import Callback
 
 from cytotune import __version__
-from cytotune.metric_names import DONE_TRIAL, STEP, TEST_ACC
+from cytotune.metric_names import DONE_TRIAL, STEP, TEST_ACC, VAL_ACC, VAL_HISTORY
 from cytotune.tracking import schema
 from cytotune.tracking.confusion import confusion_figure
 from cytotune.tracking.end_journal import EndJournal, TrialEnd, trial_end
@@ -253,7 +253,17 @@ class MlflowCallback(Callback):
             self._replayed[key] = (pack_runs if key in packs else trial_runs)[key].run_id
             for member in packs.get(key, {}).get(schema.PACK_KEY, []):
                 self._replayed[member["trial_key"]] = trial_runs[member["trial_key"]].run_id
+        trials = [key for key in replays if key not in packs]
+        with ThreadPoolExecutor(WRITERS, thread_name_prefix="cytotune-history") as pool:
+            histories = pool.map(self._val_history, [self._replayed[key] for key in trials])
+            for key, history in zip(trials, histories, strict=True):
+                replays[key][VAL_HISTORY] = history
         return replays
+
+    def _val_history(self, run_id: str) -> list[list[float]]:
+        """A run's val_acc as [step, value] pairs in the order they were logged."""
+        metrics = self.client.get_metric_history(run_id, VAL_ACC)
+        return [[m.step, m.value] for m in sorted(metrics, key=lambda m: (m.timestamp, m.step))]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Open (or continue) the trial's run and mark it running."""

@@ -4,7 +4,8 @@ On resume, Ray Tune starts again every trial that its last experiment snapshot h
 snapshots every few minutes, so a trial that ended after the last snapshot, before the driver died, is among
 them, although its MLflow run already ended: finished (final metrics and files written) or stopped early by
 ASHA. Such a trial makes one report of that end and returns: the run's latest metrics, REPLAYED 1, and for a
-finished trial done_trial 1 and its step count. So the study's outcome, the searcher's record and the
+finished trial done_trial 1 and its step count (the MLflow callback adds its val_acc history, VAL_HISTORY, for
+the scheduler's rungs). So the study's outcome, the searcher's record and the
 MLflow run stay those of the trial's only training. A trial whose run did not end (status running, or
 failed) is not replayed: it continues from its checkpoint, as before.
 
