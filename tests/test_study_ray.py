@@ -333,8 +333,9 @@ def test_dry_run_says_whether_the_machine_can_run_the_study():
 
 
 def _snapshot_rungs(experiment: Path) -> dict:
-    """The scheduler's rungs in the callback state of Tune's newest launch (the RungsKeeper's): the file with
-    the greatest name, as Tune picks it on resume (names hold the launch's time)."""
+    """The scheduler's rungs (each cell's as plain values) in the callback state of Tune's newest launch (the
+    RungsKeeper's): the file with the greatest name, as Tune picks it on resume (names hold the launch's
+    time)."""
     import pickle
 
     newest = max(experiment.glob("callback-states-*.pkl"))
@@ -366,10 +367,11 @@ def test_a_resumed_study_keeps_the_rungs_of_its_last_snapshot(cluster, tmp_path)
     ends = [t for t in first.trials if t.status in ("finished", "stopped")]
     ended = Counter((t.cell_key, configuration_key(t.trial_key)) for t in ends)
     done = {config for (cell, config), n in ended.items() if n == seeds[cell]}
-    assert done & {config for rungs in kept.values() for means in rungs.recorded.values() for config in means}
+    recorded = {config for rungs in kept.values() for means in rungs["recorded"].values() for config in means}
+    assert done & recorded
     resumed = run_study(spec, resume=True, **quiet)
     assert not resumed.interrupted and len(resumed.trials) == count_trials(expand_cells(spec))
     final = _snapshot_rungs(experiment)
     for cell, rungs in kept.items():
-        for rung, means in rungs.recorded.items():
-            assert means.items() <= final[cell].recorded[rung].items()
+        for rung, means in rungs["recorded"].items():
+            assert means.items() <= final[cell]["recorded"][rung].items()

@@ -301,3 +301,33 @@ def test_a_study_without_results_saves_no_rungs():
     from cytotune.study.scheduler import RungsKeeper
 
     assert RungsKeeper(scheduler_of()).get_state() is None
+
+
+def test_the_keeper_saves_plain_python_values_that_give_back_the_same_rungs():
+    import pickle
+
+    from cytotune.study.scheduler import RungsKeeper
+
+    first = scheduler_of()
+    seeds = {"a": (0.9, 0.8), "b": (0.5, 0.6)}  # b's mean 0.55 stops below a's 0.85 at rung 10
+    for lr, values in seeds.items():
+        for seed, value in enumerate(values, start=1):
+            first.on_trial_result(None, trial("cell", lr, seed), {"step": 10, "val_acc": value})
+    state = RungsKeeper(first).get_state()
+    saved = pickle.dumps(state)
+    assert b"cytotune" not in saved  # no cytotune class in it: any version of cytotune unpickles it
+    resumed = scheduler_of()
+    RungsKeeper(resumed).set_state(pickle.loads(saved))
+    kept = resumed.rungs()["cell"]
+    assert vars(kept) == vars(first.rungs()["cell"]) and kept.stopped == {"cell/lr=b"}
+    # the first keeper's state held CellRungs objects: a study it saved resumes with them
+    older = scheduler_of()
+    RungsKeeper(older).set_state({"rungs": first.rungs()})
+    assert vars(older.rungs()["cell"]) == vars(kept)
+    # rungs a newer cytotune saved, or a cell's state that does not read, start afresh
+    newer = scheduler_of()
+    RungsKeeper(newer).set_state({**state, "version": 2})
+    assert newer.rungs() == {}
+    broken = scheduler_of()
+    RungsKeeper(broken).set_state({"version": 1, "rungs": {"cell": {"seeds": 2}}})
+    assert broken.rungs() == {}

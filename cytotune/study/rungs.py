@@ -17,6 +17,7 @@ A rung at or after a trial's last step decides nothing: a trial at its last step
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -107,3 +108,25 @@ class CellRungs:
         """A seed of this configuration ended for good without finishing: the configuration can no longer be
         complete on every seed, so its other seeds stop too."""
         self.stopped.add(configuration)
+
+    def state(self) -> dict[str, Any]:
+        """The rungs as plain Python values (`from_state` reads them back): what Tune's snapshots keep, so
+        that another cytotune version can read them."""
+        return {
+            "asha": self.asha.model_dump(),
+            "seeds": self.seeds,
+            "values": {c: {rung: dict(seeds) for rung, seeds in v.items()} for c, v in self.values.items()},
+            "recorded": {rung: dict(means) for rung, means in self.recorded.items()},
+            "stopped": sorted(self.stopped),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> CellRungs:
+        """The rungs `state()` gave."""
+        rungs = cls(AshaSettings(**state["asha"]), int(state["seeds"]))
+        values = state["values"].items()
+        rungs.values = {c: {rung: dict(seeds) for rung, seeds in v.items()} for c, v in values}
+        for rung, means in state["recorded"].items():
+            rungs.recorded[rung] = dict(means)
+        rungs.stopped = set(state["stopped"])
+        return rungs

@@ -23,6 +23,7 @@ resume from the checkpoint of the snapshot and report the steps after it again.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -43,6 +44,9 @@ from cytotune.study.grid import CellPlan, configuration_key
 from cytotune.study.packs import is_packed
 from cytotune.study.rungs import CellRungs
 from cytotune.study.spec import AshaSettings
+
+log = logging.getLogger("cytotune.study")
+RUNGS_STATE = 1  # the version of RungsKeeper's state (plain values; the first keeper saved CellRungs objects)
 
 
 class SeedGroupedASHA(FIFOScheduler):
@@ -161,10 +165,28 @@ class RungsKeeper(Callback):
         self.scheduler = scheduler
 
     def get_state(self) -> dict[str, Any] | None:
-        """The rungs recorded so far (None before any: Tune then writes no callback state)."""
+        """The rungs recorded so far, as plain Python values (None before any: Tune then writes no callback
+        state)."""
         rungs = self.scheduler.rungs()
-        return {"rungs": rungs} if rungs else None
+        if not rungs:
+            return None
+        return {"version": RUNGS_STATE, "rungs": {cell: kept.state() for cell, kept in rungs.items()}}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Give the scheduler the rungs of the snapshot the study resumes from."""
-        self.scheduler.restore_rungs(state.get("rungs", {}))
+        """Give the scheduler the rungs of the snapshot the study resumes from (rungs a newer cytotune saved
+        are not read: its early stopping starts afresh)."""
+        if state.get("version", RUNGS_STATE) > RUNGS_STATE:
+            log.warning("early-stopping rungs saved by a newer cytotune: this resume starts them afresh")
+            return
+        self.scheduler.restore_rungs(_kept_rungs(state.get("rungs", {})))
+
+
+def _kept_rungs(saved: dict[str, Any]) -> dict[str, CellRungs]:
+    """The cells' rungs of a keeper's state (a cell whose state does not read starts afresh)."""
+    kept = {}
+    for cell, state in saved.items():
+        try:
+            kept[cell] = state if isinstance(state, CellRungs) else CellRungs.from_state(state)
+        except (KeyError, TypeError, ValueError) as err:
+            log.warning("early-stopping rungs of %s not read (%s): they start afresh", cell, err)
+    return kept
