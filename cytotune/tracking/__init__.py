@@ -1,5 +1,6 @@
 """MLflow tracking of studies: run layout (cytotune.tracking.callback), queries, selection."""
 
+from cytotune.tracking.probes import mark_absent_probes
 from cytotune.tracking.runs import best_configs, expected_seeds, latest_launch, parse_where, runs_frame
 from cytotune.tracking.selection import select_best
 from cytotune.tracking.uri import (
@@ -8,6 +9,8 @@ from cytotune.tracking.uri import (
     default_tracking_uri,
     resolve_tracking_uri,
 )
+
+mark_absent_probes()  # once a process, before any MLflow request (probes.py)
 
 __all__ = [
     "best_configs",
