@@ -46,6 +46,14 @@ def scheduler_of(asha=ASHA, seeds: int = 2) -> SeedGroupedASHA:
     return SeedGroupedASHA({"cell": asha}, {"cell": seeds})
 
 
+def two_configurations(scheduler) -> tuple[SimpleNamespace, ...]:
+    """Seeds 1 and 2 of configurations a and b of one cell, added to the scheduler: a1, a2, b1, b2."""
+    trials = tuple(trial("cell", lr, seed) for lr in ("a", "b") for seed in (1, 2))
+    for t in trials:
+        scheduler.on_trial_add(None, t)
+    return trials
+
+
 def test_rungs_are_grace_times_powers_of_the_factor_up_to_max_steps():
     assert rung_steps(ASHA) == (10, 20, 40)
     assert rung_steps(AshaSettings(grace_period=10, reduction_factor=3, max_steps=100)) == (10, 30, 90)
@@ -203,11 +211,8 @@ def test_trial_to_run_is_the_first_pending_as_fifo_chooses_among_unended_trials(
 
 def test_a_seed_replayed_as_stopped_on_resume_stops_its_siblings_and_a_finished_one_decides_nothing():
     scheduler = scheduler_of()
-    stopped, sibling = trial("cell", "a", seed=1), trial("cell", "a", seed=2)
-    finished, other = trial("cell", "b", seed=1), trial("cell", "b", seed=2)
-    for t in (stopped, sibling, finished, other):
-        scheduler.on_trial_add(None, t)
-    # their recorded ends, reported again on resume: never stopped, never recorded at a rung
+    stopped, sibling, finished, other = two_configurations(scheduler)
+    # their recorded ends, reported again on resume without a history: never stopped, nothing recorded
     assert scheduler.on_trial_result(None, stopped, {"val_acc": 0.5, "replayed": 1}) == CONTINUE
     assert (
         scheduler.on_trial_result(
@@ -224,10 +229,7 @@ def test_a_replayed_history_is_recorded_at_the_rungs_as_the_uninterrupted_study_
     """Configuration a's two seeds ended after Tune's last snapshot, before the driver died: their replays
     carry their val_acc histories, which decide b's rung as a's reports did before the kill."""
     scheduler = scheduler_of()
-    a1, a2 = trial("cell", "a", seed=1), trial("cell", "a", seed=2)
-    b1, b2 = trial("cell", "b", seed=1), trial("cell", "b", seed=2)
-    for t in (a1, a2, b1, b2):
-        scheduler.on_trial_add(None, t)
+    a1, a2, b1, b2 = two_configurations(scheduler)
     finished = {"step": 40, "val_acc": 0.95, "replayed": 1, "done_trial": 1}
     history = [[10, 0.9], [20, 0.92], [40, 0.95]]
     assert scheduler.on_trial_result(None, a1, {**finished, "val_acc_history": history}) == CONTINUE
@@ -245,10 +247,7 @@ def test_a_replayed_history_is_recorded_at_the_rungs_as_the_uninterrupted_study_
 
 def test_a_seed_replayed_as_stopped_records_its_history_and_stops_its_sibling():
     scheduler = scheduler_of()
-    stopped, sibling = trial("cell", "a", seed=1), trial("cell", "a", seed=2)
-    other1, other2 = trial("cell", "b", seed=1), trial("cell", "b", seed=2)
-    for t in (stopped, sibling, other1, other2):
-        scheduler.on_trial_add(None, t)
+    stopped, sibling, other1, other2 = two_configurations(scheduler)
     replay = {"val_acc": 0.6, "replayed": 1, "val_acc_history": [[10, 0.6]]}
     assert scheduler.on_trial_result(None, stopped, replay) == CONTINUE
     assert scheduler.on_trial_result(None, sibling, {"step": 10, "val_acc": 0.4}) == STOP
