@@ -5,9 +5,9 @@ snapshots every few minutes, so a trial that ended after the last snapshot, befo
 them, although its MLflow run already ended: finished (final metrics and files written) or stopped early by
 ASHA. Such a trial makes one report of that end and returns: the run's latest metrics, REPLAYED 1, and for a
 finished trial done_trial 1 and its step count (the MLflow callback adds its val_acc history, VAL_HISTORY, for
-the scheduler's rungs). So the study's outcome, the searcher's record and the
-MLflow run stay those of the trial's only training. A trial whose run did not end (status running, or
-failed) is not replayed: it continues from its checkpoint, as before.
+the scheduler's rungs). So the study's outcome, the searcher's record and the MLflow run stay those of the
+trial's only training. A trial whose run did not end (status running, or failed) is not replayed: it continues
+from its checkpoint, as before.
 
 A pack (study/packs.py) is replayed when its run and every trial run of it ended; its report carries each
 trial's end under PACK_FINAL, as its own final report did.
