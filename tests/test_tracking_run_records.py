@@ -11,8 +11,8 @@ import shutil
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
-from mlflow_servers import Server
 
+from cytotune.bench.servers import MlflowServer
 from cytotune.tracking.run_records import record_of_run, search_records, start_time_slices
 from cytotune.tracking.runs import read_artifact_texts
 
@@ -77,9 +77,9 @@ def log_runs(client: MlflowClient, experiment_id: str) -> None:
 def server(tmp_path_factory, mlflow_sqlite_template):
     folder = tmp_path_factory.mktemp("records-server")
     shutil.copy(mlflow_sqlite_template, folder / "server.db")
-    started = Server(f"sqlite:///{folder / 'server.db'}", folder)
+    started = MlflowServer(f"sqlite:///{folder / 'server.db'}", folder, workers=1)
     try:
-        yield started.wait()
+        yield started.start()
     finally:
         started.stop()
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 from mlflow import MlflowClient
-from mlflow_servers import Server, create_database, drop_database, free_port, postgres_uri
+from mlflow_servers import create_database, drop_database, postgres_uri
 from ray_nodes import InterruptAfter
 from tracking_fakes import (
     check_layout,
@@ -22,6 +22,7 @@ from tracking_fakes import (
 )
 from typer.testing import CliRunner
 
+from cytotune.bench.servers import MlflowServer, free_port
 from cytotune.cli import app
 from cytotune.study.grid import expand_trials
 from cytotune.study.spec import load_study
@@ -38,10 +39,13 @@ def servers(tmp_path_factory, mlflow_sqlite_template):
     (folder / "postgres").mkdir()
     shutil.copy(mlflow_sqlite_template, folder / "sqlite" / "server.db")
     database = create_database()
-    started: list[Server] = []
+    started = [
+        MlflowServer(f"sqlite:///{folder / 'sqlite' / 'server.db'}", folder / "sqlite", workers=1),
+        MlflowServer(postgres_uri(database), folder / "postgres", workers=1),
+    ]
     try:
-        started.append(Server(f"sqlite:///{folder / 'sqlite' / 'server.db'}", folder / "sqlite"))
-        started.append(Server(postgres_uri(database), folder / "postgres"))
+        for server in started:
+            server.launch()
         yield {"sqlite": started[0].wait(), "postgres": started[1].wait()}
     finally:
         for server in started:

@@ -1,6 +1,6 @@
-"""Throwaway tracking servers for benchmarks: a PostgreSQL (the `pgserver` wheel) and an `mlflow server`
-on it, on 127.0.0.1, stopped (and the database folder deleted) at the end; the server can be restarted in
-place."""
+"""Throwaway tracking servers for benchmarks and tests: a PostgreSQL (the `pgserver` wheel) and an `mlflow
+server` on it (or on any backend store), on 127.0.0.1, stopped (and the database folder deleted) at the end;
+the server can be restarted in place."""
 
 from __future__ import annotations
 
@@ -64,6 +64,11 @@ class MlflowServer:
 
     def start(self, timeout: float = 180.0) -> str:
         """Start the server and wait until it answers /health; its URI."""
+        self.launch()
+        return self.wait(timeout)
+
+    def launch(self) -> None:
+        """Start the server process without waiting for it (`wait` does): servers start side by side."""
         command = [
             str(MLFLOW), "server", "--host", "127.0.0.1", "--port", str(self.port),
             "--workers", str(self.workers), "--backend-store-uri", self.backend,
@@ -83,16 +88,20 @@ class MlflowServer:
                 cwd=self.folder,
                 start_new_session=True,
             )
+
+    def wait(self, timeout: float = 180.0) -> str:
+        """Block until the launched server answers /health; its URI (CytotuneError with the log's tail when
+        it exits or does not answer in time: it is stopped then)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise CytotuneError(f"mlflow server exited: {self.log.read_text()[-500:]}")
+                raise CytotuneError(f"mlflow server exited: {self.log.read_text()[-2000:]}")
             with contextlib.suppress(OSError), urllib.request.urlopen(self.uri + "/health", timeout=2) as r:
                 if r.status == 200:
                     return self.uri
             time.sleep(0.3)
         self.stop()
-        raise CytotuneError(f"mlflow server not up after {timeout:g} s (log: {self.log})")
+        raise CytotuneError(f"mlflow server not up after {timeout:g} s: {self.log.read_text()[-2000:]}")
 
     def restart(self, down_s: float = 5.0) -> None:
         """Stop the server, leave it down `down_s` seconds, start it again on the same port and store."""
