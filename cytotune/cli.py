@@ -513,14 +513,15 @@ def best_command(
     uri = announce_tracking(tracking_uri)
     check_tracking(uri, must_exist=True)
     frame = runs_frame(experiment, uri, where)
-    best = best_configs(experiment, uri, where, frame=frame)
+    chosen = best_configs(experiment, uri, where, frame=frame)
+    best = chosen
     if output_format == "json":
         from cytotune.report.uncertainty import study_uncertainty
 
-        best = study_uncertainty(experiment, uri, best, where, frame=frame)[0]
+        best = study_uncertainty(experiment, uri, chosen, where, frame=frame)[0]
     typer.echo(best_text(best, best.attrs["searched"], output_format), nl=False)
     if config_out is not None:
-        path = write_rerun(experiment, config_out, uri, where)
+        path = write_rerun(experiment, config_out, uri, where, frame=frame, best=chosen)
         typer.echo(f"rerun study written to {path}", err=True)
 
 

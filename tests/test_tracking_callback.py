@@ -101,3 +101,83 @@ def test_a_new_launch_without_resume_makes_new_runs_and_queries_keep_the_latest(
 
 def frame_experiment(uri, name):
     return MlflowClient(uri).get_experiment_by_name(name).experiment_id
+
+
+def test_where_on_text_params_is_searched_by_the_store_and_keeps_what_filtering_every_run_keeps(
+    tmp_path, mlflow_sqlite_uri, monkeypatch
+):
+    from cytotune.tracking import runs as runs_module
+
+    uri = mlflow_sqlite_uri
+    yaml_path = write_study(tmp_path, "fake-where")
+    run_fake_study(launch_callback(yaml_path, uri), plans(yaml_path), tmp_path / "ckpt")
+    every = runs_frame("fake-where", uri)
+    searches: list[tuple[str, int]] = []
+    search = runs_module.search_records
+
+    def counted(*args, **kwargs):
+        found = search(*args, **kwargs)
+        searches.append((args[2], len(found)))
+        return found
+
+    monkeypatch.setattr(runs_module, "search_records", counted)
+    lora, probe = every["method"] == "lora", every["method"] == "linear_probe"
+    qv = every["lora.targets"] == "q,v"
+    cases = {  # --where -> the rows a hand-written mask over every run keeps; the clause searched, its rows
+        "method=lora": (lora, "params.`method` = 'lora'", lora),
+        "method=lora,lr=0.01": (lora & (every["lr"] == 0.01), "params.`method` = 'lora'", lora),
+        "lora.targets=q,v": (qv, "params.`lora.targets` = 'q,v'", qv),
+        "status=finished,method=linear_probe": (
+            (every["status"] == "finished") & probe,
+            "params.`method` = 'linear_probe'",
+            probe,
+        ),
+    }
+    for where, (mask, clause, searched) in cases.items():
+        searches.clear()
+        got = runs_frame("fake-where", uri, where)
+        assert list(got["trial_key"]) == list(every[mask]["trial_key"]), where
+        assert got["test_acc"].equals(every[mask]["test_acc"].reset_index(drop=True)), where
+        assert len(searches) == 1 and clause in searches[0][0] and searches[0][1] == searched.sum(), where
+    assert 0 < lora.sum() < len(every)
+
+    searches.clear()
+    assert list(runs_frame("fake-where", uri, "lr=1e-2,seed=1")["trial_key"]) == list(
+        every[(every["lr"] == 0.01) & (every["seed"] == 1)]["trial_key"]
+    )
+    assert [clause for clause, _ in searches] == ["tags.`cytotune.kind` = 'trial'"]  # numbers: filtered here
+
+    searches.clear()
+    none = runs_frame("fake-where", uri, "method=nope")  # nothing matched: every run read, the columns kept
+    assert none.empty and "method" in none.columns and [n for _, n in searches] == [0, len(every)]
+    with pytest.raises(CytotuneError, match="no field 'datset' in the runs"):
+        runs_frame("fake-where", uri, "datset=synthetic")
+
+
+def test_best_with_a_config_out_reads_the_runs_once_and_writes_what_a_fresh_read_writes(
+    tmp_path, mlflow_sqlite_uri, monkeypatch
+):
+    from typer.testing import CliRunner
+
+    from cytotune.cli import app
+    from cytotune.tracking import runs as runs_module
+    from cytotune.tracking.rerun import write_rerun
+
+    uri = mlflow_sqlite_uri
+    yaml_path = write_study(tmp_path, "fake-rerun")
+    run_fake_study(launch_callback(yaml_path, uri), plans(yaml_path), tmp_path / "ckpt")
+    fresh = write_rerun("fake-rerun", tmp_path / "fresh.yaml", uri)
+    searches: list[str] = []
+    search = runs_module.search_records
+
+    def counted(*args, **kwargs):
+        searches.append(args[2])
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(runs_module, "search_records", counted)
+    out = tmp_path / "rerun.yaml"
+    args = ["best", "--experiment", "fake-rerun", "--tracking-uri", uri, "--format", "json"]
+    result = CliRunner().invoke(app, [*args, "--config-out", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert searches == ["tags.`cytotune.kind` = 'trial'"]
+    assert out.read_text() == fresh.read_text()

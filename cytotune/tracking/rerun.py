@@ -56,10 +56,13 @@ def write_rerun(
     tracking_uri: str | None = None,
     where: str | None = None,
     name: str | None = None,
+    frame: pd.DataFrame | None = None,
+    best: pd.DataFrame | None = None,
 ) -> Path:
-    """Write the study rerunning an experiment's chosen configurations (named NAME-best by default)."""
-    best = best_configs(experiment, tracking_uri, where)
-    frame = runs_frame(experiment, tracking_uri, where)
+    """Write the study rerunning an experiment's chosen configurations (named NAME-best by default), chosen
+    from `frame` and `best` (its runs_frame and best_configs) when given, else read here."""
+    frame = runs_frame(experiment, tracking_uri, where) if frame is None else frame
+    best = best_configs(experiment, tracking_uri, where, frame=frame) if best is None else best
     return write_rerun_yaml(rerun_study(best, frame, name or f"{experiment}-best", tracking_uri), path)
 
 

@@ -65,15 +65,17 @@ def runs_frame(
     ...) and the metrics (best_val_acc, test_acc, ...). A launch without --resume starts the study over, so
     only the runs of the latest such launch and of the launches resuming it are read (all runs with
     `all_launches`); a trial key with several runs keeps its latest. `where` keeps rows whose columns equal
-    the given values ("dataset=sipakmed,shots=4" or a mapping).
+    the given values ("dataset=sipakmed,shots=4" or a mapping); its params with text values go into the
+    search (`param_clauses`), so the tracking server reads and sends only the runs that can match.
     """
     uri = resolve_tracking_uri(tracking_uri)
     client = MlflowClient(uri)
+    conditions = where_conditions(where) if where else {}
     trial_filter = f"tags.`{schema.KIND}` = '{schema.KIND_TRIAL}'"
-    runs = search_records(uri, experiment_id(client, experiment), trial_filter)
-    if not all_launches:
-        current = current_launch_ids(client, experiment)
-        runs = [run for run in runs if not current or current & launches_of(run)]
+    pushed = " AND ".join([trial_filter, *param_clauses(conditions)])
+    runs = _trial_records(uri, client, experiment, pushed, all_launches)
+    if not runs and pushed != trial_filter:  # nothing matched: read every run, so the filter can say why
+        runs = _trial_records(uri, client, experiment, trial_filter, all_launches)
     frame = pd.DataFrame([_row(run) for run in runs])
     for column in BASE_COLUMNS:
         if column not in frame.columns:
@@ -84,7 +86,43 @@ def runs_frame(
         frame = frame.sort_values("start_time", kind="stable").drop_duplicates("trial_key", keep="last")
         frame = frame.sort_values("trial_key", kind="stable").reset_index(drop=True)
     frame = _typed(frame, params=sorted({name for run in runs for name in run.params}))
-    return filter_frame(frame, where) if where else frame
+    return filter_frame(frame, conditions) if where else frame
+
+
+def _trial_records(
+    uri: str, client: MlflowClient, experiment: str, filter_string: str, all_launches: bool
+) -> list[RunRecord]:
+    """The trial runs matching the filter: of the current launches, or of all with `all_launches`."""
+    runs = search_records(uri, experiment_id(client, experiment), filter_string)
+    if not all_launches:
+        current = current_launch_ids(client, experiment)
+        runs = [run for run in runs if not current or current & launches_of(run)]
+    return runs
+
+
+def param_clauses(conditions: Mapping[str, Any]) -> list[str]:
+    """MLflow filter clauses for the conditions a search can apply exactly: a param (not a column of
+    BASE_COLUMNS: those are tags and run info, which differ between runs of one trial key) equal to a text
+    that is not a number (numbers compare as numbers, "4" as 4.0, so they are filtered here) and holds no
+    quote. Every run of a trial key in a study's launches has the same params (a resume of a changed study is
+    refused), so searching with them keeps the same latest run per trial key."""
+    return [
+        f"params.`{name}` = '{value}'"
+        for name, value in conditions.items()
+        if name not in BASE_COLUMNS
+        and "`" not in name
+        and isinstance(value, str)
+        and "'" not in value
+        and not _is_number(value)
+    ]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def current_launch_ids(client: MlflowClient, experiment: str) -> set[str]:
@@ -152,9 +190,14 @@ def parse_where(where: str) -> dict[str, str]:
     return out
 
 
+def where_conditions(where: str | Mapping[str, Any]) -> dict[str, Any]:
+    """The field -> value conditions of a --where text or mapping."""
+    return parse_where(where) if isinstance(where, str) else dict(where)
+
+
 def filter_frame(frame: pd.DataFrame, where: str | Mapping[str, Any]) -> pd.DataFrame:
     """The rows whose columns equal the given values (numbers compared as numbers)."""
-    conditions = parse_where(where) if isinstance(where, str) else dict(where)
+    conditions = where_conditions(where)
     keep = pd.Series(True, index=frame.index)
     for name, value in conditions.items():
         if name not in frame.columns:
