@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from mlflow import MlflowClient
@@ -181,3 +183,25 @@ def test_best_with_a_config_out_reads_the_runs_once_and_writes_what_a_fresh_read
     assert result.exit_code == 0, result.output
     assert searches == ["tags.`cytotune.kind` = 'trial'"]
     assert out.read_text() == fresh.read_text()
+
+
+def test_a_rerun_whose_chosen_trial_lost_its_config_file_says_which_run_and_writes_nothing(
+    tmp_path, mlflow_sqlite_uri
+):
+    from urllib.parse import urlparse
+
+    from cytotune.tracking.rerun import write_rerun
+
+    uri = mlflow_sqlite_uri
+    yaml_path = write_study(tmp_path, "fake-lost")
+    run_fake_study(launch_callback(yaml_path, uri), plans(yaml_path), tmp_path / "ckpt")
+    frame = runs_frame("fake-lost", uri)
+    chosen = best_configs("fake-lost", uri, frame=frame).dropna(subset=["lr"])
+    assert len(chosen) == 1  # the linear probe cell (no LoRA configuration finished both seeds)
+    cell = chosen.iloc[0]
+    picked = frame[(frame["cell_key"] == cell["cell_key"]) & (frame["lr"] == cell["lr"])]
+    picked = picked[picked["status"] == "finished"].iloc[0]
+    (Path(urlparse(picked["artifact_uri"]).path) / schema.TRIAL_ARTIFACT).unlink()
+    with pytest.raises(CytotuneError, match=f"run {picked['run_id']}: cannot read trial_config.json"):
+        write_rerun("fake-lost", tmp_path / "rerun.yaml", uri)
+    assert not (tmp_path / "rerun.yaml").exists()

@@ -8,13 +8,11 @@ from typing import Any
 
 import pandas as pd
 import yaml
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
 from cytotune.config import TrialConfig
 from cytotune.errors import CytotuneError
 from cytotune.tracking import schema
-from cytotune.tracking.runs import best_configs, read_artifact_text, runs_frame
+from cytotune.tracking.runs import best_configs, read_artifact_texts, runs_frame
 from cytotune.tracking.uri import resolve_tracking_uri
 
 
@@ -22,25 +20,31 @@ def rerun_study(
     best: pd.DataFrame, frame: pd.DataFrame, name: str, tracking_uri: str | None = None
 ) -> dict[str, Any]:
     """The study (as a YAML mapping) with one method block per chosen cell: the chosen trial's exact
-    TrialConfig (searched values fixed, no search, no early stopping) over the seeds that cell ran."""
-    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    TrialConfig (searched values fixed, no search, no early stopping) over the seeds that cell ran. The
+    chosen trials' config files are read several at once (read_artifact_texts)."""
     chosen = best[best["n_seeds"] > 0]
     if chosen.empty:
         raise CytotuneError(f"study {name}: no cell has a finished trial; expected at least one to rerun")
     searched = list(best.attrs.get("searched", ("lr",)))
-    blocks, weights = [], {}
+    by_cell = dict(tuple(frame.groupby("cell_key", sort=False)))
+    cells, picks = [], []
     for _, cell in chosen.iterrows():
-        trials = frame[frame["cell_key"] == cell["cell_key"]]
+        trials = by_cell[cell["cell_key"]]
         picked = trials[trials["status"] == "finished"]
         for field in searched:
             picked = (
                 picked[picked[field].isna()] if pd.isna(cell[field]) else picked[picked[field] == cell[field]]
             )
-        config = _trial_config(client, picked.iloc[0]["run_id"])
-        resources = picked.iloc[0].get("resources")
+        cells.append((cell["cell_key"], sorted(int(seed) for seed in trials["seed"].unique())))
+        picks.append(picked.iloc[0])
+    uri = resolve_tracking_uri(tracking_uri)
+    texts = read_artifact_texts(uri, [pick["artifact_uri"] for pick in picks], schema.TRIAL_ARTIFACT)
+    blocks, weights = [], {}
+    for (cell_key, seeds), pick, text in zip(cells, picks, texts, strict=True):
+        config = _trial_config(pick["run_id"], text)
+        resources = pick.get("resources")
         resources = json.loads(resources) if isinstance(resources, str) else {}
-        seeds = sorted(int(seed) for seed in trials["seed"].unique())
-        blocks.append(_block(config, schema.parse_cell_key(cell["cell_key"]).block, seeds, resources))
+        blocks.append(_block(config, schema.parse_cell_key(cell_key).block, seeds, resources))
         if config.weights is not None:
             weights[config.backbone] = str(config.weights)
     study: dict[str, Any] = {"name": name}
@@ -74,13 +78,12 @@ def write_rerun_yaml(study: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def _trial_config(client: MlflowClient, run_id: str) -> TrialConfig:
-    try:
-        text = read_artifact_text(client, run_id, schema.TRIAL_ARTIFACT)
-    except (OSError, MlflowException) as err:
+def _trial_config(run_id: str, text: str | None) -> TrialConfig:
+    """The TrialConfig of a run's trial config file (`text`: None when it could not be read)."""
+    if text is None:
         raise CytotuneError(
-            f"run {run_id}: cannot read {schema.TRIAL_ARTIFACT} ({err}); expected a run made by cytotune"
-        ) from err
+            f"run {run_id}: cannot read {schema.TRIAL_ARTIFACT}; expected a run made by cytotune"
+        )
     return TrialConfig.model_validate_json(text)
 
 
