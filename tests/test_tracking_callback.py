@@ -147,7 +147,13 @@ def test_where_on_text_params_is_searched_by_the_store_and_keeps_what_filtering_
     assert list(runs_frame("fake-where", uri, "lr=1e-2,seed=1")["trial_key"]) == list(
         every[(every["lr"] == 0.01) & (every["seed"] == 1)]["trial_key"]
     )
-    assert [clause for clause, _ in searches] == ["tags.`cytotune.kind` = 'trial'"]  # numbers: filtered here
+    assert [clause for clause, _ in searches] == ["tags.`cytotune.kind` = 'trial' AND params.`seed` = '1'"]
+    for where in ("lr=0.01", "seed=1.5", "train.augment=1"):  # a float, a seed no run has, a bool as 1
+        searches.clear()
+        runs_frame("fake-where", uri, where)
+        assert searches[0][0] == "tags.`cytotune.kind` = 'trial'", where
+    assert {"seed", "shots", "level", "lora.rank", "train.batch_size"} <= schema.integer_params()
+    assert not {"lr", "fraction", "lora.alpha", "lora.blocks", "train.augment"} & schema.integer_params()
 
     searches.clear()
     none = runs_frame("fake-where", uri, "method=nope")  # nothing matched: every run read, the columns kept

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Mapping
@@ -33,6 +34,7 @@ TAG_COLUMNS = {
 }
 BASE_COLUMNS = ("run_id", "run_status", "start_time", "end_time", "artifact_uri", *TAG_COLUMNS.values())
 READERS = 16  # artifacts read at once
+WHOLE_LIMIT = 1e9  # below it, no other whole number is within filter_frame's tolerance of one
 
 
 def experiment_id(client: MlflowClient, experiment: str) -> str:
@@ -101,28 +103,29 @@ def _trial_records(
 
 
 def param_clauses(conditions: Mapping[str, Any]) -> list[str]:
-    """MLflow filter clauses for the conditions a search can apply exactly: a param (not a column of
-    BASE_COLUMNS: those are tags and run info, which differ between runs of one trial key) equal to a text
-    that is not a number (numbers compare as numbers, "4" as 4.0, so they are filtered here) and holds no
-    quote. Every run of a trial key in a study's launches has the same params (a resume of a changed study is
+    """MLflow filter clauses for the conditions a search can apply exactly, on params only (not a column of
+    BASE_COLUMNS: those are tags and run info, which differ between runs of one trial key): a text that is
+    not a number, or a whole number for a param that holds integers (schema.integer_params, written as
+    "4"). Other numbers compare as numbers here ("0.01" as 1e-2), so they are filtered after the search.
+    Every run of a trial key in a study's launches has the same params (a resume of a changed study is
     refused), so searching with them keeps the same latest run per trial key."""
-    return [
-        f"params.`{name}` = '{value}'"
-        for name, value in conditions.items()
-        if name not in BASE_COLUMNS
-        and "`" not in name
-        and isinstance(value, str)
-        and "'" not in value
-        and not _is_number(value)
-    ]
+    clauses = []
+    for name, value in conditions.items():
+        text = _searched_text(name, value)
+        if text is not None and name not in BASE_COLUMNS and "`" not in name:
+            clauses.append(f"params.`{name}` = '{text}'")
+    return clauses
 
 
-def _is_number(text: str) -> bool:
+def _searched_text(name: str, value: Any) -> str | None:
+    """The exact text a param `name` equal to `value` holds, where filter_frame keeps exactly that text
+    (None: it compares numbers, and other spellings could match too)."""
     try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+        number = float(value)
+    except (TypeError, ValueError):
+        return value if isinstance(value, str) and "'" not in value else None
+    whole = math.isfinite(number) and number.is_integer() and abs(number) < WHOLE_LIMIT
+    return str(int(number)) if whole and name in schema.integer_params() else None
 
 
 def current_launch_ids(client: MlflowClient, experiment: str) -> set[str]:

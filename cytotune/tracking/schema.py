@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import subprocess
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Dataset, DatasetInput, InputTag
+from pydantic import BaseModel
 
 from cytotune.config import TrialConfig
 from cytotune.metric_names import BEST_VAL_ACC, TRAIN_LOSS, VAL_ACC
@@ -103,6 +107,26 @@ def flatten_trial(trial: TrialConfig) -> dict[str, str]:
     if config["prompts"] is not None:
         config["prompts"] = json.dumps(config["prompts"], sort_keys=True)
     return dict(_flatten(config, ""))
+
+
+@functools.cache
+def integer_params() -> frozenset[str]:
+    """The params of flatten_trial that hold integers (a TrialConfig field typed int, optional int or a
+    choice of ints, at any depth): each is written as str() of a Python int, "4", never "4.0"."""
+    return frozenset(_integer_fields(TrialConfig, ""))
+
+
+def _integer_fields(model: type[BaseModel], prefix: str):
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            kinds = [kind for kind in typing.get_args(annotation) if kind is not type(None)]
+            annotation = kinds[0] if len(kinds) == 1 else None
+        choices = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else None
+        if annotation is int or (choices and all(type(choice) is int for choice in choices)):
+            yield prefix + name
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from _integer_fields(annotation, f"{prefix}{name}.")
 
 
 def _flatten(value: Any, prefix: str):
