@@ -105,7 +105,7 @@ def frame_experiment(uri, name):
     return MlflowClient(uri).get_experiment_by_name(name).experiment_id
 
 
-def test_where_on_text_params_is_searched_by_the_store_and_keeps_what_filtering_every_run_keeps(
+def test_where_on_text_and_integer_params_is_searched_by_the_store_and_keeps_what_filtering_all_keeps(
     tmp_path, mlflow_sqlite_uri, monkeypatch
 ):
     from cytotune.tracking import runs as runs_module

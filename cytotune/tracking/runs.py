@@ -67,8 +67,9 @@ def runs_frame(
     ...) and the metrics (best_val_acc, test_acc, ...). A launch without --resume starts the study over, so
     only the runs of the latest such launch and of the launches resuming it are read (all runs with
     `all_launches`); a trial key with several runs keeps its latest. `where` keeps rows whose columns equal
-    the given values ("dataset=sipakmed,shots=4" or a mapping); its params with text values go into the
-    search (`param_clauses`), so the tracking server reads and sends only the runs that can match.
+    the given values ("dataset=sipakmed,shots=4" or a mapping); its params given as text or as a whole
+    number of an integer field go into the search (`param_clauses`), so the tracking server reads and sends
+    only the runs that can match.
     """
     uri = resolve_tracking_uri(tracking_uri)
     client = MlflowClient(uri)
